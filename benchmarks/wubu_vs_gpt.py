@@ -1,0 +1,242 @@
+"""WuBu Nesting token LM vs the GPT baseline at about equal parameter count and equal steps, plus a bf16 stability run.
+
+Part 1 — comparison. Both models train on the embedded default corpus (byte tokenizer, `bytropix.data`), with the
+same batches, optimizer (`bytropix.training.optim.build_optimizer`: AdamW, Riemannian Adam for manifold parameters),
+schedule, clipping and number of steps; each in a fresh subprocess so its peak memory is its own. Reported: validation
+bits per byte (fixed validation batches), training tokens/s, peak memory (on CPU the peak resident set size of the
+training process, its peak mark reset through /proc/self/clear_refs once the data is loaded — both runs share that
+baseline, printed too; on CUDA the max allocated), parameter counts, a markdown table and a learning-curve PNG (with the WuBu curvatures over
+training in a second panel), and the trained WuBu model's levels drawn on Poincaré disks (`wubu_levels.png`).
+
+Part 2 — stability. A deep WuBu stack (default 8 layers × 4 levels, hyperbolic attention) trains under bf16 autocast;
+the script counts non-finite losses/gradients (the run must have none) and plots the gradient norm of every level
+(summed over layers) per step.
+
+    python benchmarks/wubu_vs_gpt.py                               # 300 steps each, CPU, ~10 minutes on 1 thread
+    python benchmarks/wubu_vs_gpt.py --steps 100 --stability-steps 50 --out-dir /tmp/wubu
+"""
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)  # run from a checkout too
+
+
+def _rss_mb() -> float:
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    "Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux ≥ 4.0); False where that is impossible."
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+        return True
+    except OSError: return False
+
+
+def _peak_rss_mb() -> float:
+    "VmHWM (peak RSS since the last reset) in MiB; the lifetime peak from getrusage where /proc is missing."
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024
+    except OSError: pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def level_grad_norms(model) -> list[float]:
+    "Gradient norm of each WuBu level's parameters (geometry + weights), over all layers."
+    import torch
+    L = model.blocks[0].wubu.n_levels
+    sq = [0.0] * L
+    for b in model.blocks:
+        w = b.wubu
+        for i in range(L):
+            mods = [w.geo[i]] + ([w.weights(i)] if w.shared is None else [])
+            for m in mods:
+                for p in m.parameters():
+                    if p.grad is not None: sq[i] += float(p.grad.float().pow(2).sum())
+    return [math.sqrt(s) for s in sq]
+
+
+def run(spec: dict) -> dict:
+    "Train one model as `spec` says (in a subprocess); return its curves and measurements."
+    import torch
+    torch.set_num_threads(spec['threads'])
+    import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401  (register the architectures)
+    from bytropix.config import TrainConfig
+    from bytropix.core import seed_everything
+    from bytropix.data.datasets import DataConfig, prepare_data
+    from bytropix.data.tokenizers import byte_tokenizer
+    from bytropix.models.base import build_model
+    from bytropix.training.evaluation import autocast_context, evaluate
+    from bytropix.training.optim import LRScheduler, build_optimizer, clip_gradients
+
+    device = torch.device(spec['device'])
+    seed_everything(spec['seed'])
+    data = prepare_data(DataConfig(), byte_tokenizer(), spec['block_size'], spec['batch_size'], spec['seed'])
+    tc = TrainConfig(steps=spec['steps'], lr=spec['lr'], min_lr=spec['lr'] / 10, warmup_steps=spec['warmup'],
+                     weight_decay=0.1, clip_grad=1.0, precision=spec['precision'], batch_size=spec['batch_size'],
+                     block_size=spec['block_size'])
+    out_reset = _reset_peak_rss()
+    base_rss = _rss_mb()   # after the data is loaded (the same in both runs)
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(spec['arch'], {**spec['model'], 'vocab_size': 256, 'block_size': spec['block_size']}).to(device)
+    opt = build_optimizer(model, tc, device)
+    sched = LRScheduler(opt, tc)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {'name': spec['name'], 'arch': spec['arch'], 'params': model.num_parameters(), 'train': [], 'val': [],
+           'nonfinite': 0, 'level_grad_norms': [], 'geometry': [], 'peak_reset': out_reset}
+    train_time, ntok = 0.0, 0
+    val = lambda: evaluate(model, data.val_batches(spec['val_batches']), data.bytes_per_token, precision=spec['precision'])
+    for step in range(spec['steps']):
+        if step % spec['eval_interval'] == 0:
+            out['val'].append({'step': step, **{k: v for k, v in val().items() if k in ('loss', 'bpb')}})
+        x, y = next(data.train)
+        x, y = x.to(device), y.to(device)
+        t0 = time.perf_counter()
+        with autocast_context(device, spec['precision']): o = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        o.loss.backward()
+        clip = clip_gradients(params, tc.clip_grad)
+        finite = bool(torch.isfinite(o.loss.detach())) and bool(torch.isfinite(clip['grad_norm']))
+        if spec.get('level_norms'): out['level_grad_norms'].append(level_grad_norms(model))
+        if finite: opt.step()
+        else: out['nonfinite'] += 1
+        sched.step()
+        if device.type == 'cuda': torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0; ntok += x.numel()
+        out['train'].append({'step': step, 'loss': o.loss.item(), 'grad_norm': clip['grad_norm'].item()})
+        if spec['arch'] == 'wubu' and step % 10 == 0:
+            out['geometry'].append({'step': step, **{k: float(v) for k, v in o.aux.items()
+                                                     if k.count('/') == 2 and k.startswith('wubu/')}})
+    out['val'].append({'step': spec['steps'], **{k: v for k, v in val().items() if k in ('loss', 'bpb')}})
+    if spec.get('levels_png'):   # the trained model's levels on a validation text
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        from bytropix.models.wubu import plot_wubu_levels
+        xv, _ = next(iter(data.val_batches(1)))
+        fig = plot_wubu_levels(model, xv[:1, :40].to(device), layer=0, tokenizer=byte_tokenizer(), annotate=40)
+        fig.savefig(spec['levels_png'], dpi=110, bbox_inches='tight'); plt.close(fig)
+    out['tokens_per_s'] = ntok / train_time
+    out['base_mem_mb'] = 0.0 if device.type == 'cuda' else base_rss
+    out['peak_mem_mb'] = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' else _peak_rss_mb())
+    return out
+
+
+def in_subprocess(spec: dict) -> dict:
+    with mp.get_context('spawn').Pool(1) as pool: return pool.apply(run, (spec,))
+
+
+def plot(results: list[dict], stab: dict | None, out_dir: str) -> list[str]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    for r in results:
+        steps = [t['step'] for t in r['train']]
+        bpb = [t['loss'] / math.log(2) for t in r['train']]  # byte tokenizer: 1 byte per token
+        k = 10
+        smooth = [sum(bpb[max(0, i - k + 1):i + 1]) / len(bpb[max(0, i - k + 1):i + 1]) for i in range(len(bpb))]
+        line, = ax.plot(steps, smooth, lw=1, alpha=0.7, label=f"{r['name']} train")
+        ax.plot([v['step'] for v in r['val']], [v['bpb'] for v in r['val']], 'o-', color=line.get_color(), ms=3,
+                label=f"{r['name']} validation")
+    ax.set_xlabel('step'); ax.set_ylabel('bits per byte'); ax.set_title('Learning curves (equal steps, ≈ equal parameters)')
+    ax.legend(); ax.grid(alpha=0.3)
+    ax = axes[1]
+    wub = next((r for r in results if r['arch'] == 'wubu'), None)
+    if wub and wub['geometry']:
+        keys = sorted(k for k in wub['geometry'][0] if k.startswith('wubu/curvature/level'))
+        for k in keys:
+            ax.plot([g['step'] for g in wub['geometry']], [g[k] for g in wub['geometry']], label=k.replace('wubu/', ''))
+        ax.set_xlabel('step'); ax.set_ylabel('c (mean over layers)'); ax.set_title('WuBu curvature adaptation')
+        ax.legend(); ax.grid(alpha=0.3)
+    p = os.path.join(out_dir, 'wubu_vs_gpt.png'); fig.savefig(p, dpi=110, bbox_inches='tight'); plt.close(fig); paths.append(p)
+    if stab:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        g = stab['level_grad_norms']
+        for i in range(len(g[0])):
+            axes[0].semilogy(range(len(g)), [row[i] for row in g], lw=1, label=f'level {i}')
+        axes[0].set_xlabel('step'); axes[0].set_ylabel('gradient norm (all layers)')
+        axes[0].set_title(f"Deep WuBu in bf16: per-level gradient norms ({stab['nonfinite']} non-finite steps)")
+        axes[0].legend(); axes[0].grid(alpha=0.3)
+        axes[1].plot([t['step'] for t in stab['train']], [t['loss'] / math.log(2) for t in stab['train']], lw=1)
+        axes[1].set_xlabel('step'); axes[1].set_ylabel('training bits per byte'); axes[1].set_title('bf16 training loss')
+        axes[1].grid(alpha=0.3)
+        p = os.path.join(out_dir, 'wubu_stability.png'); fig.savefig(p, dpi=110, bbox_inches='tight'); plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--steps', type=int, default=300)
+    ap.add_argument('--batch-size', type=int, default=8)
+    ap.add_argument('--block-size', type=int, default=128)
+    ap.add_argument('--lr', type=float, default=2e-3)
+    ap.add_argument('--warmup', type=int, default=30)
+    ap.add_argument('--eval-interval', type=int, default=50)
+    ap.add_argument('--val-batches', type=int, default=16)
+    ap.add_argument('--n-layer', type=int, default=4)
+    ap.add_argument('--n-embd', type=int, default=128)
+    ap.add_argument('--level-dims', type=int, nargs='+', default=[96, 64, 32])
+    ap.add_argument('--stability-steps', type=int, default=150, help='0 skips the stability run')
+    ap.add_argument('--stability-layers', type=int, default=8)
+    ap.add_argument('--stability-level-dims', type=int, nargs='+', default=[64, 48, 32, 16])
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--out-dir', default='.', help='where the PNGs (and results.json) go')
+    a = ap.parse_args(argv)
+    os.makedirs(a.out_dir, exist_ok=True)
+    common = dict(steps=a.steps, batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, warmup=a.warmup,
+                  eval_interval=a.eval_interval, val_batches=a.val_batches, device=a.device, threads=a.threads,
+                  seed=a.seed, precision='fp32')
+    nh = 4
+    specs = [dict(common, name='GPT', arch='gpt', model=dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd)),
+             dict(common, name='WuBu', arch='wubu', levels_png=os.path.join(a.out_dir, 'wubu_levels.png'),
+                  model=dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, level_dims=a.level_dims))]
+    results = []
+    for s in specs:
+        t0 = time.time()
+        r = in_subprocess(s); results.append(r)
+        print(f"{r['name']:5s} {r['params']:,} parameters: validation bpb {r['val'][-1]['bpb']:.3f}, "
+              f"{r['tokens_per_s']:.0f} tokens/s, peak memory {r['peak_mem_mb']:.0f} MB (process after data loading: "
+              f"{r['base_mem_mb']:.0f} MB) ({time.time() - t0:.0f} s)", flush=True)
+    stab = None
+    if a.stability_steps > 0:
+        t0 = time.time()
+        stab = in_subprocess(dict(common, name='WuBu-deep-bf16', arch='wubu', steps=a.stability_steps, precision='bf16',
+                                  eval_interval=max(1, a.stability_steps), level_norms=True,
+                                  model=dict(n_layer=a.stability_layers, n_head=nh, n_embd=a.n_embd,
+                                             level_dims=a.stability_level_dims, attention='hyperbolic')))
+        print(f"stability: {a.stability_layers} layers × {len(a.stability_level_dims)} levels, bf16 autocast, "
+              f"{a.stability_steps} steps: {stab['nonfinite']} non-finite steps, final validation bpb "
+              f"{stab['val'][-1]['bpb']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    g, w = results
+    print(f"\n| model | parameters | validation bpb ↓ (step {a.steps}) | tokens/s ↑ | peak {'RSS' if a.device == 'cpu' else 'memory'} (MB) ↓ |")
+    print('|---|---:|---:|---:|---:|')
+    for r in results:
+        print(f"| {r['name']} | {r['params']:,} | {r['val'][-1]['bpb']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_mem_mb']:.0f} |")
+    print(f"\nWuBu / GPT: bpb {w['val'][-1]['bpb'] / g['val'][-1]['bpb']:.3f}×, speed {w['tokens_per_s'] / g['tokens_per_s']:.2f}×, "
+          f"memory {w['peak_mem_mb'] / max(g['peak_mem_mb'], 1e-9):.2f}× — WuBu {'wins' if w['val'][-1]['bpb'] < g['val'][-1]['bpb'] else 'loses'} on bpb.")
+    paths = plot(results, stab, a.out_dir) + [specs[1]['levels_png']]
+    print('pictures: ' + ', '.join(paths))
+    res = {'args': vars(a), 'results': results, 'stability': stab}
+    with open(os.path.join(a.out_dir, 'wubu_vs_gpt.json'), 'w') as f: json.dump(res, f)
+    if stab is not None and stab['nonfinite']:
+        print(f"FAIL: the bf16 stability run had {stab['nonfinite']} non-finite steps.", file=sys.stderr)
+    return res
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: exported code in sync with the notebooks, every notebook's inline tests, then pytest.
+# pytest runs last so that its summary line is the last line printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONHASHSEED=0 TRITON_INTERPRET=1 TOKENIZERS_PARALLELISM=false
+# Many small ops on 2 shared cores: one intra-op thread per process avoids oversubscription stalls.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
+echo "== nbdev-export must leave bytropix/ unchanged"
+snap=$(mktemp -d)
+cp -r bytropix "$snap/bytropix"
+nbdev-export
+if ! diff -r -x __pycache__ "$snap/bytropix" bytropix; then
+  echo "FAIL: bytropix/ is out of sync with nbs/. Run nbdev-export and commit the notebooks and the exported code together." >&2
+  exit 1
+fi
+rm -rf "$snap"
+
+echo "== nbdev-test"
+nbdev-test --n-workers "${NBDEV_WORKERS:-2}" --timing
+
+echo "== pytest"
+python -m pytest -q -p no:cacheprovider "$@"
