@@ -126,6 +126,7 @@ class RunConfig(ConfigBase):
     name: Optional[str] = None
 
     def validate(self) -> None:
+        self._absolute_paths()
         try: cls = get_config_class(self.arch)
         except ConfigError as e: raise ConfigError(f"`arch`: {e}") from None
         mc = dict(self.model)
@@ -139,14 +140,25 @@ class RunConfig(ConfigBase):
         opts = getattr(prepare, 'options_class', None)
         if opts is not None: self._task_options = opts.from_dict(self.task_options, _path='task_options')
 
+    def _absolute_paths(self) -> None:
+        # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:
+        # paths are read relative to the working directory once, here, and kept absolute.
+        fix = lambda v: os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) and v.strip() else v
+        if self.data.source != 'default': self.data.source = fix(self.data.source)
+        self.data.cache_dir, self.tokenizer.path = fix(self.data.cache_dir), fix(self.tokenizer.path)
+        if isinstance(self.task_options, dict) and 'cache_dir' in self.task_options:
+            self.task_options['cache_dir'] = fix(self.task_options['cache_dir'])
+
     @property
     def model_config(self) -> ModelConfig:
         "The architecture's config built from `model` (validated, `block_size` per the context rule)."
+        if not hasattr(self, '_model_config'): self.validate()  # built directly (`RunConfig(...)`), not by from_dict
         return self._model_config
 
     @property
     def task_config(self) -> Any:
         "The task's validated options object (when the task declares an `options_class`), else the raw dict."
+        if not hasattr(self, '_model_config'): self.validate()
         return getattr(self, '_task_options', self.task_options)
 
     @property

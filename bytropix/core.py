@@ -58,6 +58,11 @@ def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
 # %% ../nbs/00_core.ipynb #1ecc8541
 _T = TypeVar('_T')
 
+def _qualified_name(o) -> str | None:
+    "The qualified name of a class/function (None for lambdas and instances): what identifies a re-definition."
+    q = getattr(o, '__qualname__', None)
+    return None if q is None or '<lambda>' in q else q
+
 class Registry(Generic[_T]):
     "A name → object table with helpful errors; use `@reg.register('name')` as a decorator."
     def __init__(self, kind: str):
@@ -66,7 +71,11 @@ class Registry(Generic[_T]):
     def register(self, name: str, obj: _T | None = None, *, overwrite: bool = False):
         "Register `obj` under `name`; without `obj`, return a decorator."
         def deco(o: _T) -> _T:
-            if name in self._items and not overwrite and self._items[name] is not o:
+            old = self._items.get(name)
+            # the same definition executed again (a re-run notebook cell, a module imported after its notebook
+            # ran in the same process) replaces itself
+            redefined = old is not None and _qualified_name(old) == _qualified_name(o) != None
+            if name in self._items and not overwrite and old is not o and not redefined:
                 raise KeyError(f"{self.kind} `{name}` is already registered; pass overwrite=True to replace it.")
             self._items[name] = o
             return o

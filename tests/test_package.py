@@ -35,3 +35,27 @@ def test_pyproject_is_nbdev3():
     assert 'nbdev' in cfg['tool'], "nbdev 3 reads [tool.nbdev] from pyproject.toml"
     assert not (ROOT / 'settings.ini').exists(), "nbdev 3 refuses settings.ini"
     assert cfg['project']['scripts']['bytropix'] == 'bytropix.cli:main'
+
+
+def test_docs_sidebar_lists_every_chapter():
+    import yaml
+    def files(items):
+        for it in items:
+            if isinstance(it, str): yield it
+            else: yield from files(it.get('contents', []))
+    listed = set(files(yaml.safe_load((ROOT/'nbs'/'sidebar.yml').read_text())['website']['sidebar']['contents']))
+    chapters = {p.name for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_')}
+    assert chapters == listed, f"nbs/sidebar.yml: missing {sorted(chapters - listed)}, stale {sorted(listed - chapters)}"
+
+
+def test_readme_opens_with_the_two_commands_and_matches_the_index():
+    import subprocess, sys
+    readme = (ROOT/'README.md').read_text()
+    blocks = [b.split('```')[0] for b in readme.split('```sh\n')[1:3]]
+    second_section = readme.index('\n## ', readme.index('## Set up') + 1)
+    assert readme.count('```sh', 0, second_section) == 2  # the README opens with the two commands
+    assert blocks[0].strip().endswith('bytropix train configs/default.yaml')
+    assert blocks[1].strip().endswith('bash tools/test.sh')
+    assert blocks[1].strip().replace('pip install torch==2.13.0 && pip install -e ".[dev]" && ', '') in (ROOT/'.ci'/'run').read_text()
+    out = subprocess.run([sys.executable, str(ROOT/'tools'/'readme.py'), '--check'], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

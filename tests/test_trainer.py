@@ -2,12 +2,12 @@
 best tracking, averaging, precisions, AGC and Riemannian parameters."""
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
 
 import pytest
 import torch
+
+from lm_fixtures import SeqLoader, TokenData
 import torch.nn as nn
 
 import bytropix.models.gpt  # noqa: F401  (registers `gpt`)
@@ -21,38 +21,13 @@ from bytropix.training.trainer import Trainer
 V, T = 40, 12
 
 
-class SeqLoader:
-    "Rows of a fixed (N, T+1) tensor in order, B at a time: batch 2b = two consecutive batches of b."
-    def __init__(self, rows: torch.Tensor, batch_size: int):
-        self.rows, self.B, self.i = rows, batch_size, 0
-
-    def __iter__(self): return self
-
-    def __next__(self):
-        idx = (self.i * self.B + torch.arange(self.B)) % len(self.rows)
-        self.i += 1
-        r = self.rows[idx]
-        return r[:, :-1], r[:, 1:]
-
-    def state_dict(self): return {'i': self.i}
-    def load_state_dict(self, s): self.i = int(s['i'])
-
-
-@dataclass
-class Data:
-    train: Any
-    val_batches: Callable
-    bytes_per_token: Optional[float] = 1.0
-    vocab_size: Optional[int] = V
-
-
-def make_data(batch_size: int, seed: int = 0) -> Data:
+def make_data(batch_size: int, seed: int = 0) -> TokenData:
     g = torch.Generator().manual_seed(seed)
     # learnable structure: each row counts up modulo V from a random start
     starts = torch.randint(0, V, (64, 1), generator=g)
     rows = (starts + torch.arange(T + 1)) % V
     val = (torch.randint(0, V, (8, 1), generator=g) + torch.arange(T + 1)) % V
-    return Data(SeqLoader(rows, batch_size), lambda: iter([(val[:4, :-1], val[:4, 1:]), (val[4:, :-1], val[4:, 1:])]))
+    return TokenData(SeqLoader(rows, batch_size), lambda: iter([(val[:4, :-1], val[:4, 1:]), (val[4:, :-1], val[4:, 1:])]), vocab_size=V)
 
 
 def make_run(tmp_path: Path, **train) -> RunConfig:

@@ -2,12 +2,12 @@
 save/load, the trainer (aux logging, Riemannian parameters, checkpointing, bf16), curvature positivity, patching."""
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
 
 import pytest
 import torch
+
+from lm_fixtures import SeqLoader, TokenData
 from hypothesis import given, settings, strategies as st
 
 import bytropix.models.wubu  # noqa: F401  (registers `wubu`)
@@ -154,29 +154,11 @@ def test_block_levels_change_with_curvature():
 
 
 # -- the trainer ------------------------------------------------------------------------------------------------------
-class SeqLoader:
-    def __init__(self, rows, B): self.rows, self.B, self.i = rows, B, 0
-    def __iter__(self): return self
-    def __next__(self):
-        r = self.rows[(self.i * self.B + torch.arange(self.B)) % len(self.rows)]; self.i += 1
-        return r[:, :-1], r[:, 1:]
-    def state_dict(self): return {'i': self.i}
-    def load_state_dict(self, s): self.i = int(s['i'])
-
-
-@dataclass
-class Data:
-    train: Any
-    val_batches: Callable
-    bytes_per_token: Optional[float] = 1.0
-    vocab_size: Optional[int] = V
-
-
 def make_data(B=4):
     g = torch.Generator().manual_seed(0)
     rows = (torch.randint(0, V, (32, 1), generator=g) + torch.arange(T + 1)) % V
     val = (torch.randint(0, V, (4, 1), generator=g) + torch.arange(T + 1)) % V
-    return Data(SeqLoader(rows, B), lambda: iter([(val[:, :-1], val[:, 1:])]))
+    return TokenData(SeqLoader(rows, B), lambda: iter([(val[:, :-1], val[:, 1:])]), vocab_size=V)
 
 
 def run_config(tmp_path, arch='wubu', model=None, **train):

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from ..core import (CheckpointError, ConfigBase, ConfigError, Registry, atomic_path, atomic_write_text)
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'MODELS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'ModelConfig', 'ModelOutput',
-           'lm_loss', 'register_model', 'get_model_class', 'get_config_class', 'build_model', 'save_weights',
-           'load_weights', 'BytropixModel', 'model_card']
+__all__ = ['IGNORE_INDEX', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'MODELS', 'ModelConfig', 'ModelOutput',
+           'lm_loss', 'save_weights', 'load_weights', 'BytropixModel', 'register_model', 'get_model_class',
+           'get_config_class', 'build_model', 'model_card']
 
 # %% ../../nbs/20_models_base.ipynb #c9499cf7
 @dataclass
@@ -51,47 +51,6 @@ IGNORE_INDEX = -100
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     "Mean next-token cross-entropy in float32 (half-precision logits lose too much in the log-sum-exp)."
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
-
-# %% ../../nbs/20_models_base.ipynb #b686c914
-MODELS: Registry = Registry('architecture')
-
-def register_model(name: str):
-    "Class decorator: register a `BytropixModel` subclass (with its `config_class`) under `name`."
-    def deco(cls):
-        if not (isinstance(cls, type) and issubclass(cls, BytropixModel)):
-            raise TypeError(f"@register_model('{name}') must decorate a BytropixModel subclass, got {cls!r}.")
-        if not (isinstance(getattr(cls, 'config_class', None), type) and issubclass(cls.config_class, ModelConfig)):
-            raise TypeError(f"{cls.__name__}.config_class must be a ModelConfig subclass.")
-        cls.arch = name
-        return MODELS.register(name, cls)
-    return deco
-
-def _discover() -> None:
-    "Import every bundled architecture so that it registers itself (kept lazy: models sit above this module)."
-    import importlib
-    try: importlib.import_module('bytropix.models.zoo')
-    except ModuleNotFoundError as e:
-        if e.name != 'bytropix.models.zoo': raise
-
-def get_model_class(arch: str) -> type[BytropixModel]:
-    "The model class registered under `arch` (bundled architectures are imported on first use)."
-    if arch not in MODELS: _discover()
-    return MODELS.get(arch)
-
-def get_config_class(arch: str) -> type[ModelConfig]:
-    "The config class of architecture `arch`."
-    return get_model_class(arch).config_class
-
-def build_model(arch: str, config: ModelConfig | dict | None = None, **overrides) -> BytropixModel:
-    "Build a model of architecture `arch` from a config object or a dict of its fields (validated)."
-    cls = get_model_class(arch)
-    if config is None or isinstance(config, dict):
-        config = cls.config_class.from_dict({**(config or {}), **overrides}, _path='model')
-    else:
-        if not isinstance(config, cls.config_class):
-            raise ConfigError(f"Architecture `{arch}` needs a {cls.config_class.__name__}, got {type(config).__name__}.")
-        if overrides: config = config.replace(**overrides)
-    return cls(config)
 
 # %% ../../nbs/20_models_base.ipynb #c3122bf2
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -236,6 +195,47 @@ class BytropixModel(nn.Module):
         model = model_cls(model_cls.config_class.from_dict(meta['config'], _path='model'))
         load_weights(model, d/WEIGHTS_FILE, device=map_location)
         return model.to(map_location).eval()
+
+# %% ../../nbs/20_models_base.ipynb #b686c914
+MODELS: Registry = Registry('architecture')
+
+def register_model(name: str):
+    "Class decorator: register a `BytropixModel` subclass (with its `config_class`) under `name`."
+    def deco(cls):
+        if not (isinstance(cls, type) and issubclass(cls, BytropixModel)):
+            raise TypeError(f"@register_model('{name}') must decorate a BytropixModel subclass, got {cls!r}.")
+        if not (isinstance(getattr(cls, 'config_class', None), type) and issubclass(cls.config_class, ModelConfig)):
+            raise TypeError(f"{cls.__name__}.config_class must be a ModelConfig subclass.")
+        cls.arch = name
+        return MODELS.register(name, cls)
+    return deco
+
+def _discover() -> None:
+    "Import every bundled architecture so that it registers itself (kept lazy: models sit above this module)."
+    import importlib
+    try: importlib.import_module('bytropix.models.zoo')
+    except ModuleNotFoundError as e:
+        if e.name != 'bytropix.models.zoo': raise
+
+def get_model_class(arch: str) -> type[BytropixModel]:
+    "The model class registered under `arch` (bundled architectures are imported on first use)."
+    if arch not in MODELS: _discover()
+    return MODELS.get(arch)
+
+def get_config_class(arch: str) -> type[ModelConfig]:
+    "The config class of architecture `arch`."
+    return get_model_class(arch).config_class
+
+def build_model(arch: str, config: ModelConfig | dict | None = None, **overrides) -> BytropixModel:
+    "Build a model of architecture `arch` from a config object or a dict of its fields (validated)."
+    cls = get_model_class(arch)
+    if config is None or isinstance(config, dict):
+        config = cls.config_class.from_dict({**(config or {}), **overrides}, _path='model')
+    else:
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"Architecture `{arch}` needs a {cls.config_class.__name__}, got {type(config).__name__}.")
+        if overrides: config = config.replace(**overrides)
+    return cls(config)
 
 # %% ../../nbs/20_models_base.ipynb #0f394baf
 def model_card(model: BytropixModel, info: dict) -> str:

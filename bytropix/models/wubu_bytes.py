@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional  # Optional: annotations of the inherited WuBuConfig fields
 
 import torch
 import torch.nn as nn
