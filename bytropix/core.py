@@ -63,35 +63,52 @@ def _qualified_name(o) -> str | None:
     q = getattr(o, '__qualname__', None)
     return None if q is None or '<lambda>' in q else q
 
+def _is_stale(o) -> bool:
+    "Defined in a `__main__` that is no longer running (an earlier notebook kernel or script in this process)."
+    if getattr(o, '__module__', None) != '__main__': return False
+    import sys
+    return vars(sys.modules.get('__main__', object())).get(getattr(o, '__name__', ''), None) is not o
+
 class Registry(Generic[_T]):
-    "A name → object table with helpful errors; use `@reg.register('name')` as a decorator."
+    """A name → object table with helpful errors; use `@reg.register('name')` as a decorator.
+    Running the same definition again (a re-executed notebook cell, or a notebook's class next to the exported
+    module's) replaces the entry; the replaced one comes back if the newer one was defined in a `__main__` that has
+    since gone (notebooks tested one after another in one process)."""
     def __init__(self, kind: str):
-        self.kind, self._items = kind, {}
+        self.kind, self._items, self._shadowed = kind, {}, {}
 
     def register(self, name: str, obj: _T | None = None, *, overwrite: bool = False):
         "Register `obj` under `name`; without `obj`, return a decorator."
         def deco(o: _T) -> _T:
-            old = self._items.get(name)
-            # the same definition executed again (a re-run notebook cell, a module imported after its notebook
-            # ran in the same process) replaces itself
-            redefined = old is not None and _qualified_name(old) == _qualified_name(o) != None
-            if name in self._items and not overwrite and old is not o and not redefined:
-                raise KeyError(f"{self.kind} `{name}` is already registered; pass overwrite=True to replace it.")
+            old = self._current(name)
+            if old is not None and old is not o:
+                if not overwrite and _qualified_name(old) != _qualified_name(o):
+                    raise KeyError(f"{self.kind} `{name}` is already registered; pass overwrite=True to replace it.")
+                self._shadowed.setdefault(name, []).append(old)
             self._items[name] = o
             return o
         return deco if obj is None else deco(obj)
 
+    def _current(self, name: str) -> _T | None:
+        o = self._items.get(name)
+        while o is not None and _is_stale(o):
+            stack = self._shadowed.get(name) or []
+            o = stack.pop() if stack else None
+            if o is None: del self._items[name]
+            else: self._items[name] = o
+        return o
+
     def get(self, name: str) -> _T:
         "The object registered under `name`; a `ConfigError` naming the nearest valid name otherwise."
-        try: return self._items[name]
-        except KeyError:
-            raise ConfigError(f"Unknown {self.kind} `{name}`." + did_you_mean(name, self._items)) from None
+        o = self._current(name)
+        if o is None: raise ConfigError(f"Unknown {self.kind} `{name}`." + did_you_mean(name, self.names()))
+        return o
 
-    def names(self) -> list[str]: return sorted(self._items)
-    def items(self): return sorted(self._items.items())
-    def __contains__(self, name) -> bool: return name in self._items
+    def names(self) -> list[str]: return sorted(n for n in list(self._items) if self._current(n) is not None)
+    def items(self): return [(n, self._items[n]) for n in self.names()]
+    def __contains__(self, name) -> bool: return self._current(name) is not None
     def __getitem__(self, name: str) -> _T: return self.get(name)
-    def __len__(self) -> int: return len(self._items)
+    def __len__(self) -> int: return len(self.names())
     def __repr__(self) -> str: return f"Registry({self.kind}: {', '.join(self.names())})"
 
 # %% ../nbs/00_core.ipynb #e46902cc

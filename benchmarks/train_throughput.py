@@ -1,0 +1,283 @@
+"""Training throughput of the bytropix GPT through the full `Trainer` vs a minimal plain-PyTorch loop.
+
+Both sides train the default GPT (4 layers, 4 heads, 128 wide, byte tokenizer, block 128, batch 16) of the default
+run config, from the same seed (the same initial weights: checked), on the same batches in the same order (the
+task's `BlockLoader`, fresh each run), with the same AdamW hyper-parameters (decay on matrices only), the same
+warm-up + cosine learning-rate schedule and the same global-norm gradient clipping, for the same number of steps.
+
+- trainer: `bytropix.training.trainer.Trainer(run).fit()` — the real platform: metrics log (fsync'd JSON lines every
+  `log_interval` = 10 steps), non-finite checks, progress bookkeeping, scheduler, clipping helpers. Evaluation,
+  checkpointing and export happen once, after the last step (`eval_interval=0`, `save_interval=0`), sampling and
+  TensorBoard are off. Its time is the trainer's own: `time_s` of the `train/*` record of the last step in
+  `RUN/metrics.jsonl`, measured by `fit()` from the start of its training loop (after setup) to the end of the last
+  optimizer step — it includes every step's data loading and the periodic logging, and excludes setup and the final
+  evaluation/checkpoint/export. tokens/s = tokens trained / that time.
+- plain: `torch.optim.AdamW`, the schedule written inline, `torch.nn.utils.clip_grad_norm_`, the same model class;
+  timed with `time.perf_counter()` from before the first batch is drawn to after the last optimizer step.
+
+A warm-up run of each side comes first (untimed); then the two alternate (trainer, plain, plain, trainer, ...) for
+`--repeats` rounds and the medians are reported (the CPU may be shared). The headline ratio is median / median of
+the whole-loop figures; the per-round ratios (adjacent runs), the ratio of the medians of the trainer's own logged
+10-step `train/tokens_per_s` (the plain loop timed at the same steps) and the ratio in process CPU time are printed
+as well, to show how much of a difference is run-to-run noise. Finally both final models are evaluated on the same
+validation batches (`bytropix.training.evaluation.evaluate`). Targets: tokens/s ratio trainer/plain ≥ 1.0 (the
+platform costs nothing) and |bpb difference| ≤ 2 %.
+
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py              # ~4 minutes on 1 CPU thread
+    python benchmarks/train_throughput.py --steps 50 --repeats 1          # quick
+    python benchmarks/train_throughput.py --pin-malloc                    # without allocator page-fault noise
+    python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+
+from bytropix.config import load_config, prepare_task  # noqa: E402
+from bytropix.data.tokenizers import byte_tokenizer  # noqa: E402
+from bytropix.models.base import build_model  # noqa: E402
+from bytropix.training.evaluation import evaluate  # noqa: E402
+from bytropix.training.trainer import Trainer  # noqa: E402
+
+
+def make_run(steps: int, device: str, threads: int, eval_batches: int, out_dir: str):
+    "The default run config, with evaluation/checkpoint only at the end and sampling/TensorBoard off."
+    ov = {'train.steps': steps, 'train.warmup_steps': max(1, steps // 10), 'train.device': device,
+          'train.eval_interval': 0, 'train.eval_batches': eval_batches, 'train.save_interval': 0, 'train.keep_last': 1,
+          'train.sample_interval': 0, 'train.tensorboard': False, 'out_dir': out_dir}
+    if threads: ov['train.num_threads'] = threads
+    return load_config(overrides=ov)
+
+
+def _faults() -> int:
+    "Minor page faults of this process so far (0 where `resource` is missing)."
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except ImportError: return 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------- trainer side
+def run_trainer(run, check_init: dict | None = None) -> dict:
+    "Train with the full Trainer; throughput from its own metrics.jsonl. Returns the trained model too."
+    tr = Trainer(run, log=None, progress=False, overwrite=True).setup()
+    if check_init is not None:   # compare the trainer's initial weights with the plain loop's
+        sd = tr.model.state_dict()
+        check_init['same_init'] = all(torch.equal(sd[k].cpu(), v) for k, v in check_init.pop('state').items())
+    # secondary measurement: process CPU time from the end of setup to the end of the last train_step (a no-op
+    # wrapper around the bound method notes the time; wall-clock figures come from the trainer's own metrics log)
+    step_fn, cpu_end = tr.train_step, [0.0, 0]
+    def train_step():
+        r = step_fn(); cpu_end[:] = time.process_time(), _faults(); return r
+    tr.train_step = train_step
+    cpu0, f0 = time.process_time(), _faults()
+    final = tr.fit()
+    recs = [r for r in tr.metrics_log.read() if 'train/tokens' in r]
+    last = recs[-1]
+    assert last['step'] == run.train.steps, last
+    return {'time_s': last['time_s'], 'tokens': last['train/tokens'], 'tok_s': last['train/tokens'] / last['time_s'],
+            'interval_tok_s': [r['train/tokens_per_s'] for r in recs if r['step'] > 1],   # its logged 10-step figures
+            'cpu_tok_s': last['train/tokens'] / (cpu_end[0] - cpu0), 'faults': (cpu_end[1] - f0) / run.train.steps,
+            'loss_at': {r['step']: r['train/loss'] for r in recs}, 'final_loss': last['train/loss'],
+            'val_bpb_fit': final.get('val/bpb'), 'model': tr.model, 'data': tr.data}
+
+
+# ------------------------------------------------------------------------------------------------------ plain side
+def build_plain(run, device: torch.device):
+    "Seed, model and data as a plain script would get them (same seed → same init and same batches as the trainer)."
+    data = prepare_task(run, byte_tokenizer())
+    torch.manual_seed(run.train.seed)
+    model = build_model(run.arch, run.resolved(data.vocab_size).model_config).to(device)
+    return model, data
+
+
+def train_plain(model: nn.Module, batches, device: torch.device, tc) -> dict:
+    "A minimal plain-PyTorch training loop."
+    no_decay_mods = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
+    no_decay = {id(p) for m in model.modules() if isinstance(m, no_decay_mods) for p in m.parameters(recurse=False)}
+    params = list(model.parameters())
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in no_decay]
+    other = [p for p in params if not (p.ndim >= 2 and id(p) not in no_decay)]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': tc.weight_decay}, {'params': other, 'weight_decay': 0.0}],
+                            lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps)
+
+    def lr_at(step):   # linear warm-up, then cosine from lr to min_lr
+        if step < tc.warmup_steps: return tc.lr * (step + 1) / tc.warmup_steps
+        p = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+        return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * p))
+
+    model.train()
+    losses, marks = [], []   # marks: (step, time) at the steps where the trainer logs (1, every log_interval, last)
+    _sync(device)
+    t0, c0, f0 = time.perf_counter(), time.process_time(), _faults()
+    for step in range(tc.steps):
+        for g in opt.param_groups: g['lr'] = lr_at(step)
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        loss = model(x, y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        s = step + 1
+        if s == 1 or s % tc.log_interval == 0 or s == tc.steps:
+            _sync(device); marks.append((s, time.perf_counter()))
+    _sync(device)
+    dt, dc, df = time.perf_counter() - t0, time.process_time() - c0, _faults() - f0
+    ntok = tc.steps * tc.batch_size * tc.block_size
+    losses = [float(v) for v in losses]
+    per_step = tc.batch_size * tc.block_size
+    intervals = [(s1 - s0) * per_step / (t1 - t0_) for (s0, t0_), (s1, t1) in zip(marks, marks[1:])]
+    return {'time_s': dt, 'tokens': ntok, 'tok_s': ntok / dt, 'interval_tok_s': intervals, 'cpu_tok_s': ntok / dc,
+            'faults': df / tc.steps, 'losses': losses, 'final_loss': losses[-1]}
+
+
+def run_plain(run, device: torch.device) -> dict:
+    model, data = build_plain(run, device)
+    r = train_plain(model, data.train, device, run.train)
+    return {**r, 'model': model, 'data': data}
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--steps', type=int, default=60, help='optimizer steps per run (default 60: ~4 min on 1 CPU thread)')
+    ap.add_argument('--repeats', type=int, default=4, help='timed runs of each side, alternating trainer-plain, plain-trainer, ... '
+                    '(default 4: each side runs first in half of the rounds)')
+    ap.add_argument('--device', default='cpu', help="cpu, cuda, auto (default cpu)")
+    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default; default 1)')
+    ap.add_argument('--warmup-run-steps', type=int, default=10, help='steps of the untimed warm-up run of each side')
+    ap.add_argument('--eval-batches', type=int, default=20, help='validation batches for bits per byte (default 20)')
+    ap.add_argument('--json', default=None, help='also write the results to this JSON file')
+    ap.add_argument('--pin-malloc', action='store_true',
+                    help="re-run with glibc's malloc thresholds pinned (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): "
+                         "freed activation memory is kept instead of being returned to the OS and faulted in again, "
+                         "which takes the run-to-run page-fault differences out of the comparison (Linux/glibc)")
+    a = ap.parse_args(argv)
+    if a.pin_malloc and argv is None and not os.environ.get('MALLOC_TRIM_THRESHOLD_'):
+        env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(2**32), 'MALLOC_TRIM_THRESHOLD_': str(2**34)}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    if a.steps < 2 or a.repeats < 1 or a.warmup_run_steps < 1 or a.eval_batches < 1:
+        ap.error('--steps must be at least 2; --repeats, --warmup-run-steps and --eval-batches at least 1')
+    if a.threads: torch.set_num_threads(a.threads)
+    from bytropix.core import resolve_device
+    device = resolve_device(a.device)
+    tmp = tempfile.mkdtemp(prefix='bytropix-throughput-')
+    t_start = time.perf_counter()
+    try:
+        mk = lambda steps, name: make_run(steps, str(device), a.threads, a.eval_batches, os.path.join(tmp, name))
+        run = mk(a.steps, 'run')
+        tc, mc = run.train, run.model_config
+        print(f"bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, batch {tc.batch_size} x block {tc.block_size} = "
+              f"{tc.tokens_per_step:,} tokens/step, {tc.steps} steps (warm-up {tc.warmup_steps}, cosine {tc.lr:g} -> "
+              f"{tc.min_lr:g}, clip {tc.clip_grad}), device {device}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread(s)")
+
+        # warm-up (untimed) + checks: the same initial weights, the same step-1 loss (→ the same first batch)
+        wr = mk(a.warmup_run_steps, 'warmup')
+        pm, _ = build_plain(wr, device)
+        chk = {'state': {k: v.detach().cpu().clone() for k, v in pm.state_dict().items()}}
+        del pm
+        tw, pw = run_trainer(wr, check_init=chk), run_plain(wr, device)
+        same_first = tw['loss_at'][1] == pw['losses'][0]
+        print(f"warm-up ({a.warmup_run_steps} steps each): same initial weights: {chk['same_init']}; "
+              f"same step-1 loss: {same_first} ({tw['loss_at'][1]:.6f} vs {pw['losses'][0]:.6f})")
+        del tw, pw; gc.collect()
+
+        sides = ('trainer', 'plain')
+        res = {k: {side: [] for side in sides} for k in ('loop', 'interval', 'cpu', 'faults')}
+        last = {}
+        for i in range(a.repeats):
+            for side in (sides if i % 2 == 0 else sides[::-1]):   # trainer, plain, plain, trainer, ...
+                last.pop(side, None); gc.collect()
+                if side == 'trainer':
+                    shutil.rmtree(run.out_dir, ignore_errors=True)
+                    r = run_trainer(run)
+                else:
+                    r = run_plain(run, device)
+                res['loop'][side].append(r['tok_s']); res['cpu'][side].append(r['cpu_tok_s'])
+                res['faults'][side].append(r['faults'])
+                res['interval'][side] += r['interval_tok_s']
+                print(f"  round {i + 1} {side:<7} {r['time_s']:7.2f} s  {r['tok_s']:7,.0f} tok/s  "
+                      f"(median of its {tc.log_interval}-step intervals {statistics.median(r['interval_tok_s']):,.0f}; "
+                      f"{r['cpu_tok_s']:,.0f} tok/CPU-s; {r['faults']:,.0f} page faults/step)  final train loss {r['final_loss']:.4f}", flush=True)
+                last[side] = r
+
+        # evaluate both final models on the same validation batches
+        vd = last['plain']['data']
+        ev = {side: evaluate(last[side]['model'], vd.val_batches(a.eval_batches), bytes_per_token=vd.bytes_per_token)
+              for side in sides}
+        bpb_t, bpb_p = ev['trainer']['bpb'], ev['plain']['bpb']
+        dbpb = (bpb_t - bpb_p) / bpb_p * 100
+        lt, lp = last['trainer']['loss_at'], last['plain']['losses']
+        max_dloss = max(abs(v - lp[s - 1]) for s, v in lt.items())
+
+        med = {k: {side: statistics.median(v[side]) for side in sides} for k, v in res.items()}
+        ratio = {k: m['trainer'] / m['plain'] for k, m in med.items() if k != 'faults'}
+        paired = [t / p for t, p in zip(res['loop']['trainer'], res['loop']['plain'])]   # per round (adjacent runs)
+        spread = lambda v: (max(v) - min(v)) / statistics.median(v) * 100
+        ok_speed, ok_bpb = ratio['loop'] >= 1.0, abs(dbpb) <= 2.0
+        within_noise = min(paired) <= 1.0 <= max(paired)
+        yes = lambda ok: 'met' if ok else 'NOT met'
+
+        n_int = len(res['interval']['trainer'])
+        print()
+        print(f"| side | tokens/s (median of {a.repeats} runs) | runs: tokens/s (spread) | tokens/s (median of {n_int} "
+              f"{tc.log_interval}-step intervals) | tokens/CPU-s (median) | page faults/step (median) | val bpb | final train loss |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        for side in sides:
+            runs = ', '.join(f"{v:,.0f}" for v in res['loop'][side])
+            print(f"| {side} | {med['loop'][side]:,.0f} | {runs} ({spread(res['loop'][side]):.0f} %) | "
+                  f"{med['interval'][side]:,.0f} | {med['cpu'][side]:,.0f} | {med['faults'][side]:,.0f} | {ev[side]['bpb']:.4f} | "
+                  f"{last[side]['final_loss']:.4f} |")
+        print()
+        print(f"tokens/s ratio trainer/plain: {ratio['loop']:.3f}  (target >= 1.0: {yes(ok_speed)})")
+        print(f"    per round: {', '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f}); "
+              f"{tc.log_interval}-step intervals: {ratio['interval']:.3f}; CPU time: {ratio['cpu']:.3f}"
+              + ("; 1.0 lies within the per-round range: the difference is within this machine's run-to-run noise"
+                 if within_noise and not ok_speed else ''))
+        print(f"bpb difference (trainer - plain) / plain: {dbpb:+.3f} %  ({bpb_t:.4f} vs {bpb_p:.4f}; target |.| <= 2 %: "
+              f"{yes(ok_bpb)})")
+        print(f"    largest train-loss difference at the trainer's logged steps: {max_dloss:.2e}; the trainer's own final "
+              f"val/bpb: {last['trainer']['val_bpb_fit']:.4f} (the same {a.eval_batches} validation batches)")
+        print(f"How measured: tokens trained / time over the training loop. Trainer: `time_s` of its last-step record in "
+              f"RUN/metrics.jsonl, which fit() measures from the start of its loop (after setup) to the end of the last "
+              f"step: data loading, steps and periodic logging included; the final eval, checkpoint and export excluded. "
+              f"Plain: perf_counter around its loop. Intervals: the trainer's own `train/tokens_per_s` records (every "
+              f"{tc.log_interval} steps; the step-1 record left out), the plain loop timed at the same steps. "
+              f"tokens/CPU-s: the whole loop in process CPU time" + (" (host)" if device.type == 'cuda' else '') +
+              f". {a.repeats} alternating rounds (trainer-plain, plain-trainer, ...) after an untimed warm-up run of "
+              f"each; medians, since the CPU may be shared. Page faults/step: minor page faults over the loop / steps"
+              + (" (malloc thresholds pinned)" if os.environ.get('MALLOC_TRIM_THRESHOLD_') else '') +
+              f". Benchmark wall time {time.perf_counter() - t_start:.0f} s.")
+        out = {'steps': a.steps, 'repeats': a.repeats, 'device': str(device), 'threads': torch.get_num_threads(),
+               'tokens_per_s': res, 'median_tokens_per_s': med, 'ratio': ratio, 'paired_ratios': paired,
+               'bpb': {'trainer': bpb_t, 'plain': bpb_p}, 'bpb_diff_pct': dbpb,
+               'targets_met': {'speed': ok_speed, 'bpb': ok_bpb}, 'same_init': chk['same_init'],
+               'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss}
+        if a.json:
+            with open(a.json, 'w') as f: json.dump(out, f, indent=1)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
