@@ -18,7 +18,13 @@ fi
 rm -rf "$snap"
 
 echo "== nbdev-test"
-nbdev-test --n-workers "${NBDEV_WORKERS:-2}" --timing
+# Cells flagged `slow` (full default training run, full-corpus builds, long benchmarks; ~13 min on 2 cores) are
+# skipped by default; BYTROPIX_SLOW=1 runs them too.
+if [ "${BYTROPIX_SLOW:-0}" = "1" ]; then
+  nbdev-test --n-workers "${NBDEV_WORKERS:-2}" --timing --flags slow
+else
+  nbdev-test --n-workers "${NBDEV_WORKERS:-2}" --timing
+fi
 
 echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
