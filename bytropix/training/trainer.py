@@ -370,8 +370,9 @@ class Trainer:
         tc = self.tc
         g = torch.Generator(device=self.device).manual_seed(tc.seed + self.step)  # own RNG: training randomness untouched
         try:
+            eos = getattr(self.tokenizer, 'eos_id', None)  # a document ends the sample
             out = self.model.generate(self._sample_ids.to(self.device), tc.sample_tokens, temperature=tc.sample_temperature,
-                                      top_k=tc.sample_top_k, generator=g)
+                                      top_k=tc.sample_top_k, generator=g, stop=None if eos is None else [eos])
         except (NotImplementedError, ImportError) as e:
             self.log(f"sampling disabled: {e}"); self._sample_ids = None
             return None
