@@ -67,7 +67,7 @@ def _is_stale(o) -> bool:
     "Defined in a `__main__` that is no longer running (an earlier notebook kernel or script in this process)."
     if getattr(o, '__module__', None) != '__main__': return False
     import sys
-    return vars(sys.modules.get('__main__', object())).get(getattr(o, '__name__', ''), None) is not o
+    return getattr(sys.modules.get('__main__'), '__dict__', {}).get(getattr(o, '__name__', ''), None) is not o
 
 class Registry(Generic[_T]):
     """A name → object table with helpful errors; use `@reg.register('name')` as a decorator.

@@ -137,6 +137,17 @@ def test_bad_input_is_one_clear_error(argv, msg, tmp_path, capsys, monkeypatch):
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').rglob('*.safetensors'))
 
 
+@pytest.mark.parametrize('argv, msg', [
+    (['average', 'r', '--last', '1'], 'argument --last: 1 is out of range: use a value ≥ 2'),
+    (['generate', 'r', '--temperature', '-0.5'], 'argument --temperature: -0.5 is out of range'),
+    (['solve', 'r', '--n', '0'], 'argument --n: 0 is out of range'),
+    (['tokenizer', 'train', '--max-bytes', '0'], 'argument --max-bytes: 0 is out of range'),
+])
+def test_numbers_out_of_range_are_usage_errors(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e: main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_tokenizer_train_on_files(tmp_path, capsys):
     d = tmp_path/'texts'; d.mkdir()
     for i in range(3):
@@ -174,6 +185,11 @@ def test_solve_held_out_and_given_puzzles(sudoku_run, capsys):
     assert text.startswith('puzzle:') and 'model:' in text
     rc, text = run('solve', sudoku_run, '--puzzle', '1.3', capsys=capsys)
     assert rc == 2 and '16 cells' in text
+    rc, text = run('solve', sudoku_run, '--file', sudoku_run/'no-such-puzzle.txt', capsys=capsys)
+    assert rc == 2 and 'no-such-puzzle.txt does not exist' in text and 'Traceback' not in text
+    (sudoku_run.parent/'p.txt').write_text('1.3.\n..1.\n.1..\n4.2.\n')
+    rc, text = run('solve', sudoku_run, '--file', sudoku_run.parent/'p.txt', capsys=capsys)
+    assert rc == 0 and text.startswith('puzzle:')
     rc, text = run('generate', sudoku_run, '--prompt', 'x', capsys=capsys)
     assert rc == 2 and 'bytropix solve' in text
 
