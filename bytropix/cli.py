@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
-from .core import BytropixError, ConfigError, DataError, CheckpointError, parse_value, resolve_device
+from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value, resolve_device
 
 # %% auto #0
 __all__ = ['parse_overrides', 'split_train_args', 'load_model_and_tokenizer', 'is_puzzle_model', 'cmd_train', 'cmd_eval',
@@ -428,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser('models', help="list the registered architectures", description="List the registered architectures.")
     m.set_defaults(func=cmd_models)
+    for name in COMMANDS.names(): COMMANDS[name](sub)  # commands registered by other chapters (`bytropix.core.COMMANDS`)
     return p
 
 # %% ../nbs/55_cli.ipynb #7ad64714

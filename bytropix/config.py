@@ -23,8 +23,8 @@ from .data.tokenizers import TokenizerConfig
 from .models.base import ModelConfig, get_config_class
 
 # %% auto #0
-__all__ = ['TrainConfig', 'discover_tasks', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config',
-           'save_config', 'config_diff']
+__all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config', 'save_config',
+           'config_diff']
 
 # %% ../nbs/40_config.ipynb #cdb80b18
 @dataclass
@@ -95,18 +95,9 @@ class TrainConfig(ConfigBase):
         return self.batch_size * self.grad_accum * self.block_size
 
 # %% ../nbs/40_config.ipynb #6d38c26b
-def discover_tasks() -> None:
-    "Import the modules that register tasks into `bytropix.core.TASKS` ('lm' from the data chapter, puzzles)."
-    import importlib
-    for mod in ('bytropix.data.datasets', 'bytropix.data.puzzles'):
-        try: importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod: raise
-
 def get_task(name: str):
     "The `prepare(run, tokenizer) -> PreparedData` function of task `name` (nearest-name error when unknown)."
-    if name not in TASKS: discover_tasks()
-    return TASKS.get(name)
+    return TASKS.get(name)  # the registry finds the chapters that register tasks
 
 def prepare_task(run: 'RunConfig', tokenizer: Any = None) -> Any:
     "Prepare the data of `run.task` for training and evaluation (a `PreparedData`)."

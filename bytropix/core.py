@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['TASKS', 'DTYPES', 'BytropixError', 'ConfigError', 'DataError', 'CheckpointError', 'NonFiniteError', 'nearest_name',
-           'did_you_mean', 'Registry', 'as_dtype', 'is_half', 'compute_dtype', 'upcast', 'seed_everything',
-           'get_rng_state', 'set_rng_state', 'atomic_write', 'atomic_write_text', 'atomic_path', 'ConfigBase',
-           'parse_value', 'set_by_path', 'apply_overrides', 'default_device', 'resolve_device']
+__all__ = ['TASKS', 'COMMANDS', 'DTYPES', 'BytropixError', 'ConfigError', 'DataError', 'CheckpointError', 'NonFiniteError',
+           'nearest_name', 'did_you_mean', 'Registry', 'discover_modules', 'as_dtype', 'is_half', 'compute_dtype',
+           'upcast', 'seed_everything', 'get_rng_state', 'set_rng_state', 'atomic_write', 'atomic_write_text',
+           'atomic_path', 'ConfigBase', 'parse_value', 'set_by_path', 'apply_overrides', 'default_device',
+           'resolve_device']
 
 # %% ../nbs/00_core.ipynb #5b59f511
 class BytropixError(Exception):
@@ -73,9 +74,11 @@ class Registry(Generic[_T]):
     """A name → object table with helpful errors; use `@reg.register('name')` as a decorator.
     Running the same definition again (a re-executed notebook cell, or a notebook's class next to the exported
     module's) replaces the entry; the replaced one comes back if the newer one was defined in a `__main__` that has
-    since gone (notebooks tested one after another in one process)."""
-    def __init__(self, kind: str):
-        self.kind, self._items, self._shadowed = kind, {}, {}
+    since gone (notebooks tested one after another in one process).
+    With `discover=True` a lookup of an unknown name, and every listing, first imports the whole package
+    (`discover_modules`), so entries register themselves wherever they are defined."""
+    def __init__(self, kind: str, discover: bool = False):
+        self.kind, self._items, self._shadowed, self.discover = kind, {}, {}, discover
 
     def register(self, name: str, obj: _T | None = None, *, overwrite: bool = False):
         "Register `obj` under `name`; without `obj`, return a decorator."
@@ -101,18 +104,39 @@ class Registry(Generic[_T]):
     def get(self, name: str) -> _T:
         "The object registered under `name`; a `ConfigError` naming the nearest valid name otherwise."
         o = self._current(name)
+        if o is None and self.discover:
+            discover_modules(); o = self._current(name)
         if o is None: raise ConfigError(f"Unknown {self.kind} `{name}`." + did_you_mean(name, self.names()))
         return o
 
-    def names(self) -> list[str]: return sorted(n for n in list(self._items) if self._current(n) is not None)
+    def names(self) -> list[str]:
+        if self.discover: discover_modules()
+        return sorted(n for n in list(self._items) if self._current(n) is not None)
     def items(self): return [(n, self._items[n]) for n in self.names()]
-    def __contains__(self, name) -> bool: return self._current(name) is not None
+    def __contains__(self, name) -> bool:
+        if self._current(name) is None and self.discover: discover_modules()
+        return self._current(name) is not None
     def __getitem__(self, name: str) -> _T: return self.get(name)
     def __len__(self) -> int: return len(self.names())
     def __repr__(self) -> str: return f"Registry({self.kind}: {', '.join(self.names())})"
 
+# %% ../nbs/00_core.ipynb #33bbbb64
+_DISCOVERED: set[str] = set()
+
+def discover_modules(package: str = 'bytropix') -> list[str]:
+    "Import every public module of `package` once (names starting with `_`, e.g. `__main__`, are skipped)."
+    import importlib, pkgutil
+    if package in _DISCOVERED: return []
+    _DISCOVERED.add(package)  # first: a module that looks something up while importing must not recurse
+    pkg, names = importlib.import_module(package), []
+    for m in pkgutil.walk_packages(pkg.__path__, package + '.'):
+        if any(part.startswith('_') for part in m.name.split('.')[1:]): continue
+        importlib.import_module(m.name); names.append(m.name)
+    return names
+
 # %% ../nbs/00_core.ipynb #e46902cc
-TASKS: Registry = Registry('task')
+TASKS: Registry = Registry('task', discover=True)
+COMMANDS: Registry = Registry('command', discover=True)
 
 # %% ../nbs/00_core.ipynb #4b385145
 DTYPES: dict[str, torch.dtype] = {

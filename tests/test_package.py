@@ -59,3 +59,20 @@ def test_readme_opens_with_the_two_commands_and_matches_the_index():
     assert blocks[1].strip().replace('pip install torch==2.13.0 && pip install -e ".[dev]" && ', '') in (ROOT/'.ci'/'run').read_text()
     out = subprocess.run([sys.executable, str(ROOT/'tools'/'readme.py'), '--check'], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_discovery_imports_no_heavy_optional_dependency():
+    "Every module is imported to find models, tasks and commands: none may import a heavy optional library at the top."
+    import subprocess, sys, json
+    code = ("import sys, bytropix.core as c; c.discover_modules(); "
+            "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'uvicorn', 'transformers', 'onnx', 'onnxruntime', 'onnxscript', 'torchao', 'bitsandbytes', "
+            "'selenium', 'captum', 'wandb', 'peft'))))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_cli_lists_registered_commands():
+    from bytropix.cli import build_parser
+    text = build_parser().format_help()
+    for name in ('train', 'eval', 'generate', 'models'): assert name in text

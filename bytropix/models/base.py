@@ -197,7 +197,7 @@ class BytropixModel(nn.Module):
         return model.to(map_location).eval()
 
 # %% ../../nbs/20_models_base.ipynb #b686c914
-MODELS: Registry = Registry('architecture')
+MODELS: Registry = Registry('architecture', discover=True)  # model chapters register themselves
 
 def register_model(name: str):
     "Class decorator: register a `BytropixModel` subclass (with its `config_class`) under `name`."
@@ -210,16 +210,8 @@ def register_model(name: str):
         return MODELS.register(name, cls)
     return deco
 
-def _discover() -> None:
-    "Import every bundled architecture so that it registers itself (kept lazy: models sit above this module)."
-    import importlib
-    try: importlib.import_module('bytropix.models.zoo')
-    except ModuleNotFoundError as e:
-        if e.name != 'bytropix.models.zoo': raise
-
 def get_model_class(arch: str) -> type[BytropixModel]:
-    "The model class registered under `arch` (bundled architectures are imported on first use)."
-    if arch not in MODELS: _discover()
+    "The model class registered under `arch` (the registry finds every model chapter on first use)."
     return MODELS.get(arch)
 
 def get_config_class(arch: str) -> type[ModelConfig]:

@@ -8,8 +8,6 @@ Docs: https://bytropix.github.io/bytropix/model_zoo.html.md"""
 from __future__ import annotations
 
 from .base import MODELS, BytropixModel, build_model, get_config_class
-# Importing a model module registers its architecture; this list is the whole zoo.
-from . import gpt, bdh, hrm, trm, wubu, wubu_bytes  # noqa: F401
 
 # %% auto #0
 __all__ = ['architectures', 'describe_architectures', 'architecture_table']
