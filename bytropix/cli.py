@@ -11,6 +11,9 @@ import argparse
 import json
 import math
 import os
+import re
+import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,9 +24,8 @@ import torch
 from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value, resolve_device
 
 # %% auto #0
-__all__ = ['parse_overrides', 'split_train_args', 'load_model_and_tokenizer', 'is_puzzle_model', 'cmd_train', 'cmd_eval',
-           'cmd_generate', 'parse_sudoku', 'parse_maze', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train',
-           'cmd_models', 'build_parser', 'main']
+__all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',
+           'cmd_train', 'cmd_eval', 'cmd_generate', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
 
 # %% ../nbs/55_cli.ipynb #4dc049b5
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -77,88 +79,187 @@ def split_train_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
         i += 1
     return own, over
 
-# %% ../nbs/55_cli.ipynb #64a01b7a
-def load_model_and_tokenizer(path: str | os.PathLike, checkpoint: str = 'best', device: str = 'auto'):
-    "`(model, tokenizer, run)` from a run directory (`run` is its `RunConfig`) or an export directory (`run` is None)."
-    from bytropix.data.tokenizers import Tokenizer, byte_tokenizer
-    from bytropix.models.base import CONFIG_FILE, BytropixModel
-    p = Path(path)
-    dev = resolve_device(device)
-    if (p/'config.yaml').is_file():
-        from bytropix.training.evaluation import load_run_model
-        run, model, _ = load_run_model(p, checkpoint, device=str(dev))
-    elif (p/CONFIG_FILE).is_file():
-        run, model = None, BytropixModel.from_pretrained(p, map_location=dev)
-    elif not p.exists():
-        raise CheckpointError(f"{p} does not exist. Pass a training run directory (the out_dir of `bytropix train`) "
-                              "or a model exported with save_pretrained.")
-    else:
-        raise CheckpointError(f"{p} is neither a training run (no config.yaml) nor an exported model (no {CONFIG_FILE}).")
-    tok_path = p/'tokenizer.json'
-    tokenizer = Tokenizer.load(tok_path) if tok_path.is_file() else byte_tokenizer()
-    return model.eval(), tokenizer, run
+# %% ../nbs/55_cli.ipynb #72b3c3fd
+_SIMPLE_ESCAPES = {'n': '\n', 't': '\t', 'r': '\r', '\\': '\\', "'": "'", '"': '"', '0': '\0', 'a': '\a', 'b': '\b',
+                   'f': '\f', 'v': '\v'}
+_ESCAPE = re.compile(r'\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|.|$)', re.S)
 
-def is_puzzle_model(model) -> bool:
-    "True for models that solve fixed-size puzzles instead of generating text."
-    return hasattr(model, 'solve')
+def unescape(text: str, what: str = 'the text') -> str:
+    "Interpret backslash escapes in `text` (`\\n`, `\\t`, `\\xHH`, `\\uXXXX`, ...), keeping every other character."
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e in _SIMPLE_ESCAPES: return _SIMPLE_ESCAPES[e]
+        try:
+            if e[:1] in 'xuU' and len(e) > 1: return chr(int(e[1:], 16))
+            if e.startswith('N{'):
+                import unicodedata
+                return unicodedata.lookup(e[2:-1])
+        except (KeyError, ValueError, OverflowError): pass
+        raise ConfigError(f"Bad escape `\\{e}` in {what} {text!r}: use \\n, \\t, \\\\, \\xHH, \\uXXXX or \\N{{NAME}} "
+                          "(write \\\\ for a backslash).")
+    return _ESCAPE.sub(one, text)
 
-# %% ../nbs/55_cli.ipynb #a8905a8b
+def _stop_ids(tokenizer, stops: Sequence[str] = ()) -> list[list[int]] | None:
+    "Token sequences that end generation: the `--stop` texts (escapes read), and the end-of-text token when there is one."
+    seqs = [tokenizer.encode(unescape(s, '--stop')) for s in stops or ()]
+    if getattr(tokenizer, 'eos_id', None) is not None: seqs.append([tokenizer.eos_id])
+    return [s for s in seqs if s] or None
+
+# %% ../nbs/55_cli.ipynb #b61ca27f
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], Any]:
+    "An argparse `type` for a number in [low, high] ((low, high] when `low_open`): a bad value is a usage error."
+    def parse(text: str):
+        try: v = kind(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if (v <= low if low_open else v < low) or (high is not None and v > high):
+            where = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else '')
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value {where}")
+        return v
+    return parse
+
+_BUILTINS: dict[str, Callable[[Any], None]] = {}   # this chapter's commands, in the order `--help` lists them
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `bytropix` argument parser (every command has `--help`)."
+    p = argparse.ArgumentParser(prog='bytropix', description="Train, evaluate, sample and serve bytropix models.",
+                                epilog="Docs: https://bytropix.github.io/bytropix/")
+    from bytropix import __version__
+    p.add_argument('--version', action='version', version=f'bytropix {__version__}')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    for add in _BUILTINS.values(): add(sub)
+    for name in COMMANDS.names(): COMMANDS[name](sub)  # commands registered by other chapters (`bytropix.core.COMMANDS`)
+    return p
+
+# %% ../nbs/55_cli.ipynb #7ad64714
 def _emit(out: TextIO, text: str = '') -> None:
     out.write(text + '\n'); out.flush()
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    "Entry point of the `bytropix` command; returns the exit status (see above)."
+    out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[0] if argv else ''
+    try:
+        parser = build_parser()
+        rest: list[str] = []
+        if cmd == 'train': own, rest = split_train_args(argv[1:]); argv = ['train', *own]
+        args = parser.parse_args(argv)
+        if args.command is None: parser.print_help(out); return 2
+        args.overrides = rest
+        if args.command == 'generate' and args.top_k == 0: args.top_k = None
+        return int(args.func(args, out) or 0)
+    except BytropixError as e:
+        print(f"bytropix {cmd}: error: {e}", file=sys.stderr)
+    except OSError as e:   # the operating system's own complaint about a path (permissions, a directory ...)
+        print(f"bytropix {cmd}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"bytropix {cmd}: interrupted", file=sys.stderr); return 130
+    return 2
+
+# %% ../nbs/55_cli.ipynb #a8905a8b
+def resume_command(args) -> str:
+    "The shell command (quoted) that continues the `bytropix train` run described by the parsed `args`."
+    cmd = ['bytropix', 'train', *([args.config] if args.config else []), *args.overrides, '--resume']
+    if not args.progress: cmd.append('--no-progress')
+    if args.sample_tokens != _SAMPLE_TOKENS: cmd += ['--sample-tokens', str(args.sample_tokens)]
+    return shlex.join(cmd)
 
 def _complete(model, tokenizer, prompt: str, max_new_tokens: int, **kw) -> str:
     "Prompt plus a generated continuation, as text (`kw`: the sampling arguments of `generate`)."
     from bytropix.generation import stream_text
     return prompt + ''.join(stream_text(model, tokenizer, prompt, max_new_tokens, **kw))
 
+def is_puzzle_model(model) -> bool:
+    "True for models that solve fixed-size puzzles instead of generating text."
+    return hasattr(model, 'solve')
+
 def cmd_train(args, out: TextIO) -> int:
     "Train a run config, evaluate, export, then print a sample (text) or a solved puzzle (reasoning tasks)."
     from bytropix.config import load_config
-    from bytropix.training.trainer import Trainer
+    from bytropix.training.trainer import Trainer, TrainingInterrupted
     run = load_config(args.config, parse_overrides(args.overrides))
     resume: bool | str = False if args.resume is None else (True if args.resume == 'latest' else args.resume)
-    log = lambda s: _emit(out, s)
-    trainer = Trainer(run, resume=resume, overwrite=args.overwrite, log=log, progress=None if args.progress else False)
+    trainer = Trainer(run, resume=resume, overwrite=args.overwrite, log=lambda s: _emit(out, s),
+                      progress=None if args.progress else False)
     try: trainer.fit()
+    except TrainingInterrupted as e:
+        name = signal.Signals(e.signum).name
+        if e.finished: _emit(out, f"\n{name} received as the run finished (step {e.step}); its export is complete.")
+        else: _emit(out, f"\ninterrupted at step {e.step} ({name}); "
+                         f"{f'saved {e.checkpoint}' if e.checkpoint else 'no checkpoint yet'}; continue with: {resume_command(args)}")
+        return 128 + e.signum
     except KeyboardInterrupt:
-        _emit(out, f"\ninterrupted at step {trainer.step}; continue with: bytropix train "
-                   f"{args.config or ''} --resume {' '.join(args.overrides)}".rstrip())
+        _emit(out, f"\naborted at step {trainer.step} (interrupted twice); the run directory is consistent: continue "
+                   f"from its last checkpoint with: {resume_command(args)}")
         return 130
-    if args.sample_tokens > 0:
-        model = trainer.model.eval()
-        if is_puzzle_model(model):
-            data = trainer.data
-            x, y = next(iter(data.val_batches(1)))
-            _emit(out, '\n' + _format_solution(run, x[0], model.solve(x[:1].to(next(model.parameters()).device))[0].cpu(), y[0]))
-        else:
-            tc = run.train
-            torch.manual_seed(tc.seed)
-            text = _complete(model, trainer.tokenizer, tc.sample_prompt, args.sample_tokens, temperature=tc.sample_temperature,
-                             top_k=tc.sample_top_k, stop=_stop_ids(trainer.tokenizer))
-            _emit(out, '\n--- sample ---\n' + text + '\n--------------')
+    if args.sample_tokens > 0: _emit(out, _final_sample(trainer, args.sample_tokens))
     return 0
 
+# %% ../nbs/55_cli.ipynb #0693675e
+_SAMPLE_TOKENS = 200
+
+def _final_sample(trainer, n_tokens: int) -> str:
+    "A sample from the trained model (text), or a held-out puzzle solved by it (reasoning tasks)."
+    from bytropix.data.puzzles import format_solution
+    model, run = trainer.model.eval(), trainer.run
+    if is_puzzle_model(model):
+        x, y = next(iter(trainer.data.val_batches(1)))
+        pred = model.solve(x[:1].to(next(model.parameters()).device))[0].cpu()
+        return '\n' + format_solution(run.task, x[0], pred, y[0], getattr(run.task_config, 'box', 3))
+    tc = run.train
+    torch.manual_seed(tc.seed)
+    text = _complete(model, trainer.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
+                     top_k=tc.sample_top_k, stop=_stop_ids(trainer.tokenizer))
+    return '\n--- sample ---\n' + text + '\n--------------'
+
+def _add_train(sub) -> None:
+    t = sub.add_parser('train', help="train a model from a run config",
+                       description="Train from a YAML/JSON run config (default: the GPT baseline on the embedded corpus), "
+                                   "evaluate, export to RUN/export and print a sample. Any config field can follow as "
+                                   "--section.field value, e.g. --train.steps 200 --model.n_layer 2. Ctrl-C or SIGTERM "
+                                   "saves a checkpoint and prints the command that resumes (exit status 130 / 143).")
+    t.add_argument('config', nargs='?', default=None, help="run config file (omit for the default configuration)")
+    t.add_argument('--resume', nargs='?', const='latest', default=None, metavar='WHICH',
+                   help="continue the run in out_dir from its newest checkpoint (or 'best', a step, a path)")
+    t.add_argument('--overwrite', action='store_true', help="delete a previous run's checkpoints and logs in out_dir first")
+    t.add_argument('--no-progress', dest='progress', action='store_false', help="no live progress line")
+    t.add_argument('--sample-tokens', type=_number(int, 0), default=_SAMPLE_TOKENS, help="tokens of the sample printed at the end (0: none)")
+    t.set_defaults(func=cmd_train)
+
+_BUILTINS['train'] = _add_train
+
+# %% ../nbs/55_cli.ipynb #da580b79
 def cmd_eval(args, out: TextIO) -> int:
     "Evaluate a run's checkpoint on its validation data."
-    from bytropix.training.evaluation import evaluate_run
+    from bytropix.training.evaluation import evaluate_run, format_metric
     r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device)
-    if args.json: _emit(out, json.dumps(r, indent=2)); return 0
+    if args.json:   # non-finite numbers as strings ('inf'): strict JSON, as in metrics.jsonl
+        _emit(out, json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in r.items()}, indent=2))
+        return 0
     _emit(out, f"{args.run} (checkpoint {Path(r['checkpoint']).name}, step {r['step']})")
     for k, v in r.items():
         if k in ('checkpoint', 'step'): continue
-        _emit(out, f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}")
+        _emit(out, f"  {k:<24} {format_metric(v)}" if isinstance(v, float) else f"  {k:<24} {v}")
     return 0
 
-def _stop_ids(tokenizer, stops: Sequence[str] = ()) -> list[list[int]] | None:
-    "Token sequences that end generation: the `--stop` texts, and the end-of-text token when the tokenizer has one."
-    seqs = [tokenizer.encode(s.encode().decode('unicode_escape')) for s in stops or ()]
-    if getattr(tokenizer, 'eos_id', None) is not None: seqs.append([tokenizer.eos_id])
-    return [s for s in seqs if s] or None
+def _add_eval(sub) -> None:
+    e = sub.add_parser('eval', help="evaluate a trained run", description="Validation loss, perplexity and bits per byte "
+                       "(puzzle runs: exact and token accuracy) of a run's checkpoint.")
+    e.add_argument('run', help="run directory (out_dir of bytropix train)")
+    e.add_argument('--checkpoint', default='best', help="best (default), latest, a step number or a checkpoint path")
+    e.add_argument('--max-batches', type=_number(int, 1), default=None, help="evaluate at most this many batches (default: all)")
+    e.add_argument('--device', default='auto')
+    e.add_argument('--json', action='store_true', help="print the metrics as JSON")
+    e.set_defaults(func=cmd_eval)
 
+_BUILTINS['eval'] = _add_eval
+
+# %% ../nbs/55_cli.ipynb #e2af1e06
 def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
     "Generate from a prompt (optionally streamed), or chat interactively."
     from bytropix.generation import stream_text
-    model, tok, _ = load_model_and_tokenizer(args.path, args.checkpoint, args.device)
+    from bytropix.training.run import load_trained
+    model, tok, _ = load_trained(args.path, args.checkpoint, args.device)
     if is_puzzle_model(model):
         raise ConfigError(f"{args.path} holds a `{model.arch}` puzzle solver, which does not generate text; "
                           f"use `bytropix solve {args.path}`.")
@@ -167,7 +268,7 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
               repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop))
     if args.chat: return _chat(model, tok, args, kw, out, inp)
     if args.prompt is None: raise ConfigError("generate needs --prompt TEXT (or --chat for an interactive session).")
-    prompt = args.prompt.encode().decode('unicode_escape') if args.escapes else args.prompt
+    prompt = unescape(args.prompt, '--prompt') if args.escapes else args.prompt
     for _ in range(args.num_samples):
         if args.stream:
             out.write(prompt); out.flush()
@@ -176,6 +277,7 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
         else: _emit(out, _complete(model, tok, prompt, args.max_new_tokens, **kw))
     return 0
 
+# %% ../nbs/55_cli.ipynb #a647644e
 def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
     """An interactive session: each line you type joins a running transcript (`User: …`/`Assistant: …` turns),
     the model continues it until it starts a new user turn. `/reset` clears the transcript, `/quit` (or EOF) ends."""
@@ -201,111 +303,106 @@ def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
         out.write('\n'); out.flush()
         transcript += reply.rstrip('\n') + '\n'
 
+def _add_generate(sub) -> None:
+    g = sub.add_parser('generate', help="generate text from a trained model",
+                       description="Continue a prompt with a trained language model (a run directory or an export).")
+    g.add_argument('path', help="run directory or exported model directory")
+    g.add_argument('--prompt', default=None, help="text to continue")
+    g.add_argument('--max-new-tokens', type=_number(int, 1), default=200)
+    g.add_argument('--temperature', type=_number(float, 0), default=0.8, help="0 is greedy")
+    g.add_argument('--top-k', type=_number(int, 0), default=50, help="sample among the k likeliest tokens (0: off)")
+    g.add_argument('--top-p', type=_number(float, 0, 1, low_open=True), default=None, help="nucleus sampling threshold")
+    g.add_argument('--repetition-penalty', type=_number(float, 0, low_open=True), default=1.0)
+    g.add_argument('--stop', action='append', default=[], help="stop at this text (repeatable; \\n escapes allowed)")
+    g.add_argument('--num-samples', type=_number(int, 1), default=1)
+    g.add_argument('--seed', type=int, default=None)
+    g.add_argument('--stream', action='store_true', help="print tokens as they are generated")
+    g.add_argument('--escapes', action='store_true', help="interpret backslash escapes (\\n, \\t, \\u00e9) in --prompt")
+    g.add_argument('--chat', action='store_true', help="interactive session on stdin")
+    g.add_argument('--user-prefix', default='User: ')
+    g.add_argument('--assistant-prefix', default='Assistant: ')
+    g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
+    g.add_argument('--device', default='auto')
+    g.set_defaults(func=cmd_generate)
+
+_BUILTINS['generate'] = _add_generate
+
 # %% ../nbs/55_cli.ipynb #f514d17f
-_SUDOKU_CHARS = {**{str(d): d for d in range(10)}, '.': 0, **{chr(ord('A') + i): 10 + i for i in range(7)}}
-
-def parse_sudoku(text: str, box: int = 3) -> torch.Tensor:
-    "Sudoku text → flat tokens (n²,) (0 blank, digits 1..n)."
-    n = box * box
-    vals = []
-    for ch in text.upper():
-        if ch.isspace() or ch in '|-+': continue
-        if ch not in _SUDOKU_CHARS or _SUDOKU_CHARS[ch] > n:
-            raise DataError(f"Unexpected character {ch!r} in the Sudoku: use 1-{n if n < 10 else '9, A-' + chr(ord('A') + n - 10)} "
-                            "for givens and '.' or '0' for blanks.")
-        vals.append(_SUDOKU_CHARS[ch])
-    if len(vals) != n * n:
-        raise DataError(f"A {n}×{n} Sudoku has {n * n} cells, the text gives {len(vals)}.")
-    return torch.tensor(vals, dtype=torch.long)
-
-def parse_maze(text: str, size: int) -> torch.Tensor:
-    "Maze text (`#`, space, `S`, `G`; `o` path marks are read as open cells) → flat tokens (size²,)."
-    from bytropix.data.puzzles import MAZE_GOAL, MAZE_OPEN, MAZE_START, MAZE_WALL
-    code = {'#': MAZE_WALL, ' ': MAZE_OPEN, 'o': MAZE_OPEN, 'S': MAZE_START, 'G': MAZE_GOAL}
-    lines = text.strip('\n').split('\n')
-    if len(lines) != size: raise DataError(f"The maze has {len(lines)} rows; this model solves {size}×{size} mazes.")
-    vals = []
-    for r, line in enumerate(lines):
-        line = line.rstrip('\r')
-        if len(line) > size: raise DataError(f"Row {r + 1} of the maze has {len(line)} cells; this model solves {size}×{size} mazes.")
-        for ch in line.ljust(size):
-            if ch not in code: raise DataError(f"Unexpected character {ch!r} in row {r + 1} of the maze: use '#', ' ', 'S' and 'G'.")
-            vals.append(code[ch])
-    t = torch.tensor(vals, dtype=torch.long)
-    if (t == MAZE_START).sum() != 1 or (t == MAZE_GOAL).sum() != 1:
-        raise DataError("A maze needs exactly one start 'S' and one goal 'G'.")
-    return t
-
-def _puzzle_check(task: str, x: torch.Tensor, pred: torch.Tensor, box: int) -> bool:
-    "Is `pred` a correct solution of puzzle `x`, whatever the stored target (any valid Sudoku / any shortest path)?"
-    from bytropix.data.puzzles import is_valid_sudoku_solution, maze_path_is_shortest
-    if task == 'sudoku':
-        givens = x != 0
-        return bool((pred[givens] == x[givens]).all()) and is_valid_sudoku_solution(pred.numpy(), box)
-    return maze_path_is_shortest(x.numpy(), pred.numpy())
-
-def _format_solution(run, x: torch.Tensor, pred: torch.Tensor, target: torch.Tensor | None = None) -> str:
-    from bytropix.data.puzzles import format_maze, format_sudoku
-    task, box = run.task, getattr(run.task_config, 'box', 3)
-    fmt = (lambda g: format_sudoku(g.numpy(), box)) if task == 'sudoku' else (lambda g: format_maze(g.numpy()))
-    ok = _puzzle_check(task, x, pred, box)
-    parts = ['puzzle:', fmt(x), '', 'model:' + (' (correct)' if ok else ' (wrong)'), fmt(pred)]
-    if target is not None and not ok: parts += ['', 'solution:', fmt(target)]
-    return '\n'.join(parts)
-
 def cmd_solve(args, out: TextIO) -> int:
     "Solve puzzles given as text (or the first held-out ones) with a reasoning model trained by `bytropix train`."
-    model, _, run = load_model_and_tokenizer(args.path, args.checkpoint, args.device)
+    from bytropix.data.puzzles import check_solution, format_solution, parse_maze, parse_sudoku
+    from bytropix.training.run import load_trained
+    model, _, run = load_trained(args.path, args.checkpoint, args.device)
     if run is None or run.task not in ('sudoku', 'maze') or not is_puzzle_model(model):
         raise ConfigError(f"{args.path} is not a puzzle run (task sudoku or maze, trained with `bytropix train`); "
                           "use `bytropix generate` for language models.")
-    dev = next(model.parameters()).device
+    dev, box = next(model.parameters()).device, getattr(run.task_config, 'box', 3)
     if args.puzzle is not None or args.file is not None:
         if args.file is not None and not Path(args.file).is_file():
             raise DataError(f"Puzzle file {args.file} does not exist; pass an existing file or the puzzle itself with --puzzle.")
-        text = Path(args.file).read_text() if args.file is not None else args.puzzle.encode().decode('unicode_escape')
-        x = (parse_sudoku(text, run.task_config.box) if run.task == 'sudoku' else parse_maze(text, run.task_config.size))
-        pred = model.solve(x[None].to(dev))[0].cpu()
-        _emit(out, _format_solution(run, x, pred)); return 0
+        text = Path(args.file).read_text(encoding='utf-8', errors='replace') if args.file is not None else unescape(args.puzzle, '--puzzle')
+        x = parse_sudoku(text, box) if run.task == 'sudoku' else parse_maze(text, run.task_config.size)
+        _emit(out, format_solution(run.task, x, model.solve(x[None].to(dev))[0].cpu(), box=box)); return 0
     from bytropix.config import prepare_task
     data = prepare_task(run)
     n = min(args.n, len(data.test))
     xs, ys = torch.as_tensor(data.test.inputs[:n]).long(), torch.as_tensor(data.test.targets[:n]).long()
     preds = model.solve(xs.to(dev)).cpu()
-    right = 0
-    for i in range(n):
-        ok = _puzzle_check(run.task, xs[i], preds[i], getattr(run.task_config, 'box', 3))
-        right += ok
-        _emit(out, f"== held-out puzzle {i + 1}/{n}\n" + _format_solution(run, xs[i], preds[i], ys[i]) + '\n')
+    right = sum(check_solution(run.task, xs[i], preds[i], box) for i in range(n))
+    for i in range(n): _emit(out, f"== held-out puzzle {i + 1}/{n}\n" + format_solution(run.task, xs[i], preds[i], ys[i], box) + '\n')
     _emit(out, f"solved {right}/{n} held-out puzzles exactly")
     return 0
+
+def _add_solve(sub) -> None:
+    s = sub.add_parser('solve', help="solve Sudokus or mazes with a trained reasoning model",
+                       description="Solve a puzzle given as text, or the first N held-out puzzles of the run's task.")
+    s.add_argument('path', help="run directory of a sudoku/maze run")
+    s.add_argument('--puzzle', default=None, help="the puzzle as text (\\n escapes allowed)")
+    s.add_argument('--file', default=None, help="a file holding the puzzle as text")
+    s.add_argument('--n', type=_number(int, 1), default=3, help="without a puzzle: how many held-out puzzles to solve")
+    s.add_argument('--checkpoint', default='best')
+    s.add_argument('--device', default='auto')
+    s.set_defaults(func=cmd_solve)
+
+_BUILTINS['solve'] = _add_solve
 
 # %% ../nbs/55_cli.ipynb #a771f612
 def cmd_average(args, out: TextIO) -> int:
     "Average the weights of a run's last N checkpoints and export the result with `save_pretrained`."
     from bytropix.models.base import load_weights
-    from bytropix.training.checkpoint import list_checkpoints, save_average
-    from bytropix.training.evaluation import load_run_model
-    from bytropix.data.tokenizers import Tokenizer
-    run_dir = Path(args.run)
-    ckpts = list_checkpoints(run_dir)[-args.last:]
+    from bytropix.training.checkpoint import save_average
+    from bytropix.training.run import RunDir
+    rd = RunDir(args.run)
+    ckpts = rd.checkpoints()[-args.last:]
     if len(ckpts) < 2:
-        raise CheckpointError(f"{run_dir} has {len(ckpts)} checkpoint(s); averaging needs at least 2 "
+        raise CheckpointError(f"{rd.path} has {len(ckpts)} checkpoint(s); averaging needs at least 2 "
                               "(keep more with train.keep_last, save more often with train.save_interval).")
-    run, model, _ = load_run_model(run_dir, ckpts[-1], device='cpu')
+    run, model, _ = rd.load_model(ckpts[-1], device='cpu')
     with tempfile.TemporaryDirectory() as tmp:  # through a file: load_weights restores tied weights and checks shapes
         load_weights(model, save_average(ckpts, Path(tmp)/'average.safetensors'))
-    dest = Path(args.out) if args.out else run_dir/'averaged'
-    tok = Tokenizer.load(run_dir/'tokenizer.json') if (run_dir/'tokenizer.json').is_file() else None
-    model.save_pretrained(dest, tokenizer=tok, card={'name': f"{run.run_name} (average of {len(ckpts)} checkpoints)",
-                                                    'averaged': ', '.join(c.name for c in ckpts)})
+    dest = rd.write_export(model, rd.load_tokenizer(), {'name': f"{run.run_name} (average of {len(ckpts)} checkpoints)",
+                                                       'averaged': ', '.join(c.name for c in ckpts)},
+                           dest=args.out or rd.averaged_dir)
     _emit(out, f"averaged {', '.join(c.name for c in ckpts)} → {dest}")
     return 0
 
+def _add_average(sub) -> None:
+    a = sub.add_parser('average', help="average a run's last checkpoints into an export",
+                       description="Average the weights of the last N checkpoints of a run and save the result with "
+                                   "save_pretrained (config.json, model.safetensors, tokenizer.json, README.md).")
+    a.add_argument('run')
+    a.add_argument('--last', type=_number(int, 2), default=3, help="how many of the newest checkpoints (≥ 2)")
+    a.add_argument('--out', default=None, help="export directory (default RUN/averaged)")
+    a.set_defaults(func=cmd_average)
+
+_BUILTINS['average'] = _add_average
+
+# %% ../nbs/55_cli.ipynb #3495791a
 def cmd_tokenizer_train(args, out: TextIO) -> int:
     "Train a BPE/WordPiece/Unigram tokenizer on a text source and save it as `tokenizer.json`."
     from bytropix.data.datasets import DataConfig, iter_texts, load_text_dataset
     from bytropix.data.tokenizers import TokenizerConfig, train_tokenizer
+    from bytropix.models.base import TOKENIZER_FILE
     cfg = DataConfig.from_dict({'source': args.source, 'format': args.format, 'text_column': args.text_column}, _path='data')
     TokenizerConfig.from_dict({'kind': args.kind, 'vocab_size': args.vocab_size, 'min_frequency': args.min_frequency,
                                'max_train_bytes': args.max_bytes}, _path='tokenizer')  # validates kind and vocabulary size with the config's messages
@@ -313,8 +410,7 @@ def cmd_tokenizer_train(args, out: TextIO) -> int:
     tok = train_tokenizer(iter_texts(splits['train'], cfg.text_column), args.kind, args.vocab_size,
                           min_frequency=args.min_frequency, max_bytes=args.max_bytes)
     dest = Path(args.out)
-    if dest.is_dir() or args.out.endswith(('/', os.sep)): dest = dest/'tokenizer.json'
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir() or args.out.endswith(('/', os.sep)): dest = dest/TOKENIZER_FILE
     tok.save(dest)
     n_bytes = n_tok = 0
     for i, t in enumerate(iter_texts(splits['validation'], cfg.text_column)):
@@ -329,86 +425,8 @@ def cmd_models(args, out: TextIO) -> int:
     from bytropix.models.zoo import architecture_table
     _emit(out, architecture_table()); return 0
 
-# %% ../nbs/55_cli.ipynb #e1cec90e
-def _number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], Any]:
-    "An argparse `type` for a number in [low, high] ((low, high] when `low_open`): a bad value is a usage error."
-    def parse(text: str):
-        try: v = kind(text)
-        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if (v <= low if low_open else v < low) or (high is not None and v > high):
-            where = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else '')
-            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value {where}")
-        return v
-    return parse
-
-def build_parser() -> argparse.ArgumentParser:
-    "The `bytropix` argument parser (every command has `--help`)."
-    p = argparse.ArgumentParser(prog='bytropix', description="Train, evaluate, sample and serve bytropix models.",
-                                epilog="Docs: https://bytropix.github.io/bytropix/")
-    from bytropix import __version__
-    p.add_argument('--version', action='version', version=f'bytropix {__version__}')
-    sub = p.add_subparsers(dest='command', metavar='COMMAND')
-
-    t = sub.add_parser('train', help="train a model from a run config",
-                       description="Train from a YAML/JSON run config (default: the GPT baseline on the embedded corpus), "
-                                   "evaluate, export to RUN/export and print a sample. Any config field can follow as "
-                                   "--section.field value, e.g. --train.steps 200 --model.n_layer 2.")
-    t.add_argument('config', nargs='?', default=None, help="run config file (omit for the default configuration)")
-    t.add_argument('--resume', nargs='?', const='latest', default=None, metavar='WHICH',
-                   help="continue the run in out_dir from its latest checkpoint (or 'best', a step, a path)")
-    t.add_argument('--overwrite', action='store_true', help="delete a previous run's checkpoints and logs in out_dir first")
-    t.add_argument('--no-progress', dest='progress', action='store_false', help="no live progress line")
-    t.add_argument('--sample-tokens', type=_number(int, 0), default=200, help="tokens of the sample printed at the end (0: none)")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser('eval', help="evaluate a trained run", description="Validation loss, perplexity and bits per byte "
-                       "(puzzle runs: exact and token accuracy) of a run's checkpoint.")
-    e.add_argument('run', help="run directory (out_dir of bytropix train)")
-    e.add_argument('--checkpoint', default='best', help="best (default), latest, a step number or a checkpoint path")
-    e.add_argument('--max-batches', type=_number(int, 1), default=None, help="evaluate at most this many batches (default: all)")
-    e.add_argument('--device', default='auto')
-    e.add_argument('--json', action='store_true', help="print the metrics as JSON")
-    e.set_defaults(func=cmd_eval)
-
-    g = sub.add_parser('generate', help="generate text from a trained model",
-                       description="Continue a prompt with a trained language model (a run directory or an export).")
-    g.add_argument('path', help="run directory or exported model directory")
-    g.add_argument('--prompt', default=None, help="text to continue")
-    g.add_argument('--max-new-tokens', type=_number(int, 1), default=200)
-    g.add_argument('--temperature', type=_number(float, 0), default=0.8, help="0 is greedy")
-    g.add_argument('--top-k', type=_number(int, 0), default=50, help="sample among the k likeliest tokens (0: off)")
-    g.add_argument('--top-p', type=_number(float, 0, 1, low_open=True), default=None, help="nucleus sampling threshold")
-    g.add_argument('--repetition-penalty', type=_number(float, 0, low_open=True), default=1.0)
-    g.add_argument('--stop', action='append', default=[], help="stop at this text (repeatable; \\n escapes allowed)")
-    g.add_argument('--num-samples', type=_number(int, 1), default=1)
-    g.add_argument('--seed', type=int, default=None)
-    g.add_argument('--stream', action='store_true', help="print tokens as they are generated")
-    g.add_argument('--escapes', action='store_true', help="interpret backslash escapes (\\n, \\t) in --prompt")
-    g.add_argument('--chat', action='store_true', help="interactive session on stdin")
-    g.add_argument('--user-prefix', default='User: ')
-    g.add_argument('--assistant-prefix', default='Assistant: ')
-    g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
-    g.add_argument('--device', default='auto')
-    g.set_defaults(func=cmd_generate)
-
-    s = sub.add_parser('solve', help="solve Sudokus or mazes with a trained reasoning model",
-                       description="Solve a puzzle given as text, or the first N held-out puzzles of the run's task.")
-    s.add_argument('path', help="run directory of a sudoku/maze run")
-    s.add_argument('--puzzle', default=None, help="the puzzle as text (\\n escapes allowed)")
-    s.add_argument('--file', default=None, help="a file holding the puzzle as text")
-    s.add_argument('--n', type=_number(int, 1), default=3, help="without a puzzle: how many held-out puzzles to solve")
-    s.add_argument('--checkpoint', default='best')
-    s.add_argument('--device', default='auto')
-    s.set_defaults(func=cmd_solve)
-
-    a = sub.add_parser('average', help="average a run's last checkpoints into an export",
-                       description="Average the weights of the last N checkpoints of a run and save the result with "
-                                   "save_pretrained (config.json, model.safetensors, tokenizer.json, README.md).")
-    a.add_argument('run')
-    a.add_argument('--last', type=_number(int, 2), default=3, help="how many of the newest checkpoints (≥ 2)")
-    a.add_argument('--out', default=None, help="export directory (default RUN/averaged)")
-    a.set_defaults(func=cmd_average)
-
+# %% ../nbs/55_cli.ipynb #1424ac12
+def _add_tokenizer(sub) -> None:
     tk = sub.add_parser('tokenizer', help="tokenizer tools", description="Tokenizer tools.")
     tks = tk.add_subparsers(dest='tokenizer_command', metavar='COMMAND')
     tt = tks.add_parser('train', help="train a tokenizer on a text source",
@@ -426,28 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     tt.set_defaults(func=cmd_tokenizer_train)
     tk.set_defaults(func=lambda args, out: (tk.print_help(out), 2)[1])
 
+def _add_models(sub) -> None:
     m = sub.add_parser('models', help="list the registered architectures", description="List the registered architectures.")
     m.set_defaults(func=cmd_models)
-    for name in COMMANDS.names(): COMMANDS[name](sub)  # commands registered by other chapters (`bytropix.core.COMMANDS`)
-    return p
 
-# %% ../nbs/55_cli.ipynb #7ad64714
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    "Entry point of the `bytropix` command; returns the exit status (0 ok, 2 a usage/config/data/checkpoint error)."
-    out = out or sys.stdout
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rest: list[str] = []
-        if argv and argv[0] == 'train': own, rest = split_train_args(argv[1:]); argv = ['train', *own]
-        args = parser.parse_args(argv)
-        if args.command is None: parser.print_help(out); return 2
-        args.overrides = rest
-        if args.command == 'generate' and args.top_k == 0: args.top_k = None
-        return int(args.func(args, out) or 0)
-    except BytropixError as e:
-        print(f"bytropix {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
-        return 2
+_BUILTINS['tokenizer'], _BUILTINS['models'] = _add_tokenizer, _add_models
 
 # %% ../nbs/55_cli.ipynb #1893fe71
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:

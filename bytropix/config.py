@@ -179,7 +179,11 @@ def read_config_file(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"Config file {p} does not exist" + (" (it is a directory)" if p.is_dir() else "") +
                           ". Check the path, or omit it to train the default configuration.")
-    text = p.read_text(encoding='utf-8')
+    try: text = p.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b'\n') + 1
+        raise ConfigError(f"{p} is not UTF-8 text (an invalid byte {e.object[e.start:e.start + 1]!r} on line {line}); "
+                          "save it as UTF-8.") from None
     if p.suffix.lower() == '.json':
         try: d = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as e:

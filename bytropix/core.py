@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import errno
 import os
 import random
+import re
+import shutil
 import tempfile
 import types
 import typing
@@ -23,10 +26,11 @@ import torch
 
 # %% auto #0
 __all__ = ['TASKS', 'COMMANDS', 'DTYPES', 'BytropixError', 'ConfigError', 'DataError', 'CheckpointError', 'NonFiniteError',
-           'nearest_name', 'did_you_mean', 'Registry', 'discover_modules', 'as_dtype', 'is_half', 'compute_dtype',
-           'upcast', 'seed_everything', 'get_rng_state', 'set_rng_state', 'atomic_write', 'atomic_write_text',
-           'atomic_path', 'ConfigBase', 'parse_value', 'set_by_path', 'apply_overrides', 'default_device',
-           'resolve_device']
+           'StorageError', 'LockError', 'nearest_name', 'did_you_mean', 'Registry', 'discover_modules', 'as_dtype',
+           'is_half', 'compute_dtype', 'upcast', 'seed_everything', 'get_rng_state', 'set_rng_state', 'current_umask',
+           'default_mode', 'storage_error', 'storage_errors', 'atomic_write', 'atomic_write_text', 'atomic_path',
+           'atomic_dir', 'recover_atomic_dirs', 'ConfigBase', 'parse_value', 'set_by_path', 'apply_overrides',
+           'default_device', 'resolve_device']
 
 # %% ../nbs/00_core.ipynb #5b59f511
 class BytropixError(Exception):
@@ -43,6 +47,12 @@ class CheckpointError(BytropixError, RuntimeError):
 
 class NonFiniteError(BytropixError, FloatingPointError):
     "Training produced non-finite losses or gradients too many times in a row."
+
+class StorageError(BytropixError, OSError):
+    "Writing failed for a reason outside bytropix: a full disk or quota, a read-only file system, no permission."
+
+class LockError(BytropixError, RuntimeError):
+    "Another process holds the run directory (a training run is already writing there)."
 
 # %% ../nbs/00_core.ipynb #f17d41f9
 def nearest_name(name: str, choices: typing.Iterable[str]) -> str | None:
@@ -191,22 +201,76 @@ def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
+# %% ../nbs/00_core.ipynb #28d9dcb4
+def current_umask() -> int:
+    "The process's file-mode creation mask."
+    with contextlib.suppress(OSError, ValueError):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'): return int(line.split()[1], 8)
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def default_mode(directory: bool = False) -> int:
+    "The mode a plain `open`/`mkdir` gives a new file (directory): `0o666` (`0o777`) less the umask."
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+_WRITE_ERRNOS = {errno.ENOSPC: "free space on that disk (or write elsewhere), then run the command again",
+                 errno.EDQUOT: "free space within your disk quota (or write elsewhere), then run the command again",
+                 errno.EFBIG: "the file exceeds the size limit for files there: free space or raise the limit "
+                              "(ulimit -f), or write elsewhere",
+                 errno.EROFS: "the file system is read-only: write elsewhere",
+                 errno.EACCES: "check the permissions of that location, or write elsewhere",
+                 errno.EPERM: "check the permissions of that location, or write elsewhere",
+                 errno.EIO: "the disk reported an I/O error: check it, or write elsewhere"}
+
+def storage_error(e: BaseException, path: str | os.PathLike) -> StorageError | None:
+    """A `StorageError` naming `path` and the fix when `e` is a write failure outside bytropix (an `OSError`, or a
+    library error quoting one as `(os error N)`); `None` for anything else."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (m := re.search(r'os error (\d+)', str(e))): code = int(m.group(1))
+    if code not in _WRITE_ERRNOS: return None
+    err = StorageError(f"Cannot write {path}: {os.strerror(code)}. Fix: {_WRITE_ERRNOS[code]}.")
+    err.errno = code
+    return err
+
+def _fsync_dir(d: Path) -> None:
+    "Make a rename inside `d` durable (a no-op where directories cannot be opened, e.g. Windows)."
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+
 # %% ../nbs/00_core.ipynb #bc3a0fdf
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+    "Re-raise write failures outside bytropix (see `storage_error`) as a `StorageError` naming `path`."
+    try: yield
+    except BaseException as e:
+        if (se := storage_error(e, path)) is not None: raise se from e
+        raise
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.fchmod(fd, default_mode()) if hasattr(os, 'fchmod') else os.chmod(tmp, default_mode())
+    return fd, tmp
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = 'wb', encoding: str | None = None) -> Iterator[typing.IO]:
     "Open a temporary file beside `path` for writing; on success it atomically replaces `path`."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=encoding if 'b' not in mode else None) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
+    with storage_errors(path):
+        fd, tmp = _temp_file(path)
+        try:
+            with os.fdopen(fd, mode, encoding=encoding if 'b' not in mode else None) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+            raise
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     "Write `text` (UTF-8) to `path` atomically."
@@ -216,16 +280,67 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     "Yield a temporary path beside `path` for a library that writes files itself (e.g. safetensors); renamed on success."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
+    with storage_errors(path):
+        fd, tmp = _temp_file(path)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, default_mode())  # the library may have replaced the file with one of its own mode
+            with open(tmp, 'rb') as f: os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+            raise
+
+# %% ../nbs/00_core.ipynb #64501193
+def _install_dir(tmp: Path, final: Path) -> None:
+    "Move the finished directory `tmp` to `final`; an existing `final` is renamed aside first, deleted after."
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f'{final.name}.old-', dir=final.parent))
+        os.rmdir(old)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    "Yield an empty temporary directory beside `path` to fill; on success it replaces `path` as a whole."
+    path = Path(path)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f'{path.name}.tmp-', dir=path.parent))
+        try:
+            os.chmod(tmp, default_mode(directory=True))
+            yield tmp
+            for f in tmp.iterdir():
+                if f.is_file():
+                    os.chmod(f, default_mode())
+                    with open(f, 'rb') as fh: os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            _install_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+def recover_atomic_dirs(parent: str | os.PathLike) -> None:
+    """Undo the traces of writes interrupted by a crash in `parent`: put back `X.old-*` whose `X` is missing,
+    delete the other `*.old-*`, the unfinished `*.tmp-*` directories and the `.X.*.tmp` files.
+    Only call it while no other process writes in `parent` (the trainer holds the run's lock)."""
+    parent = Path(parent)
+    if not parent.is_dir(): return
+    for p in sorted(parent.iterdir()):
+        if '.old-' in p.name and p.is_dir():
+            final = parent/p.name.split('.old-')[0]
+            if not final.exists(): os.rename(p, final)
+            else: shutil.rmtree(p, ignore_errors=True)
+    for p in parent.iterdir():
+        if '.tmp-' in p.name and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith('.') and p.name.endswith('.tmp') and p.is_file():
+            with contextlib.suppress(FileNotFoundError): p.unlink()
 
 # %% ../nbs/00_core.ipynb #24e369cb
 _MISSING = dataclasses.MISSING
@@ -279,6 +394,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, bool): raise ConfigError(f"`{path}` must be true or false, got {value!r}.")
         return value
     if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool): return str(value)  # `--name 2024`
         if not isinstance(value, str): raise ConfigError(f"`{path}` must be a string, got {value!r}.")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
@@ -337,14 +453,16 @@ class ConfigBase:
         return type(self).from_dict({**self.to_dict(), **changes}, _path=getattr(self, '_path', ''))
 
 # %% ../nbs/00_core.ipynb #52ed625c
+_SCIENTIFIC = re.compile(r'^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$')
+
 def parse_value(s: str) -> Any:
-    "Parse a command-line value as a YAML scalar/flow value ('3e-4' → 0.0003, 'true' → True, '[1,2]' → [1, 2])."
+    """Parse a command-line value as a YAML scalar/flow value ('3e-4' → 0.0003, 'true' → True, '[1,2]' → [1, 2]);
+    a quoted value stays a string ('"2024"' → '2024')."""
     import yaml
     try: v = yaml.safe_load(s)
     except yaml.YAMLError: return s
-    if isinstance(v, str):  # YAML 1.1 reads '3e-4' as a string; numbers written that way are numbers
-        try: return float(v) if any(ch in v.lower() for ch in '.e') else int(v)
-        except ValueError: return v
+    # YAML 1.1 reads an unquoted '3e-4' as a string; a number written that way is a number
+    if isinstance(v, str) and v == s.strip() and _SCIENTIFIC.match(v): return float(v)
     return v
 
 def set_by_path(d: dict, dotted: str, value: Any) -> dict:

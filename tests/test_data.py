@@ -117,6 +117,8 @@ def test_errors_name_the_problem(files, cache, tmp_path):
     with pytest.raises(DataError, match='mixes formats'):
         load_text_dataset({**cfg, 'source': str(tmp_path / 'mixed')})
     with pytest.raises(DataError, match='fewer than one block'):
+        prepare_data({**cfg, 'source': str(files / 'book.txt')}, block_size=4096, batch_size=1)
+    with pytest.raises(DataError, match='tokens per batch exceed the .* training tokens'):   # every batch would repeat the data
         prepare_data({**cfg, 'source': str(files / 'book.txt')}, block_size=4096)
     with pytest.raises(DataError, match="not a split of .* its splits are \\['train'\\]"):
         load_text_dataset(datasets.DatasetDict({'train': datasets.Dataset.from_dict({'text': PARAS})}), {'validation_split': 'dev'})

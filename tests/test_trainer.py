@@ -14,7 +14,8 @@ import bytropix.models.gpt  # noqa: F401  (registers `gpt`)
 from bytropix.config import RunConfig, load_config
 from bytropix.core import NonFiniteError
 from bytropix.models.base import MODELS, BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
-from bytropix.training.checkpoint import average_checkpoints, list_checkpoints, load_checkpoint, save_average
+from bytropix.training.checkpoint import average_checkpoints, load_checkpoint, save_average
+from bytropix.training.run import RunDir
 from bytropix.training.optim import lr_at
 from bytropix.training.trainer import Trainer
 
@@ -137,18 +138,18 @@ def test_keep_last_best_and_averaging(tmp_path):
                  callbacks=[lambda tr, s, r: snaps.__setitem__(s, {k: v.clone() for k, v in tr.model.state_dict().items()})])
     m = t.fit()
     out = Path(run.out_dir)
-    assert [p.name for p in list_checkpoints(out)] == ['step-10', 'step-12']
+    assert [p.name for p in RunDir(out).checkpoints()] == ['step-10', 'step-12']
     best = json.loads((out / 'best/state.json').read_text())
     assert best['step'] == 6 and m['best/step'] == 6 and m['best/val_loss'] == 1.0
     probe = _gpt(run)
     load_checkpoint(out / 'best', probe)
     assert all(torch.equal(v, snaps[6][k]) for k, v in probe.state_dict().items())
     # best at a step without a periodic checkpoint is written directly (step 3 was best until 6, not saved as step-3)
-    avg = average_checkpoints(list_checkpoints(out))
+    avg = average_checkpoints(RunDir(out).checkpoints())
     want = (snaps[10]['blocks.0.attn.qkv.weight'].double() + snaps[12]['blocks.0.attn.qkv.weight'].double()) / 2
     torch.testing.assert_close(avg['blocks.0.attn.qkv.weight'], want.float())
     from bytropix.models.base import load_weights
-    load_weights(probe, save_average(list_checkpoints(out), out / 'avg.safetensors'))
+    load_weights(probe, save_average(RunDir(out).checkpoints(), out / 'avg.safetensors'))
     torch.testing.assert_close(probe.state_dict()['wte.weight'], (snaps[10]['wte.weight'] + snaps[12]['wte.weight']) / 2)
 
 

@@ -30,7 +30,7 @@ from .tokenizers import Tokenizer, build_tokenizer, byte_tokenizer
 __all__ = ['FORMATS', 'EXTENSIONS', 'COMPRESSIONS', 'STREAM_VAL_TOKENS', 'PACK_VERSION', 'DataConfig', 'resolve_source',
            'iter_texts', 'load_text_dataset', 'document_separator', 'token_dtype', 'PackedTokens', 'cached_pack',
            'tokenize_and_pack', 'BlockLoader', 'val_blocks', 'StreamingBlockLoader', 'pack_stream', 'PreparedData',
-           'split_fingerprints', 'prepare_data', 'LMTaskOptions', 'prepare_lm']
+           'split_fingerprints', 'prepare_data', 'LMTaskOptions', 'run_tokenizer', 'prepare_lm']
 
 # %% ../../nbs/32_datasets.ipynb #24fabb60
 FORMATS = ('text', 'json', 'csv', 'parquet', 'arrow')
@@ -177,6 +177,7 @@ def _hash_split(ds, cfg: DataConfig, base_fp: str | None, what: str) -> dict:
         out[s] = ds.select(idx, keep_in_memory=True, new_fingerprint=_split_fp(base_fp, frac, s))
     return out
 
+# %% ../../nbs/32_datasets.ipynb #53212d45
 def _err_summary(e: BaseException) -> str:
     "The innermost cause of a (wrapped) exception, in one line."
     while (e.__cause__ or e.__context__) is not None and not str(e).strip().startswith(('Invalid', 'Failed')):
@@ -185,6 +186,26 @@ def _err_summary(e: BaseException) -> str:
         e = inner
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:300] if lines else 'no details'}"
+
+_OPENERS = {'.gz': 'gzip', '.bz2': 'bz2', '.xz': 'lzma'}
+
+def _first_non_utf8(files: list[str]) -> tuple[str, int] | None:
+    "The first file that is not valid UTF-8 and the offset of its first bad byte (None when all are, or unknown)."
+    import codecs, importlib
+    for f in files:
+        ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
+        if ext is not None and ext not in _OPENERS: continue   # zstd, lz4: no codec in the standard library
+        opener = importlib.import_module(_OPENERS[ext]).open if ext else open
+        dec, pos = codecs.getincrementaldecoder('utf-8')(), 0   # pos: bytes decoded before the buffered ones
+        try:
+            with opener(f, 'rb') as fh:
+                for chunk in [*iter(lambda: fh.read(1 << 20), b''), None]:
+                    held = len(dec.getstate()[0])   # bytes of an unfinished character carried over
+                    try: dec.decode(chunk or b'', final=chunk is None)
+                    except UnicodeDecodeError as e: return f, pos + e.start
+                    if chunk: pos += held + len(chunk) - len(dec.getstate()[0])
+        except OSError: continue
+    return None
 
 def _file_fingerprint(fmt: str, files: list[str], cfg: DataConfig) -> str:
     stats = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
@@ -215,10 +236,14 @@ def _load_files(cfg: DataConfig) -> tuple[Any, str, str]:
         try:
             ds = datasets.load_dataset(fmt, data_files=files, split='train', streaming=cfg.streaming, **kw)
         except Exception as e:
+            if fmt != 'parquet' and (bad := _first_non_utf8(files)) is not None:
+                raise DataError(f"{bad[0]} is not UTF-8 text (an invalid byte at offset {bad[1]:,}). Convert it to UTF-8 "
+                                "(e.g. `iconv -f latin1 -t utf-8`) or leave it out of data.source.") from None
             raise DataError(f"Could not read {what} as {fmt}: {_err_summary(e)}. Check the files (or set data.format).") from e
     if fmt == 'text' and cfg.text_column != 'text': ds = ds.rename_column('text', cfg.text_column)
     return ds, (None if cfg.streaming else _file_fingerprint(fmt, files, cfg)), what
 
+# %% ../../nbs/32_datasets.ipynb #646e3bfb
 def _split_args(data, config) -> tuple[DataConfig, Any]:
     "(config, dataset object or None) from `load_text_dataset`/`prepare_data` arguments."
     if isinstance(config, dict): config = DataConfig.from_dict(config)
@@ -409,6 +434,10 @@ class BlockLoader:
         self.T, self.B, self.seed, self.name = int(block_size), int(batch_size), int(seed), name
         self.n = len(self.tokens)
         if self.n < self.T + 1: raise _too_small(self.n, self.T, name)
+        if self.B * self.T > self.n - 1:   # every batch would hold the same tokens more than once
+            raise DataError(f"train.batch_size × train.block_size = {self.B} × {self.T} = {self.B * self.T:,} tokens per batch "
+                            f"exceed the {self.n - 1:,} training tokens of {name[:1].lower() + name[1:]}. Lower batch_size or "
+                            "block_size (train.grad_accum keeps the effective batch), or use more data.")
         self.epoch, self.pos, self.batches = 0, 0, 0
         self._plan()
 
@@ -664,12 +693,14 @@ def prepare_data(data: DataConfig | dict | str | Any = None, tokenizer: Tokenize
 class LMTaskOptions(ConfigBase):
     "The `lm` task has no options of its own: text and tokenizer are set in the `data:` and `tokenizer:` sections."
 
+def run_tokenizer(run) -> Tokenizer:
+    "The tokenizer a run's config asks for: loaded, byte-level, or trained on the training split of `run.data`."
+    col = run.data.text_column   # a trained tokenizer learns from the training split only
+    return build_tokenizer(run.tokenizer, lambda: iter_texts(load_text_dataset(run.data)['train'], col))
+
 def prepare_lm(run, tokenizer: Tokenizer | None = None) -> PreparedData:
     "The `lm` task: `prepare_data(run.data, tokenizer, run.train.block_size, run.train.batch_size, run.train.seed)`."
-    if tokenizer is None:
-        col = run.data.text_column
-        tokenizer = build_tokenizer(run.tokenizer, lambda: iter_texts(load_text_dataset(run.data)['train'], col))
-    return prepare_data(run.data, tokenizer, run.train.block_size, run.train.batch_size, run.train.seed)
+    return prepare_data(run.data, tokenizer or run_tokenizer(run), run.train.block_size, run.train.batch_size, run.train.seed)
 
 prepare_lm.options_class, prepare_lm.needs_tokenizer = LMTaskOptions, True
 TASKS.register('lm', prepare_lm, overwrite=True)

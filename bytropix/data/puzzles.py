@@ -29,9 +29,9 @@ __all__ = ['SUDOKU_DIFFICULTIES', 'MAZE_PAD', 'MAZE_WALL', 'MAZE_OPEN', 'MAZE_ST
            'is_valid_sudoku_solution', 'random_sudoku_grid', 'generate_sudoku', 'sudoku_transforms',
            'apply_sudoku_transforms', 'augment_sudoku', 'sudoku_vocab_size', 'format_sudoku', 'maze_bfs',
            'maze_shortest_path', 'generate_maze', 'maze_path_is_shortest', 'format_maze', 'maze_transforms',
-           'augment_maze', 'exact_accuracy', 'token_accuracy', 'SudokuTaskConfig', 'MazeTaskConfig', 'PuzzleSet',
-           'default_puzzle_cache', 'load_puzzles', 'PuzzleLoader', 'puzzle_batches', 'PuzzleData', 'prepare_sudoku',
-           'prepare_maze']
+           'augment_maze', 'parse_sudoku', 'parse_maze', 'check_solution', 'format_solution', 'SudokuTaskConfig',
+           'MazeTaskConfig', 'PuzzleSet', 'default_puzzle_cache', 'load_puzzles', 'PuzzleLoader', 'puzzle_batches',
+           'PuzzleData', 'prepare_sudoku', 'prepare_maze']
 
 # %% ../../nbs/35_puzzles.ipynb #7a05dd67
 class SudokuGeometry(NamedTuple):
@@ -361,18 +361,54 @@ def augment_maze(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None =
     return x.gather(1, idx), y.gather(1, idx)
 
 # %% ../../nbs/35_puzzles.ipynb #68a8fc40
-def exact_accuracy(pred, target, ignore_index: int = -100) -> float:
-    "Fraction of rows (puzzles) whose every non-ignored position is predicted exactly."
-    pred, target = np.asarray(pred), np.asarray(target)
-    if pred.shape != target.shape: raise DataError(f"pred {pred.shape} and target {target.shape} must have the same shape.")
-    ok = (pred == target) | (target == ignore_index)
-    return float(ok.reshape(ok.shape[0], -1).all(1).mean())
+_SUDOKU_CHARS = {**{str(d): d for d in range(10)}, '.': 0, **{chr(ord('A') + i): 10 + i for i in range(7)}}
 
-def token_accuracy(pred, target, ignore_index: int = -100) -> float:
-    "Fraction of non-ignored positions predicted exactly."
-    pred, target = np.asarray(pred), np.asarray(target)
-    m = target != ignore_index
-    return float(((pred == target) & m).sum() / max(1, m.sum()))
+def parse_sudoku(text: str, box: int = 3) -> torch.Tensor:
+    "Sudoku text → flat tokens (n²,) (0 blank, digits 1..n)."
+    n = box * box
+    vals = []
+    for ch in text.upper():
+        if ch.isspace() or ch in '|-+': continue
+        if ch not in _SUDOKU_CHARS or _SUDOKU_CHARS[ch] > n:
+            raise DataError(f"Unexpected character {ch!r} in the Sudoku: use 1-{n if n < 10 else '9, A-' + chr(ord('A') + n - 10)} "
+                            "for givens and '.' or '0' for blanks.")
+        vals.append(_SUDOKU_CHARS[ch])
+    if len(vals) != n * n:
+        raise DataError(f"A {n}×{n} Sudoku has {n * n} cells, the text gives {len(vals)}.")
+    return torch.tensor(vals, dtype=torch.long)
+
+def parse_maze(text: str, size: int) -> torch.Tensor:
+    "Maze text (`#`, space, `S`, `G`; `o` path marks are read as open cells) → flat tokens (size²,)."
+    code = {'#': MAZE_WALL, ' ': MAZE_OPEN, 'o': MAZE_OPEN, 'S': MAZE_START, 'G': MAZE_GOAL}
+    lines = text.strip('\n').split('\n')
+    if len(lines) != size: raise DataError(f"The maze has {len(lines)} rows; this model solves {size}×{size} mazes.")
+    vals = []
+    for r, line in enumerate(lines):
+        line = line.rstrip('\r')
+        if len(line) > size: raise DataError(f"Row {r + 1} of the maze has {len(line)} cells; this model solves {size}×{size} mazes.")
+        for ch in line.ljust(size):
+            if ch not in code: raise DataError(f"Unexpected character {ch!r} in row {r + 1} of the maze: use '#', ' ', 'S' and 'G'.")
+            vals.append(code[ch])
+    t = torch.tensor(vals, dtype=torch.long)
+    if (t == MAZE_START).sum() != 1 or (t == MAZE_GOAL).sum() != 1:
+        raise DataError("A maze needs exactly one start 'S' and one goal 'G'.")
+    return t
+
+# %% ../../nbs/35_puzzles.ipynb #1b868db4
+def check_solution(task: str, x: torch.Tensor, pred: torch.Tensor, box: int = 3) -> bool:
+    "Is `pred` a correct solution of puzzle `x` (`task` 'sudoku' or 'maze'), whatever the stored target?"
+    if task == 'sudoku':
+        givens = x != 0
+        return bool((pred[givens] == x[givens]).all()) and is_valid_sudoku_solution(pred.numpy(), box)
+    return maze_path_is_shortest(x.numpy(), pred.numpy())
+
+def format_solution(task: str, x: torch.Tensor, pred: torch.Tensor, target: torch.Tensor | None = None, box: int = 3) -> str:
+    "The puzzle, the model's answer (marked correct or wrong) and, when wrong, the stored solution, as text."
+    fmt = (lambda g: format_sudoku(g.numpy(), box)) if task == 'sudoku' else (lambda g: format_maze(g.numpy()))
+    ok = check_solution(task, x, pred, box)
+    parts = ['puzzle:', fmt(x), '', 'model:' + (' (correct)' if ok else ' (wrong)'), fmt(pred)]
+    if target is not None and not ok: parts += ['', 'solution:', fmt(target)]
+    return '\n'.join(parts)
 
 # %% ../../nbs/35_puzzles.ipynb #1bd364ae
 PUZZLE_FORMAT_VERSION = 1

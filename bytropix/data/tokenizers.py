@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 from ..core import ConfigBase, ConfigError, DataError, atomic_write_text, did_you_mean
+from ..models.base import TOKENIZER_FILE
 
 # %% auto #0
-__all__ = ['TOKENIZER_KINDS', 'EOS_TOKEN', 'EOS_CANDIDATES', 'TOKENIZER_FILE', 'TRAINED_KINDS', 'byte_symbols', 'Tokenizer',
-           'byte_tokenizer', 'min_vocab_size', 'train_tokenizer', 'TokenizerConfig', 'build_tokenizer']
+__all__ = ['TOKENIZER_KINDS', 'EOS_TOKEN', 'EOS_CANDIDATES', 'TRAINED_KINDS', 'byte_symbols', 'Tokenizer', 'byte_tokenizer',
+           'min_vocab_size', 'train_tokenizer', 'TokenizerConfig', 'build_tokenizer']
 
 # %% ../../nbs/31_tokenizers.ipynb #7be894f2
 TOKENIZER_KINDS = ('byte', 'bpe', 'wordpiece', 'unigram')
 EOS_TOKEN = '<|endoftext|>'
 EOS_CANDIDATES = (EOS_TOKEN, '</s>', '<eos>', '<|eos|>', '[SEP]')
-TOKENIZER_FILE = 'tokenizer.json'
 
 @lru_cache(maxsize=None)
 def byte_symbols() -> tuple[str, ...]:
@@ -180,7 +180,11 @@ class Tokenizer:
         if not p.is_file():
             raise DataError(f"No tokenizer file at {p}. Point tokenizer.path at an existing tokenizer.json (or a folder "
                             "holding one), or leave it unset to use the byte-level tokenizer or train one.")
-        return cls.from_str(p.read_text(encoding='utf-8'), source=str(p))
+        try: text = p.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p} is not a tokenizer.json: it is not UTF-8 text (an invalid byte at offset {e.start:,}); "
+                            "the file is damaged: save or train the tokenizer again.") from None
+        return cls.from_str(text, source=str(p))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Tokenizer) and self.to_str() == other.to_str()

@@ -1,4 +1,4 @@
-"""Atomic, verifiable training checkpoints: save, prune, track the best, resume exactly, average.
+"""Atomic, verifiable training checkpoints: write, verify, restore exactly, average.
 
 Docs: https://bytropix.github.io/bytropix/checkpoint.html.md"""
 
@@ -7,74 +7,30 @@ Docs: https://bytropix.github.io/bytropix/checkpoint.html.md"""
 # %% ../../nbs/42_checkpoint.ipynb #7fa37883
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
+import io
 import json
-import math
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core import CheckpointError, atomic_path
+from ..core import CheckpointError, atomic_dir, atomic_path, storage_errors
 from ..models.base import load_weights, save_weights
 
 # %% auto #0
-__all__ = ['CHECKPOINTS_DIR', 'BEST_DIR', 'MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'CHECKPOINT_FORMAT',
-           'recover_checkpoints', 'to_safe', 'write_checkpoint', 'checkpoint_dir', 'list_checkpoints',
-           'latest_checkpoint', 'prune_checkpoints', 'save_checkpoint', 'link_checkpoint', 'save_best',
-           'resolve_checkpoint', 'read_checkpoint', 'load_checkpoint', 'average_checkpoints', 'save_average']
+__all__ = ['MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'CHECKPOINT_FORMAT', 'to_safe', 'write_checkpoint',
+           'link_checkpoint', 'read_state', 'read_checkpoint', 'is_resumable', 'load_checkpoint', 'average_checkpoints',
+           'save_average']
 
 # %% ../../nbs/42_checkpoint.ipynb #c54198f9
-CHECKPOINTS_DIR, BEST_DIR = 'checkpoints', 'best'
 MODEL_FILE, TRAINING_STATE_FILE, STATE_FILE = 'model.safetensors', 'optimizer.pt', 'state.json'
 CHECKPOINT_FORMAT = 1
-_STEP_RE = re.compile(r'^step-(\d+)$')
-
-def _fsync_dir(d: Path) -> None:
-    "Make a rename inside `d` durable (a no-op where directories cannot be opened, e.g. Windows)."
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-
-def _fsync_file(p: Path) -> None:
-    with open(p, 'rb') as f: os.fsync(f.fileno())
-
-def _install_dir(tmp: Path, final: Path) -> Path:
-    "Move the finished directory `tmp` to `final`, replacing an existing `final` (old one renamed aside, then deleted)."
-    parent = final.parent
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f'{final.name}.old-', dir=parent))
-        os.rmdir(old)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-        _fsync_dir(parent)
-    return final
-
-def recover_checkpoints(run_dir: str | os.PathLike) -> None:
-    "Undo the traces of an interrupted save: restore `X.old-*` whose `X` is missing, delete stale temporaries."
-    run_dir = Path(run_dir)
-    for parent in (run_dir, run_dir/CHECKPOINTS_DIR):
-        if not parent.is_dir(): continue
-        for p in sorted(parent.iterdir()):
-            if '.old-' in p.name and p.is_dir():
-                final = parent/p.name.split('.old-')[0]
-                if not final.exists(): os.rename(p, final)
-                else: shutil.rmtree(p, ignore_errors=True)
-        for p in parent.iterdir():
-            if '.tmp-' in p.name and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
 
 # %% ../../nbs/42_checkpoint.ipynb #ca667231
 def to_safe(obj: Any, where: str = 'state') -> Any:
@@ -118,131 +74,65 @@ def write_checkpoint(directory: str | os.PathLike, model: nn.Module, *, step: in
                      rng_state: dict | None = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
     "Write a complete checkpoint to `directory` atomically (temporary sibling, then rename). Returns the directory."
     final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
     training = {'optimizer': None if optimizer is None else optimizer.state_dict(),
                 'scheduler': None if scheduler is None else scheduler.state_dict(),
                 'scaler': None if scaler is None or not scaler.is_enabled() else scaler.state_dict(),
                 'loader': loader_state, 'rng': rng_state}
-    training = to_safe(training, 'training_state')
-    tmp = Path(tempfile.mkdtemp(prefix=f'{final.name}.tmp-', dir=final.parent))
-    try:
+    buf = io.BytesIO()
+    torch.save(to_safe(training, 'training_state'), buf)   # in memory: a full disk is then an OSError of `write`
+    with atomic_dir(final) as tmp:
         save_weights(model, tmp/MODEL_FILE, metadata={'step': str(step), 'arch': str(getattr(model, 'arch', ''))})
-        with open(tmp/TRAINING_STATE_FILE, 'wb') as f:
-            torch.save(training, f)
-            f.flush(); os.fsync(f.fileno())
+        (tmp/TRAINING_STATE_FILE).write_bytes(buf.getbuffer())
         files = {n: {'bytes': (tmp/n).stat().st_size, 'sha256': _sha256(tmp/n)} for n in (MODEL_FILE, TRAINING_STATE_FILE)}
         from bytropix import __version__
         state = {'format': CHECKPOINT_FORMAT, 'step': int(step), 'metrics': _jsonable(metrics or {}),
                  'extra': _jsonable(extra or {}), 'files': files, 'arch': getattr(model, 'arch', ''),
+                 'resumable': optimizer is not None and loader_state is not None,
                  'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                  'bytropix_version': __version__}
-        with open(tmp/STATE_FILE, 'w', encoding='utf-8') as f:  # last: its presence marks a finished checkpoint
-            f.write(json.dumps(state, indent=2) + '\n'); f.flush(); os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        return _install_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    "Where the checkpoint of `step` lives: `RUN/checkpoints/step-N`."
-    return Path(run_dir)/CHECKPOINTS_DIR/f'step-{int(step)}'
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    "The finished `step-N` checkpoints of a run, by increasing step (temporaries and `best/` excluded)."
-    d = Path(run_dir)/CHECKPOINTS_DIR
-    if not d.is_dir(): return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name)) and (p/STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    "The checkpoint with the highest step, or `None` when the run has none."
-    cps = list_checkpoints(run_dir)
-    return cps[-1] if cps else None
-
-def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int | None) -> list[Path]:
-    "Delete all but the `keep_last` most recent `step-N` checkpoints (all kept when `None` or 0); returns the deleted."
-    cps = list_checkpoints(run_dir)
-    if not keep_last or len(cps) <= keep_last: return []
-    gone = cps[:-keep_last]
-    for p in gone: shutil.rmtree(p, ignore_errors=True)
-    return gone
-
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer: Any = None, scheduler: Any = None,
-                    scaler: Any = None, loader_state: dict | None = None, rng_state: dict | None = None,
-                    metrics: dict | None = None, keep_last: int | None = None, extra: dict | None = None) -> Path:
-    "Save `RUN/checkpoints/step-N` atomically, then keep only the last `keep_last` checkpoints. Returns its directory."
-    recover_checkpoints(run_dir)
-    path = write_checkpoint(checkpoint_dir(run_dir, step), model, step=step, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, loader_state=loader_state, rng_state=rng_state, metrics=metrics, extra=extra)
-    prune_checkpoints(run_dir, keep_last)
-    return path
+        (tmp/STATE_FILE).write_text(json.dumps(state, indent=2) + '\n', encoding='utf-8')  # last: marks a finished checkpoint
+    return final
 
 # %% ../../nbs/42_checkpoint.ipynb #cde8fdc8
 def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     "Copy checkpoint directory `src` to `dst` atomically, hard-linking files when possible."
     src, dst = Path(src), Path(dst)
     if not (src/STATE_FILE).is_file(): raise CheckpointError(f"{src} is not a finished checkpoint (no {STATE_FILE}).")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'{dst.name}.tmp-', dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         for name in (MODEL_FILE, TRAINING_STATE_FILE, STATE_FILE):
             try: os.link(src/name, tmp/name)
-            except OSError:
-                shutil.copy2(src/name, tmp/name); _fsync_file(tmp/name)
-        _fsync_dir(tmp)
-        return _install_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-def save_best(run_dir: str | os.PathLike, source: str | os.PathLike | None = None, **checkpoint_kw) -> Path:
-    "Make `RUN/best` the checkpoint `source` (a step directory), or write it from `checkpoint_kw` (see `write_checkpoint`)."
-    dst = Path(run_dir)/BEST_DIR
-    if source is not None: return link_checkpoint(source, dst)
-    model = checkpoint_kw.pop('model')
-    return write_checkpoint(dst, model, **checkpoint_kw)
+            except OSError: shutil.copy2(src/name, tmp/name)
+    return dst
 
 # %% ../../nbs/42_checkpoint.ipynb #3eb75f65
-def resolve_checkpoint(run_dir: str | os.PathLike, which: str | os.PathLike = 'latest') -> Path:
-    "A checkpoint directory from `'latest'`, `'best'`, a step number, or a path (run-relative or absolute)."
-    run_dir = Path(run_dir)
-    if str(which) == 'latest':
-        p = latest_checkpoint(run_dir)
-        if p is None: raise CheckpointError(f"No checkpoint in {run_dir/CHECKPOINTS_DIR}: the run saved none yet (see train.save_interval).")
-        return p
-    if str(which) == 'best':
-        p = run_dir/BEST_DIR
-        if not (p/STATE_FILE).is_file():
-            olds = sorted(run_dir.glob(f'{BEST_DIR}.old-*'))  # a crash between the two renames of an update
-            if olds and (olds[-1]/STATE_FILE).is_file(): return olds[-1]
-            raise CheckpointError(f"No best checkpoint in {run_dir}: it is written at evaluations (train.eval_interval). "
-                                  "Use 'latest' instead.")
-        return p
-    if isinstance(which, int) or str(which).isdigit():
-        p = checkpoint_dir(run_dir, int(which))
-    else:
-        p = Path(which)
-        if not p.is_absolute() and not p.exists() and (run_dir/p).exists(): p = run_dir/p
-    if not p.exists():
-        have = ', '.join(c.name for c in list_checkpoints(run_dir)) or 'none'
-        raise CheckpointError(f"Checkpoint {p} does not exist (checkpoints of {run_dir}: {have}).")
-    return p
+def _check_state(state: Any, sp: Path) -> dict:
+    "The parsed `state.json`, checked to have the fields loading relies on (each of the right type)."
+    ok = (isinstance(state, dict) and isinstance(state.get('step'), int) and isinstance(state.get('files'), dict)
+          and isinstance(state.get('format', 0), int)
+          and all(isinstance(n, str) and n == Path(n).name and n not in ('', '.', '..') and isinstance(i, dict)
+                  and isinstance(i.get('bytes'), int) and isinstance(i.get('sha256'), str) for n, i in state['files'].items()))
+    if not ok: raise CheckpointError(f"{sp} lacks `step`/`files` or has them malformed: not a bytropix checkpoint. "
+                                     "Use another checkpoint.")
+    if state.get('format', 0) > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{sp.parent} has checkpoint format {state['format']}; this bytropix reads up to "
+                              f"{CHECKPOINT_FORMAT}. Upgrade bytropix.")
+    return state
 
-def read_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: str | torch.device = 'cpu') -> dict:
-    "The verified contents of a checkpoint directory, without applying them: `state` (state.json) and `training`."
+def read_state(path: str | os.PathLike) -> dict:
+    "The checked `state.json` of checkpoint directory `path` (`CheckpointError` if missing or damaged)."
     path = Path(path)
     if not path.is_dir(): raise CheckpointError(f"{path} is not a checkpoint directory.")
     sp = path/STATE_FILE
     if not sp.is_file():
         raise CheckpointError(f"{path} is incomplete (no {STATE_FILE}): an interrupted save. Use another checkpoint.")
-    try: state = json.loads(sp.read_text(encoding='utf-8'))
+    try: return _check_state(json.loads(sp.read_text(encoding='utf-8')), sp)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{sp} is corrupt ({e}). Use another checkpoint.") from None
-    if not isinstance(state, dict) or 'step' not in state or 'files' not in state:
-        raise CheckpointError(f"{sp} lacks `step`/`files`: not a bytropix checkpoint.")
-    if state.get('format', 0) > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {state['format']}; this bytropix reads up to {CHECKPOINT_FORMAT}. Upgrade bytropix.")
+
+def read_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: str | torch.device = 'cpu') -> dict:
+    "The verified contents of a checkpoint directory, without applying them: `state` (state.json) and `training`."
+    path = Path(path)
+    state = read_state(path)
     for name, info in state['files'].items():
         f = path/name
         if not f.is_file(): raise CheckpointError(f"{path} is missing {name}. Use another checkpoint.")
@@ -255,13 +145,22 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: 
         training = torch.load(path/TRAINING_STATE_FILE, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"Cannot read {path/TRAINING_STATE_FILE} ({type(e).__name__}: {str(e)[:200]}). Use another checkpoint.") from None
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{path/TRAINING_STATE_FILE} holds a {type(training).__name__}, not a training state.")
     return {'path': path, 'state': state, 'training': training}
 
+def is_resumable(path: str | os.PathLike) -> bool:
+    "Does checkpoint `path` hold everything training needs to continue (optimizer, data-loader position)?"
+    try: state = read_state(path)
+    except CheckpointError: return False
+    return bool(state.get('resumable', TRAINING_STATE_FILE in state['files']))  # older checkpoints: by their files
+
+# %% ../../nbs/42_checkpoint.ipynb #245041fc
 def _check_optimizer(optimizer: Any, sd: dict | None, path: Path) -> None:
     if sd is None: raise CheckpointError(f"{path} holds no optimizer state (it was saved for inference only); it cannot resume training.")
     if hasattr(optimizer, 'check_state_dict'): optimizer.check_state_dict(sd); return
     want = [len(g['params']) for g in optimizer.param_groups]
-    got = [len(g['params']) for g in sd.get('param_groups', [])]
+    got = [len(g['params']) for g in sd.get('param_groups', [])] if isinstance(sd, dict) else None
     if want != got:
         raise CheckpointError(f"{path}: optimizer parameter groups of sizes {got}, this optimizer has {want}.")
 
@@ -276,7 +175,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
     if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
     if scheduler is not None and training.get('scheduler') is not None: scheduler.load_state_dict(training['scheduler'])
     if scaler is not None and training.get('scaler') is not None and scaler.is_enabled(): scaler.load_state_dict(training['scaler'])
-    return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': state.get('extra', {}),
+    extra = state.get('extra', {})
+    return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': extra if isinstance(extra, dict) else {},
             'loader': training.get('loader'), 'rng': training.get('rng'), 'path': path}
 
 # %% ../../nbs/42_checkpoint.ipynb #ec2c02c9

@@ -20,7 +20,7 @@ from ..core import CheckpointError, ConfigError, DataError, resolve_device
 from ..models.base import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'autocast_context', 'evaluate', 'load_run_model', 'evaluate_run']
+__all__ = ['PRECISIONS', 'autocast_context', 'evaluate', 'format_metric', 'evaluate_run']
 
 # %% ../../nbs/43_evaluation.ipynb #e8da2645
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -71,40 +71,27 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         raise DataError("Evaluation got no batches (or only ignored targets): the validation split is empty or smaller "
                         "than one block. Use more validation data or a smaller block_size.")
     loss = total / ntok
-    out = {'loss': loss, 'ppl': math.exp(min(loss, 700.0)), 'tokens': ntok, 'batches': nb}
+    out = {'loss': loss, 'ppl': math.exp(loss) if loss < 709.0 else math.inf, 'tokens': ntok, 'batches': nb}  # exp overflows past 709
     if bytes_per_token: out['bpb'] = loss / math.log(2) / bytes_per_token
     out.update({k: s / nseq for k, s in sorted(sums.items())})
     return out
 
-# %% ../../nbs/43_evaluation.ipynb #7331d7b1
-def load_run_model(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', device: str = 'cpu'):
-    "The run's config, its model (weights from `checkpoint`: 'best', 'latest', a step or a path) and the checkpoint info."
-    from bytropix.config import load_config
-    from bytropix.models.base import build_model
-    from bytropix.training.checkpoint import load_checkpoint, resolve_checkpoint
-    run_dir = Path(run_dir)
-    if not (run_dir/'config.yaml').is_file():
-        raise CheckpointError(f"{run_dir} is not a training run (no config.yaml). Pass the out_dir of `bytropix train`.")
-    run = load_config(run_dir/'config.yaml')
-    if str(checkpoint) == 'best' and not (run_dir/'best').is_dir():
-        checkpoint = 'latest'
-    path = resolve_checkpoint(run_dir, checkpoint)
-    model = build_model(run.arch, run.model_config)
-    info = load_checkpoint(path, model, map_location=resolve_device(device))
-    return run, model.to(resolve_device(device)).eval(), info
+# %% ../../nbs/43_evaluation.ipynb #1294e35a
+def format_metric(v: float, decimals: int = 4) -> str:
+    "A metric for a log line: `1.2346`, `3.14e+12` for huge values, `inf`, `nan`."
+    if not isinstance(v, (int, float)) or isinstance(v, bool): return str(v)
+    if not math.isfinite(v): return str(float(v))
+    return f"{v:.{decimals}f}" if abs(v) < 1e6 else f"{v:.4g}"
 
+# %% ../../nbs/43_evaluation.ipynb #7331d7b1
 def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', max_batches: int | None = None,
                  device: str = 'auto', precision: str | None = None) -> dict:
     "Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`."
     from bytropix.config import prepare_task
-    run_dir = Path(run_dir)
-    run, model, info = load_run_model(run_dir, checkpoint, device)
-    tokenizer = None
-    if (run_dir/'tokenizer.json').is_file():
-        from bytropix.data.tokenizers import Tokenizer
-        tokenizer = Tokenizer.load(run_dir/'tokenizer.json')
-    data = prepare_task(run, tokenizer)
+    from bytropix.training.run import RunDir
+    rd = RunDir(run_dir)
+    run, model, info = rd.load_model(checkpoint, device)
+    data = prepare_task(run, rd.load_tokenizer())
     out = evaluate(model, data.val_batches, bytes_per_token=getattr(data, 'bytes_per_token', None),
-                   max_batches=max_batches if max_batches is not None else None,
-                   precision=precision or run.train.precision)
+                   max_batches=max_batches, precision=precision or run.train.precision)
     return {**out, 'step': info['step'], 'checkpoint': str(info['path'])}

@@ -47,20 +47,21 @@ class LRScheduler:
         if self.kw['lr'] <= 0: raise ConfigError(f"`train.lr` must be positive, got {self.kw['lr']}.")
         for g in optimizer.param_groups: g.setdefault('initial_lr', g['lr'])
         self.last_step = 0
-        self._apply()
+        self.apply()
 
     def factor(self, step: int) -> float:
         "The multiplier of each group's peak lr at `step`."
         return lr_at(step, **self.kw) / self.kw['lr']
 
-    def _apply(self) -> None:
+    def apply(self) -> None:
+        "Set every group's lr for the current step (from its `initial_lr`)."
         f = self.factor(self.last_step)
         for g in self.optimizer.param_groups: g['lr'] = g['initial_lr'] * f
 
     def step(self) -> None:
         "Advance to the next optimizer step."
         self.last_step += 1
-        self._apply()
+        self.apply()
 
     def get_last_lr(self) -> list[float]:
         "The lr of every group for the upcoming step."
@@ -70,7 +71,7 @@ class LRScheduler:
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state['last_step'])
-        self._apply()
+        self.apply()
 
 # %% ../../nbs/41_optim.ipynb #26e23c02
 class MultiOptimizer:
@@ -99,6 +100,16 @@ class MultiOptimizer:
 
     def params(self) -> list[nn.Parameter]:
         return [p for g in self.param_groups for p in g['params']]
+
+    def settings(self) -> list[dict]:
+        "Every group's hyper-parameters (lr, initial_lr, betas, eps, weight_decay, ...: all but `params`), copied."
+        return [{k: v for k, v in g.items() if k != 'params'} for g in self.param_groups]
+
+    def apply_settings(self, settings: list[dict]) -> None:
+        "Set every group's hyper-parameters from `settings` (as returned by `settings()`), keeping the moments."
+        groups = self.param_groups
+        if len(settings) != len(groups): raise ConfigError(f"{len(settings)} group settings for {len(groups)} groups.")
+        for g, s in zip(groups, settings): g.update(s)
 
     def state_dict(self) -> dict:
         return {name: o.state_dict() for name, o in self.optimizers.items()}

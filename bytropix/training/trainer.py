@@ -8,31 +8,35 @@ Docs: https://bytropix.github.io/bytropix/trainer.html.md"""
 # %% ../../nbs/44_trainer.ipynb #4b2a9dc7
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
-import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
-from ..core import (CheckpointError, ConfigError, DataError, NonFiniteError, atomic_path, atomic_write_text,
-                           get_rng_state, resolve_device, seed_everything, set_rng_state)
+from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonFiniteError, atomic_write_text,
+                           get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model
-from .checkpoint import (BEST_DIR, CHECKPOINTS_DIR, checkpoint_dir, latest_checkpoint, link_checkpoint,
-                                          load_checkpoint, recover_checkpoints, resolve_checkpoint, save_best,
-                                          save_checkpoint)
-from .evaluation import autocast_context, evaluate
+from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state
+from .evaluation import autocast_context, evaluate, format_metric
+from .memory import check_step_memory
 from .optim import LRScheduler, build_optimizer, clip_gradients
+from .run import RunDir
 
 # %% auto #0
-__all__ = ['MetricsLog', 'SamplesLog', 'memory_mb', 'format_duration', 'TensorBoard', 'Progress', 'Trainer']
+__all__ = ['MetricsLog', 'SamplesLog', 'memory_mb', 'format_duration', 'TensorBoard', 'Progress', 'TrainingInterrupted',
+           'Trainer']
 
 # %% ../../nbs/44_trainer.ipynb #eaeaa214
 def _json_safe(v: Any) -> Any:
@@ -43,7 +47,7 @@ def _json_safe(v: Any) -> Any:
     return v
 
 def _append_durably(path: Path, text: str) -> None:
-    with open(path, 'a', encoding='utf-8') as f:
+    with storage_errors(path), open(path, 'a', encoding='utf-8') as f:
         f.write(text); f.flush(); os.fsync(f.fileno())
 
 class MetricsLog:
@@ -113,6 +117,7 @@ def _flat(d: dict, prefix: str = '') -> dict:
         else: out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
 
+# %% ../../nbs/44_trainer.ipynb #adbe69c8
 class TensorBoard:
     "A thin SummaryWriter wrapper that is a no-op when disabled or when tensorboard is not installed."
     def __init__(self, log_dir: Path | None, purge_step: int | None = None, log: Callable = print):
@@ -157,14 +162,11 @@ class Progress:
         if self.enabled: sys.stderr.write('\r\033[K'); sys.stderr.flush()
 
 # %% ../../nbs/44_trainer.ipynb #d3ecb6b3
-_RUN_OUTPUTS = ('checkpoints', 'best', 'tb', 'export', 'metrics.jsonl', 'samples.txt', 'config.yaml', 'tokenizer.json')
 _MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size')
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
     return d
-
-def _is_finite(x: float) -> bool: return math.isfinite(x)
 
 def _scalar_aux(aux: dict) -> dict[str, float]:
     out = {}
@@ -173,315 +175,450 @@ def _scalar_aux(aux: dict) -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool): out[k] = float(v)
     return out
 
+class TrainingInterrupted(KeyboardInterrupt):
+    "Training stopped on SIGINT/SIGTERM after finishing its step; `checkpoint` is where to resume from (or None)."
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, finished: bool = False):
+        self.signum, self.step, self.checkpoint, self.finished = signum, step, checkpoint, finished
+        super().__init__(f"{signal.Signals(signum).name} at step {step}" + (f"; checkpoint {checkpoint}" if checkpoint else ''))
+
 class Trainer:
     """Train `run` (a `RunConfig`): `Trainer(run).fit()` → final metrics. `model`, `data` (a `PreparedData`) and
     `tokenizer` may be passed in instead of being built from the config; `log` receives each log line;
-    `resume`: True (latest checkpoint of `run.out_dir`, or a fresh start if there is none), 'best', a step or a
-    checkpoint path; `overwrite` deletes a previous run's outputs in `out_dir` first; `callbacks` are called as
-    `cb(trainer, step, record)` after every step."""
+    `resume`: True (the newest resumable checkpoint of `run.out_dir`; a fresh start when the directory holds no work),
+    'best', a step or a checkpoint path; `overwrite` deletes a previous run's outputs in `out_dir` first;
+    `callbacks` are called as `cb(trainer, step, record)` after every step."""
 
     def __init__(self, run: RunConfig, model: nn.Module | None = None, data: Any = None, tokenizer: Any = None,
                  log: Callable[[str], Any] | None = print, resume: bool | str | int = False, overwrite: bool = False,
                  callbacks: Sequence[Callable] = (), progress: bool | None = None):
         if not isinstance(run, RunConfig): raise ConfigError(f"Trainer needs a RunConfig (see load_config), got {type(run).__name__}.")
-        self.run, self.tc = run, run.train
+        self.run, self.tc, self.rundir = run, run.train, RunDir(run.out_dir)
         self.model, self.data, self.tokenizer = model, data, tokenizer
         self.log = log or (lambda *a, **k: None)
         self.resume, self.overwrite, self.callbacks = resume, overwrite, list(callbacks)
         self.progress_enabled = progress
-        self.out = Path(run.out_dir)
+        self.out = self.rundir.path
         self.step, self.tokens_seen, self.nonfinite, self.skipped_total = 0, 0, 0, 0
-        self.best_val, self.best_step = float('inf'), None
-        self.last_eval: dict = {}
-        self._ready = False
+        self.best_val, self.best_step, self.last_eval = float('inf'), None, {}
+        self._ready, self._lock, self._stop, self._streak_start, self._prune_pending = False, None, None, None, False
+        self.tb = TensorBoard(None)
 
-    # ----------------------------------------------------------------- setup
-    def _resume_path(self) -> Path | None:
-        if self.resume is False or self.resume is None: return None
-        if self.resume is True or self.resume == 'latest':
-            recover_checkpoints(self.out)
-            return latest_checkpoint(self.out)
-        return resolve_checkpoint(self.out, self.resume)
+# %% ../../nbs/44_trainer.ipynb #60d19300
+@patch
+def close(self: Trainer) -> None:
+    "Release the run directory's lock and close the TensorBoard writer (`fit` does it when it ends)."
+    self.tb.close()
+    if self._lock is not None: self._lock.release(); self._lock = None
 
-    def _check_out_dir(self, resuming: bool) -> None:
-        if self.overwrite:
-            for name in _RUN_OUTPUTS:
-                p = self.out/name
-                if p.is_dir(): shutil.rmtree(p)
-                elif p.exists(): p.unlink()
-            return
-        if resuming or not self.out.exists(): return
-        if latest_checkpoint(self.out) is not None or (self.out/'metrics.jsonl').exists():
-            raise ConfigError(f"{self.out} already holds a training run. Continue it with resume (`bytropix train --resume`), "
-                              "start over with overwrite (deletes its checkpoints and logs), or choose another out_dir.")
+@patch
+def __enter__(self: Trainer) -> Trainer: return self
+@patch
+def __exit__(self: Trainer, *exc) -> None: self.close()
 
-    def _check_resume_config(self, resolved: RunConfig) -> None:
-        saved_path = self.out/'config.yaml'
-        if not saved_path.is_file(): return
-        saved, now = read_config_file(saved_path), resolved.to_dict()
-        bad = [d for k in _MUST_MATCH for d in config_diff({k: _get(saved, k)}, {k: _get(now, k)})]
-        if bad:
-            raise ConfigError(f"Cannot resume {self.out}: the config differs from the saved one in fields the checkpoints "
-                              f"depend on: {'; '.join(bad)}. Resume with the saved config ({saved_path}) or start a new out_dir.")
-        other = [d for d in config_diff(saved.get('train', {}), now.get('train', {}), 'train.')
-                 if not any(d.startswith(k + ':') for k in _MUST_MATCH)]
-        if other: self.log(f"note: resuming with changed training settings: {'; '.join(other)}")
+# %% ../../nbs/44_trainer.ipynb #26fee75d
+@patch
+def _start_point(self: Trainer) -> Path | None:
+    "Lock the run directory; the checkpoint to resume from, or None for a new run (after the checks above)."
+    rd, resuming = self.rundir, self.resume not in (False, None)
+    if resuming and self.overwrite:
+        raise ConfigError("resume and overwrite contradict each other: resume continues the run in out_dir, overwrite "
+                          "deletes it. Pass one of them.")
+    self._lock = rd.create().lock(self.log).acquire()
+    rd.recover()
+    if self.overwrite:
+        if gone := rd.clear(): self.log(f"overwrite: deleted {', '.join(gone)} of the previous run in {rd.path}")
+        return None
+    work = rd.work()
+    if not resuming:
+        if work: raise ConfigError(f"{rd.path} already holds a training run ({', '.join(work)}). Continue it with resume "
+                                   "(`bytropix train --resume`), start over with overwrite (`--overwrite`: deletes them), "
+                                   "or choose another out_dir.")
+        return None
+    if self.resume not in (True, 'latest'): return rd.resolve_checkpoint(self.resume)
+    ckpt = rd.resumable_checkpoint()
+    if ckpt is None and work:
+        raise CheckpointError(f"Cannot resume {rd.path}: it holds {', '.join(work)} but no checkpoint to resume from (the run "
+                              "stopped before its first checkpoint and evaluation). Start over with overwrite (`--overwrite`: "
+                              "deletes them) or choose another out_dir.")
+    if ckpt is None: self.log(f"resume: nothing to resume in {rd.path}, starting from scratch")
+    return ckpt
 
-    def _build_tokenizer(self, resuming: bool):
-        from bytropix.data.tokenizers import Tokenizer, build_tokenizer
-        path = self.out/'tokenizer.json'
-        if resuming and path.is_file(): return Tokenizer.load(path)
-        from bytropix.data.datasets import iter_texts, load_text_dataset
-        col = self.run.data.text_column  # a trained tokenizer learns from the training split only
-        return build_tokenizer(self.run.tokenizer, lambda: iter_texts(load_text_dataset(self.run.data)['train'], col))
+# %% ../../nbs/44_trainer.ipynb #2db9df63
+@patch
+def _build_tokenizer(self: Trainer, resuming: bool):
+    from bytropix.data.datasets import run_tokenizer
+    if resuming and (tok := self.rundir.load_tokenizer()) is not None: return tok
+    return run_tokenizer(self.run)
 
-    def setup(self) -> Trainer:
-        "Build (or load) everything: tokenizer, data, model, optimizer, schedule; restore a checkpoint when resuming."
-        if self._ready: return self
-        tc, run = self.tc, self.run
-        if tc.num_threads: torch.set_num_threads(tc.num_threads)
-        self.device = resolve_device(tc.device)
-        ckpt = self._resume_path()
-        if self.resume not in (False, None) and ckpt is None:
-            self.log(f"resume: no checkpoint in {self.out}, starting from scratch")
-            self.overwrite = True
-        self._check_out_dir(ckpt is not None)
-        self.out.mkdir(parents=True, exist_ok=True)
-        seed_everything(tc.seed)
-        needs_tok = getattr(get_task(run.task), 'needs_tokenizer', True)
-        # the tokenizer is built (or reloaded) to prepare the data; with `data` given it is optional
-        if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
-        if self.data is None: self.data = prepare_task(run, self.tokenizer)
-        vocab = getattr(self.data, 'vocab_size', None) or (self.tokenizer.vocab_size if self.tokenizer is not None else None)
-        if self.model is None:
-            resolved = run.resolved(vocab)
-            if vocab is not None and resolved.model_config.vocab_size < vocab:
-                raise ConfigError(f"`model.vocab_size` = {resolved.model_config.vocab_size} is smaller than the vocabulary "
-                                  f"({vocab} tokens); remove it (it is set from the tokenizer) or raise it.")
-            self.model = build_model(run.arch, resolved.model_config)
-        else:
-            cfg = getattr(self.model, 'config', None)
-            arch = getattr(self.model, 'arch', '') or run.arch
-            resolved = RunConfig.from_dict({**run.to_dict(), 'arch': arch, 'model': cfg.to_dict()}) if cfg is not None else run
-            if vocab is not None and cfg is not None and cfg.vocab_size < vocab:
-                raise ConfigError(f"The model's vocab_size {cfg.vocab_size} is smaller than the vocabulary ({vocab} tokens).")
-        self.resolved = resolved
-        if ckpt is not None: self._check_resume_config(resolved)
-        model = self.model.to(self.device)
-        if tc.grad_checkpointing:
-            if not hasattr(model, 'gradient_checkpointing'):
-                raise ConfigError(f"`train.grad_checkpointing`: {type(model).__name__} does not support gradient checkpointing; set it to false.")
-            model.gradient_checkpointing = True
-        self.optimizer = build_optimizer(model, tc, self.device)
-        self.scheduler = LRScheduler(self.optimizer, tc)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
-        self.train_model = torch.compile(model) if tc.compile else model
-        manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.agc_params = [p for p in self.params if id(p) not in manifold]
-        self.loader = self.data.train
-        self.metrics_log, self.samples_log = MetricsLog(self.out/'metrics.jsonl'), SamplesLog(self.out/'samples.txt')
-        if ckpt is not None: self._restore(ckpt)
-        else:
-            if self.tokenizer is not None: self.tokenizer.save(self.out/'tokenizer.json')  # written atomically
-        save_config(resolved, self.out/'config.yaml')
-        self.tb = TensorBoard(self.out/'tb' if tc.tensorboard else None, purge_step=self.step + 1 if ckpt else None, log=self.log)
-        if ckpt is None: self.tb.hparams(_flat({k: v for k, v in resolved.to_dict().items() if k != 'out_dir'}),
-                                         ['val/loss', 'val/bpb', 'train/loss'])
-        self._sample_ids = None
-        if tc.sample_interval and self.tokenizer is not None and run.task == 'lm':
-            ids = self.tokenizer.encode(tc.sample_prompt)
-            if not ids: raise ConfigError(f"`train.sample_prompt` {tc.sample_prompt!r} encodes to no tokens; use a non-empty prompt.")
-            self._sample_ids = torch.tensor([ids], dtype=torch.long)
-        self._ready = True
-        return self
+@patch
+def _build_model(self: Trainer) -> RunConfig:
+    "Build (or adopt) the model, with the memory checks; returns the resolved run config (complete model config)."
+    tc, run = self.tc, self.run
+    vocab = getattr(self.data, 'vocab_size', None) or (self.tokenizer.vocab_size if self.tokenizer is not None else None)
+    mem = dict(batch_size=tc.batch_size, block_size=tc.block_size, precision=tc.precision, device=self.device,
+               grad_checkpointing=tc.grad_checkpointing)
+    if self.model is None:
+        resolved = run.resolved(vocab)
+        if vocab is not None and resolved.model_config.vocab_size < vocab:
+            raise ConfigError(f"`model.vocab_size` = {resolved.model_config.vocab_size} is smaller than the vocabulary "
+                              f"({vocab} tokens); remove it (it is set from the tokenizer) or raise it.")
+        check_step_memory(run.arch, resolved.model_config, **mem)
+        self.model = build_model(run.arch, resolved.model_config)
+    else:
+        cfg = getattr(self.model, 'config', None)
+        arch = getattr(self.model, 'arch', '') or run.arch
+        resolved = RunConfig.from_dict({**run.to_dict(), 'arch': arch, 'model': cfg.to_dict()}) if cfg is not None else run
+        if vocab is not None and cfg is not None and cfg.vocab_size < vocab:
+            raise ConfigError(f"The model's vocab_size {cfg.vocab_size} is smaller than the vocabulary ({vocab} tokens).")
+    n = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+    check_step_memory(resolved.arch, getattr(self.model, 'config', None), n_params=n, **mem)
+    return resolved
 
-    def _restore(self, path: Path) -> None:
-        info = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, map_location=self.device)
-        if info['loader'] is None: raise CheckpointError(f"{path} holds no data-loader state; it cannot resume training.")
+# %% ../../nbs/44_trainer.ipynb #bbdae4ef
+@patch
+def setup(self: Trainer) -> Trainer:
+    "Build (or load) everything: tokenizer, data, model, optimizer, schedule; restore a checkpoint when resuming."
+    if self._ready: return self
+    try: self._setup()
+    except BaseException:
+        self.close(); raise
+    self._ready = True
+    return self
+
+@patch
+def _setup(self: Trainer) -> None:
+    tc, run, rd = self.tc, self.run, self.rundir
+    if tc.num_threads: torch.set_num_threads(tc.num_threads)
+    self.device = resolve_device(tc.device)
+    ckpt = self._start_point()
+    seed_everything(tc.seed)
+    needs_tok = getattr(get_task(run.task), 'needs_tokenizer', True)
+    # the tokenizer is built (or reloaded) to prepare the data; with `data` given it is optional
+    if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
+    if self.data is None: self.data = prepare_task(run, self.tokenizer)
+    self.resolved = self._build_model()
+    changed = self._check_resume_config(self.resolved) if ckpt is not None else []
+    model = self.model.to(self.device)
+    if tc.grad_checkpointing:
+        if not hasattr(model, 'gradient_checkpointing'):
+            raise ConfigError(f"`train.grad_checkpointing`: {type(model).__name__} does not support gradient checkpointing; set it to false.")
+        model.gradient_checkpointing = True
+    self.optimizer = build_optimizer(model, tc, self.device)
+    self.scheduler = LRScheduler(self.optimizer, tc)
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
+    self.train_model = torch.compile(model) if tc.compile else model
+    manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
+    self.params = [p for p in model.parameters() if p.requires_grad]
+    self.agc_params = [p for p in self.params if id(p) not in manifold]
+    self.loader = self.data.train
+    self.metrics_log, self.samples_log = MetricsLog(rd.metrics_file), SamplesLog(rd.samples_file)
+    if ckpt is not None: self._restore(ckpt, changed)
+    elif self.tokenizer is not None: self.tokenizer.save(rd.tokenizer_file)  # written atomically
+    save_config(self.resolved, rd.config_file)
+    self.tb = TensorBoard(rd.tb_dir if tc.tensorboard else None, purge_step=self.step + 1 if ckpt else None, log=self.log)
+    if ckpt is None: self.tb.hparams(_flat({k: v for k, v in self.resolved.to_dict().items() if k != 'out_dir'}),
+                                     ['val/loss', 'val/bpb', 'train/loss'])
+    self._sample_ids = None
+    if tc.sample_interval and self.tokenizer is not None and run.task == 'lm':
+        ids = self.tokenizer.encode(tc.sample_prompt)
+        if not ids: raise ConfigError(f"`train.sample_prompt` {tc.sample_prompt!r} encodes to no tokens; use a non-empty prompt.")
+        self._sample_ids = torch.tensor([ids], dtype=torch.long)
+
+# %% ../../nbs/44_trainer.ipynb #ca4c7bb5
+@patch
+def _check_resume_config(self: Trainer, resolved: RunConfig) -> list[str]:
+    "Refuse changes the checkpoints depend on; return the changed training settings (`train.x: a → b`)."
+    saved_path = self.rundir.config_file
+    if not saved_path.is_file(): return []
+    saved, now = read_config_file(saved_path), resolved.to_dict()
+    bad = [d for k in _MUST_MATCH for d in config_diff({k: _get(saved, k)}, {k: _get(now, k)})]
+    if bad:
+        raise ConfigError(f"Cannot resume {self.out}: the config differs from the saved one in fields the checkpoints "
+                          f"depend on: {'; '.join(bad)}. Resume with the saved config ({saved_path}) or start a new out_dir.")
+    return [d for d in config_diff(saved.get('train', {}), now.get('train', {}), 'train.')
+            if not any(d.startswith(k + ':') for k in _MUST_MATCH)]
+
+@patch
+def _restore(self: Trainer, path: Path, changed: Sequence[str] = ()) -> None:
+    now = self.optimizer.settings()   # built from the current config
+    info = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, map_location=self.device)
+    self.optimizer.apply_settings(now); self.scheduler.apply()
+    if info['loader'] is None: raise CheckpointError(f"{path} holds no data-loader state; it cannot resume training.")
+    try:
         self.loader.load_state_dict(info['loader'])
         if info['rng'] is not None: set_rng_state(info['rng'])
-        ex = info['extra']
-        self.step = info['step']
-        self.tokens_seen = int(ex.get('tokens_seen', 0)); self.nonfinite = int(ex.get('nonfinite', 0))
-        self.skipped_total = int(ex.get('skipped_total', 0))
-        bv = ex.get('best_val_loss')
-        self.best_val = float(bv) if isinstance(bv, (int, float)) else float('inf'); self.best_step = ex.get('best_step')
-        self.metrics_log.truncate_after(self.step); self.samples_log.truncate_after(self.step)
-        self.log(f"resumed from {path} at step {self.step}")
+    except BytropixError: raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: its data-loader or RNG state cannot be restored ({type(e).__name__}: {e}). "
+                              "Use another checkpoint.") from None
+    ex = info['extra']
+    self.step = info['step']
+    self.tokens_seen, self.nonfinite = int(ex.get('tokens_seen', 0)), int(ex.get('nonfinite', 0))
+    self.skipped_total = int(ex.get('skipped_total', 0))
+    bv = ex.get('best_val_loss')
+    self.best_val = float(bv) if isinstance(bv, (int, float)) else float('inf'); self.best_step = ex.get('best_step')
+    self.metrics_log.truncate_after(self.step); self.samples_log.truncate_after(self.step)
+    self.log(f"resumed from {path} at step {self.step}")
+    if changed: self.log(f"note: resuming with changed training settings: {'; '.join(changed)}; now in effect "
+                         f"(step {self.step + 1}): {self._settings_in_effect()}")
 
-    # ----------------------------------------------------------------- steps
-    def train_step(self) -> dict:
-        "One optimizer step over `grad_accum` micro-batches; returns loss, lr, grad_norm, skipped, tokens, aux."
-        tc, model = self.tc, self.train_model
-        model.train()
-        lr = self.scheduler.get_last_lr()[0]
-        losses, aux, ntok = [], {}, 0
-        for _ in range(tc.grad_accum):
-            x, y = next(self.loader)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast_context(self.device, tc.precision): out = model(x, y)
-            if out.loss is None: raise DataError(f"{type(self.model).__name__} returned no loss; the trainer passes targets.")
-            loss = out.loss.float()
-            self.scaler.scale(loss / tc.grad_accum).backward()
-            losses.append(loss.detach()); ntok += x.numel()
-            for k, v in _scalar_aux(out.aux).items(): aux[k] = aux.get(k, 0.0) + v / tc.grad_accum
-        loss = float(torch.stack(losses).mean())
-        if self.scaler.is_enabled(): self.optimizer.unscale_(self.scaler)
-        clip = clip_gradients(self.params, tc.clip_grad, tc.agc, self.agc_params)
-        gnorm = float(clip['grad_norm'])
-        skipped = not (_is_finite(loss) and _is_finite(gnorm))
-        if not skipped:
-            self.optimizer.step(self.scaler if self.scaler.is_enabled() else None)
-        if self.scaler.is_enabled(): self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.tokens_seen += ntok
-        return {'loss': loss, 'lr': lr, 'grad_norm': gnorm, 'skipped': skipped, 'tokens': ntok,
-                'agc_clipped': clip['agc_clipped'], 'aux': aux}
+@patch
+def _settings_in_effect(self: Trainer) -> str:
+    "The optimizer's hyper-parameters as they are now (read back, not from the config)."
+    out = []
+    for name, opt in self.optimizer.optimizers.items():
+        g = max(opt.param_groups, key=lambda g: g.get('weight_decay', 0.0))
+        what = 'lr' if name == 'adamw' else f'{name} lr'
+        out.append(f"{what} {g['lr']:.4g}, weight decay {g.get('weight_decay', 0.0):g}, betas {tuple(g['betas'])}, "
+                   f"eps {g['eps']:g}")
+    return '; '.join(out)
 
-    def _handle_nonfinite(self, r: dict) -> None:
-        self.skipped_total += 1
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        overflow = scale is not None and _is_finite(r['loss']) and scale >= 1.0
-        if not overflow: self.nonfinite += 1
-        what = f"fp16 gradient overflow, loss scale → {scale:g}" if overflow else f"loss={r['loss']}, grad_norm={r['grad_norm']}"
-        self.log(f"step {self.step}: non-finite values ({what}): update skipped"
-                 + ('' if overflow else f" [{self.nonfinite}/{self.tc.max_nonfinite} in a row]"))
-        self.metrics_log.append({'step': self.step, 'event': 'skipped', 'train/loss': r['loss'], 'train/grad_norm': r['grad_norm'],
-                                 'overflow': overflow})
-        if self.nonfinite >= self.tc.max_nonfinite:
-            last = latest_checkpoint(self.out)
-            raise NonFiniteError(
-                f"{self.nonfinite} consecutive steps (up to step {self.step}) had a non-finite loss or gradient norm "
-                f"(last: loss={r['loss']}, grad_norm={r['grad_norm']}). Lower train.lr, enable train.clip_grad or train.agc, "
-                f"use precision bf16 or fp32 rather than fp16, or check the data" +
-                (f"; then resume from {last} with --resume." if last else '.'))
+# %% ../../nbs/44_trainer.ipynb #fc0ce0a3
+@patch
+def train_step(self: Trainer) -> dict:
+    "One optimizer step over `grad_accum` micro-batches; returns loss, lr, grad_norm, skipped, tokens, aux."
+    tc, model = self.tc, self.train_model
+    model.train()
+    lr = self.scheduler.get_last_lr()[0]
+    losses, aux, ntok = [], {}, 0
+    for _ in range(tc.grad_accum):
+        x, y = next(self.loader)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with autocast_context(self.device, tc.precision): out = model(x, y)
+        if out.loss is None: raise DataError(f"{type(self.model).__name__} returned no loss; the trainer passes targets.")
+        loss = out.loss.float()
+        self.scaler.scale(loss / tc.grad_accum).backward()
+        losses.append(loss.detach()); ntok += x.numel()
+        for k, v in _scalar_aux(out.aux).items(): aux[k] = aux.get(k, 0.0) + v / tc.grad_accum
+    loss = float(torch.stack(losses).mean())
+    if self.scaler.is_enabled(): self.optimizer.unscale_(self.scaler)
+    clip = clip_gradients(self.params, tc.clip_grad, tc.agc, self.agc_params)
+    gnorm = float(clip['grad_norm'])
+    skipped = not (math.isfinite(loss) and math.isfinite(gnorm))
+    if not skipped: self.optimizer.step(self.scaler if self.scaler.is_enabled() else None)
+    if self.scaler.is_enabled(): self.scaler.update()
+    self.optimizer.zero_grad(set_to_none=True)
+    self.scheduler.step()
+    self.tokens_seen += ntok
+    return {'loss': loss, 'lr': lr, 'grad_norm': gnorm, 'skipped': skipped, 'tokens': ntok,
+            'agc_clipped': clip['agc_clipped'], 'aux': aux}
 
-    def evaluate(self) -> dict:
-        "Validation metrics of the current model (`val/loss`, `val/ppl`, `val/bpb`, `val/metric/*`)."
-        r = evaluate(self.model, self.data.val_batches, bytes_per_token=getattr(self.data, 'bytes_per_token', None),
-                     max_batches=self.tc.eval_batches or None, precision=self.tc.precision)
-        return {f'val/{k}': v for k, v in r.items()}
+# %% ../../nbs/44_trainer.ipynb #f12c3a93
+@patch
+def _checkpoint_before_streak(self: Trainer) -> Path | None:
+    "The newest resumable checkpoint from before the current run of non-finite steps (None if there is none)."
+    start = self._streak_start if self._streak_start is not None else self.step + 1
+    cands = []
+    for p in [*self.rundir.checkpoints(), self.rundir.best_checkpoint()]:
+        if p is None or not is_resumable(p): continue
+        s = read_state(p)['step']
+        if s < start: cands.append((s < start - 1, s, p.name != 'best', p))  # before the last finite update first; `step-N` over best
+    return max(cands, key=lambda c: c[:3])[3] if cands else None
 
-    def sample(self) -> str | None:
-        "A sample continuation of `train.sample_prompt` (None when the task or model cannot generate)."
-        if self._sample_ids is None: return None
-        tc = self.tc
-        g = torch.Generator(device=self.device).manual_seed(tc.seed + self.step)  # own RNG: training randomness untouched
+@patch
+def _handle_nonfinite(self: Trainer, r: dict) -> None:
+    self.skipped_total += 1
+    scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+    overflow = scale is not None and math.isfinite(r['loss']) and scale >= 1.0
+    if not overflow:
+        self.nonfinite += 1
+        if self.nonfinite == 1: self._streak_start = self.step
+    what = f"fp16 gradient overflow, loss scale → {scale:g}" if overflow else f"loss={r['loss']}, grad_norm={r['grad_norm']}"
+    self.log(f"step {self.step}: non-finite values ({what}): update skipped"
+             + ('' if overflow else f" [{self.nonfinite}/{self.tc.max_nonfinite} in a row]"))
+    self.metrics_log.append({'step': self.step, 'event': 'skipped', 'train/loss': r['loss'], 'train/grad_norm': r['grad_norm'],
+                             'overflow': overflow})
+    if self.nonfinite >= self.tc.max_nonfinite: raise NonFiniteError(self._divergence_advice(r))
+
+@patch
+def _divergence_advice(self: Trainer, r: dict) -> str:
+    lr = self.tc.lr
+    msg = (f"{self.nonfinite} consecutive steps (steps {self._streak_start}–{self.step}) had a non-finite loss or gradient "
+           f"norm (last: loss={r['loss']}, grad_norm={r['grad_norm']}): the run diverged. ")
+    ck = self._checkpoint_before_streak()
+    if ck is not None:
+        which = 'best' if ck.name.startswith('best') else read_state(ck)['step']
+        msg += (f"Resume from {ck}, the newest checkpoint from before the divergence, with a lower learning rate (now "
+                f"{lr:g}): `--resume {which} --train.lr {lr / 10:g}` (Python: Trainer(run, resume={which!r}) with a lower train.lr)")
+    else:
+        msg += f"No checkpoint precedes it: start over with a lower learning rate (now {lr:g}): `--overwrite --train.lr {lr / 10:g}`"
+    return msg + ". Clipping (train.clip_grad, train.agc), bf16 or fp32 rather than fp16, or checking the data may help too."
+
+# %% ../../nbs/44_trainer.ipynb #7d2612ab
+@patch
+def evaluate(self: Trainer) -> dict:
+    "Validation metrics of the current model (`val/loss`, `val/ppl`, `val/bpb`, `val/metric/*`)."
+    r = evaluate(self.model, self.data.val_batches, bytes_per_token=getattr(self.data, 'bytes_per_token', None),
+                 max_batches=self.tc.eval_batches or None, precision=self.tc.precision)
+    return {f'val/{k}': v for k, v in r.items()}
+
+@patch
+def sample(self: Trainer) -> str | None:
+    "A sample continuation of `train.sample_prompt` (None when the task or model cannot generate)."
+    if self._sample_ids is None: return None
+    tc = self.tc
+    g = torch.Generator(device=self.device).manual_seed(tc.seed + self.step)  # own RNG: training randomness untouched
+    try:
+        eos = getattr(self.tokenizer, 'eos_id', None)  # a document ends the sample
+        out = self.model.generate(self._sample_ids.to(self.device), tc.sample_tokens, temperature=tc.sample_temperature,
+                                  top_k=tc.sample_top_k, generator=g, stop=None if eos is None else [eos])
+    except (NotImplementedError, ImportError) as e:
+        self.log(f"sampling disabled: {e}"); self._sample_ids = None
+        return None
+    return self.tokenizer.decode([t for t in out[0].tolist() if t >= 0])
+
+@patch
+def _training_state(self: Trainer) -> dict:
+    "What a checkpoint of the current step holds besides the weights (see `write_checkpoint`)."
+    return dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, loader_state=self.loader.state_dict(),
+                rng_state=get_rng_state(), extra={'tokens_seen': self.tokens_seen, 'nonfinite': self.nonfinite,
+                'skipped_total': self.skipped_total, 'best_step': self.best_step,
+                'best_val_loss': self.best_val if math.isfinite(self.best_val) else None})
+
+@patch
+def save(self: Trainer, metrics: dict | None = None) -> Path:
+    "Checkpoint the current step into `RUN/checkpoints/step-N` (pruned to `keep_last` once a later step is finite)."
+    path = self.rundir.save_checkpoint(self.step, self.model, metrics=metrics, **self._training_state())
+    self._prune_pending = True
+    return path
+
+@patch
+def _eval_and_log(self: Trainer, s: int) -> dict:
+    ev = self.evaluate()
+    self.last_eval = ev
+    best = ev['val/loss'] < self.best_val
+    self.metrics_log.append({'step': s, **ev}); self.tb.scalars(s, ev)
+    bpb = f" | bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else ''
+    extra = ''.join(f" | {k[4:]} {v:.4f}" for k, v in ev.items() if k.startswith('val/metric/'))
+    self.log(f"eval step {s} | val loss {format_metric(ev['val/loss'])} | ppl {format_metric(ev['val/ppl'], 2)}{bpb}{extra}"
+             + (' (best)' if best else ''))
+    return ev
+
+# %% ../../nbs/44_trainer.ipynb #9ea67845
+@patch
+def fit(self: Trainer) -> dict:
+    "Train to `train.steps`; returns the final metrics (also written to the export's model card)."
+    with _deferred_signals(self):
         try:
-            eos = getattr(self.tokenizer, 'eos_id', None)  # a document ends the sample
-            out = self.model.generate(self._sample_ids.to(self.device), tc.sample_tokens, temperature=tc.sample_temperature,
-                                      top_k=tc.sample_top_k, generator=g, stop=None if eos is None else [eos])
-        except (NotImplementedError, ImportError) as e:
-            self.log(f"sampling disabled: {e}"); self._sample_ids = None
-            return None
-        return self.tokenizer.decode([t for t in out[0].tolist() if t >= 0])
+            self.setup()
+            if self._stop is not None: self._interrupt()
+            return self._loop()
+        finally: self.close()
 
-    def _state_extra(self) -> dict:
-        return {'tokens_seen': self.tokens_seen, 'nonfinite': self.nonfinite, 'skipped_total': self.skipped_total,
-                'best_val_loss': self.best_val if math.isfinite(self.best_val) else None, 'best_step': self.best_step}
-
-    def save(self, metrics: dict | None = None) -> Path:
-        "Checkpoint the current step into `RUN/checkpoints/step-N` (keeping the last `keep_last`)."
-        return save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, self.scaler,
-                               loader_state=self.loader.state_dict(), rng_state=get_rng_state(), metrics=metrics,
-                               keep_last=self.tc.keep_last, extra=self._state_extra())
-
-    # ----------------------------------------------------------------- loop
-    def fit(self) -> dict:
-        "Train to `train.steps`; returns the final metrics (also written to the export's model card)."
-        self.setup()
-        tc, start_step = self.tc, self.step
-        if start_step == 0: self.log(self.describe())
-        prog = Progress(tc.steps, self.progress_enabled)
-        t0 = t_last = time.perf_counter()
-        tok0 = tok_last = self.tokens_seen
-        last_saved, last_eval_step = None, None
-        record: dict = {}
-        try:
-            while self.step < tc.steps:
-                r = self.train_step()
-                self.step += 1
-                s = self.step
-                if r['skipped']: self._handle_nonfinite(r)
-                else: self.nonfinite = 0
-                now = time.perf_counter()
-                eta = (now - t0) / (s - start_step) * (tc.steps - s)
-                prog.update(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | {(self.tokens_seen - tok0) / (now - t0):,.0f} tok/s | "
-                            f"ETA {format_duration(eta)}")
-                record = {}
-                if s % tc.log_interval == 0 or s == tc.steps or s == 1:
-                    tps = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
-                    record = {'step': s, 'train/loss': r['loss'], 'train/lr': r['lr'], 'train/grad_norm': r['grad_norm'],
-                              'train/tokens': self.tokens_seen, 'train/tokens_per_s': tps,
-                              'sys/memory_mb': memory_mb(self.device), 'time_s': now - t0, **r['aux']}
-                    if tc.agc is not None: record['train/agc_clipped'] = r['agc_clipped']
-                    self.metrics_log.append(record); self.tb.scalars(s, record)
-                    prog.clear()
-                    self.log(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | grad {r['grad_norm']:.3f} | "
-                             f"{tps:,.0f} tok/s | {record['sys/memory_mb']:.0f} MB | ETA {format_duration(eta)}")
-                    t_last, tok_last = now, self.tokens_seen
-                improved = False
-                if (tc.eval_interval and s % tc.eval_interval == 0) or s == tc.steps:
-                    ev = self._eval_and_log(s); last_eval_step = s
-                    record.update(ev)
-                    improved = ev['val/loss'] < self.best_val
-                    if improved: self.best_val, self.best_step = ev['val/loss'], s
-                if tc.sample_interval and s % tc.sample_interval == 0 and self._sample_ids is not None:
-                    text = self.sample()
-                    if text is not None:
-                        self.samples_log.append(s, text); self.tb.text('sample', text, s)
-                if (tc.save_interval and s % tc.save_interval == 0) or s == tc.steps:
-                    last_saved = self.save({k: v for k, v in {**record, **self.last_eval}.items() if k != 'step'})
-                if improved:
-                    if last_saved is not None and last_saved.name == f'step-{s}': link_checkpoint(last_saved, self.out/BEST_DIR)
-                    else:
-                        save_best(self.out, model=self.model, step=s, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  scaler=self.scaler, loader_state=self.loader.state_dict(), rng_state=get_rng_state(),
-                                  metrics=self.last_eval, extra=self._state_extra())
-                for cb in self.callbacks: cb(self, s, record)
-            if last_eval_step != self.step: self._eval_and_log(self.step)  # a resumed finished run: evaluate again
-            if not (checkpoint_dir(self.out, self.step)/'state.json').is_file(): self.save(self.last_eval)
-            return self._finish(time.perf_counter() - t0)
-        finally:
-            prog.clear()
-            self.tb.close()
-
-    def _eval_and_log(self, s: int) -> dict:
-        ev = self.evaluate()
-        self.last_eval = ev
-        best = ev['val/loss'] < self.best_val
-        self.metrics_log.append({'step': s, **ev}); self.tb.scalars(s, ev)
-        bpb = f" | bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else ''
-        extra = ''.join(f" | {k[4:]} {v:.4f}" for k, v in ev.items() if k.startswith('val/metric/'))
-        self.log(f"eval step {s} | val loss {ev['val/loss']:.4f} | ppl {ev['val/ppl']:.2f}{bpb}{extra}" + (' (best)' if best else ''))
-        return ev
-
-    def describe(self) -> str:
-        "A one-paragraph summary of the run (model size, data, tokens per step)."
-        m, tc = self.model, self.tc
-        n = m.num_parameters() if hasattr(m, 'num_parameters') else sum(p.numel() for p in m.parameters())
-        desc = getattr(self.data, 'description', '')
-        if not desc:
-            ntr = getattr(self.data, 'train_tokens', None)
-            desc = f"{ntr:,} training tokens" if isinstance(ntr, int) else ''
-        data = f" ({desc})" if desc else ''
-        return (f"training {getattr(m, 'arch', type(m).__name__)} ({n / 1e6:.2f}M parameters) on task `{self.run.task}`{data}; "
-                f"{tc.steps} steps × {tc.tokens_per_step:,} tokens on {self.device} ({tc.precision}) → {self.out}")
-
-    def _finish(self, elapsed: float) -> dict:
-        ev = self.last_eval
-        metrics = {'step': self.step, 'tokens': self.tokens_seen, **ev,
-                   'best/val_loss': self.best_val if math.isfinite(self.best_val) else None, 'best/step': self.best_step,
-                   'skipped_steps': self.skipped_total, 'time_s': elapsed}
-        card = {'name': self.run.run_name, 'task': self.run.task, 'data': self._data_desc(), 'steps': self.step,
-                'tokens seen': f"{self.tokens_seen:,}", 'tokenizer': getattr(self.tokenizer, 'kind', None) or 'none',
-                'metrics': {k: v for k, v in ev.items() if isinstance(v, float)}}
-        if hasattr(self.model, 'save_pretrained'): self.model.save_pretrained(self.out/'export', tokenizer=self.tokenizer, card=card)
-        self.log(f"done: step {self.step}, val loss {ev.get('val/loss', float('nan')):.4f}"
-                 + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.out/'export'}")
+@patch
+def _loop(self: Trainer) -> dict:
+    tc, start_step = self.tc, self.step
+    if start_step == 0: self.log(self.describe())
+    prog = Progress(tc.steps, self.progress_enabled)
+    self._t0 = self._t_last = time.perf_counter()
+    self._tok0 = self._tok_last = self.tokens_seen
+    last_eval_step = None
+    try:
+        while self.step < tc.steps:
+            r = self.train_step()
+            self.step += 1
+            if r['skipped']: self._handle_nonfinite(r)
+            else:
+                self.nonfinite, self._streak_start = 0, None
+                if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
+            record = self._log_step(r, prog, start_step)
+            if self._after_step(record): last_eval_step = self.step
+            for cb in self.callbacks: cb(self, self.step, record)
+            if self._stop is not None: self._interrupt()
+        if last_eval_step != self.step: self._eval_and_log(self.step)  # a resumed finished run: evaluate again
+        if not self.nonfinite and not (self.rundir.checkpoint_dir(self.step)/STATE_FILE).is_file(): self.save(self.last_eval)
+        if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
+        metrics = self._finish(time.perf_counter() - self._t0)
+        if self._stop is not None: self._interrupt(finished=True)
         return metrics
+    finally: prog.clear()
 
-    def _data_desc(self) -> str:
-        return getattr(self.data, 'description', '') or f"task `{self.run.task}`"
+# %% ../../nbs/44_trainer.ipynb #48e862bc
+@patch
+def _log_step(self: Trainer, r: dict, prog: Progress, start_step: int) -> dict:
+    "The progress line; every `log_interval` steps a metrics record and a log line. Returns the record ({} if none)."
+    tc, s, now = self.tc, self.step, time.perf_counter()
+    eta = (now - self._t0) / (s - start_step) * (tc.steps - s)
+    prog.update(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | {(self.tokens_seen - self._tok0) / (now - self._t0):,.0f} tok/s | "
+                f"ETA {format_duration(eta)}")
+    if not (s % tc.log_interval == 0 or s == tc.steps or s == 1): return {}
+    tps = (self.tokens_seen - self._tok_last) / max(now - self._t_last, 1e-9)
+    record = {'step': s, 'train/loss': r['loss'], 'train/lr': r['lr'], 'train/grad_norm': r['grad_norm'],
+              'train/tokens': self.tokens_seen, 'train/tokens_per_s': tps, 'sys/memory_mb': memory_mb(self.device),
+              'time_s': now - self._t0, **r['aux']}
+    if tc.agc is not None: record['train/agc_clipped'] = r['agc_clipped']
+    self.metrics_log.append(record); self.tb.scalars(s, record)
+    prog.clear()
+    self.log(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | grad {r['grad_norm']:.3f} | "
+             f"{tps:,.0f} tok/s | {record['sys/memory_mb']:.0f} MB | ETA {format_duration(eta)}")
+    self._t_last, self._tok_last = now, self.tokens_seen
+    return record
+
+@patch
+def _after_step(self: Trainer, record: dict) -> bool:
+    "Evaluate, sample, checkpoint and update `best/` when due; True when it evaluated."
+    tc, s = self.tc, self.step
+    improved, evaluated, saved = False, False, None
+    if (tc.eval_interval and s % tc.eval_interval == 0) or s == tc.steps:
+        ev = self._eval_and_log(s); evaluated = True
+        record.update(ev)
+        improved = ev['val/loss'] < self.best_val and not self.nonfinite
+        if improved: self.best_val, self.best_step = ev['val/loss'], s
+    if tc.sample_interval and s % tc.sample_interval == 0 and self._sample_ids is not None:
+        if (text := self.sample()) is not None: self.samples_log.append(s, text); self.tb.text('sample', text, s)
+    if (tc.save_interval and s % tc.save_interval == 0) or s == tc.steps:
+        if self.nonfinite: self.log(f"step {s}: no checkpoint during a run of non-finite steps")
+        else: saved = self.save({k: v for k, v in {**record, **self.last_eval}.items() if k != 'step'})
+    if improved:
+        if saved is not None: self.rundir.save_best(saved)
+        else: self.rundir.save_best(model=self.model, step=s, metrics=self.last_eval, **self._training_state())
+    return evaluated
+
+# %% ../../nbs/44_trainer.ipynb #091a06c8
+@patch
+def describe(self: Trainer) -> str:
+    "A one-paragraph summary of the run (model size, data, tokens per step)."
+    m, tc = self.model, self.tc
+    n = m.num_parameters() if hasattr(m, 'num_parameters') else sum(p.numel() for p in m.parameters())
+    desc = getattr(self.data, 'description', '')
+    if not desc:
+        ntr = getattr(self.data, 'train_tokens', None)
+        desc = f"{ntr:,} training tokens" if isinstance(ntr, int) else ''
+    data = f" ({desc})" if desc else ''
+    return (f"training {getattr(m, 'arch', type(m).__name__)} ({n / 1e6:.2f}M parameters) on task `{self.run.task}`{data}; "
+            f"{tc.steps} steps × {tc.tokens_per_step:,} tokens on {self.device} ({tc.precision}) → {self.out}")
+
+@patch
+def _finish(self: Trainer, elapsed: float) -> dict:
+    ev = self.last_eval
+    metrics = {'step': self.step, 'tokens': self.tokens_seen, **ev,
+               'best/val_loss': self.best_val if math.isfinite(self.best_val) else None, 'best/step': self.best_step,
+               'skipped_steps': self.skipped_total, 'time_s': elapsed}
+    card = {'name': self.run.run_name, 'task': self.run.task, 'data': getattr(self.data, 'description', '') or f"task `{self.run.task}`",
+            'steps': self.step, 'tokens seen': f"{self.tokens_seen:,}", 'tokenizer': getattr(self.tokenizer, 'kind', None) or 'none',
+            'metrics': {k: v for k, v in ev.items() if isinstance(v, float)}}
+    if hasattr(self.model, 'save_pretrained'): self.rundir.write_export(self.model, self.tokenizer, card)
+    self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
+             + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
+    return metrics
+
+# %% ../../nbs/44_trainer.ipynb #022b2472
+@contextlib.contextmanager
+def _deferred_signals(trainer: Trainer) -> Iterator[None]:
+    "Defer SIGINT/SIGTERM to the end of the current step while training; a second one aborts at once."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def handler(signum, frame):
+        if trainer._stop is not None: raise KeyboardInterrupt   # the second one: abort now
+        trainer._stop = signum                                  # no printing here: the interrupted code may be printing
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@patch
+def _interrupt(self: Trainer, finished: bool = False) -> None:
+    "Stop for a received signal: checkpoint this step (unless mid-divergence), then raise `TrainingInterrupted`."
+    ck = self.rundir.checkpoint_dir(self.step)
+    if self.nonfinite: ck = self._checkpoint_before_streak()
+    elif not (ck/STATE_FILE).is_file(): ck = self.save(self.last_eval) if self.step > 0 else None
+    raise TrainingInterrupted(self._stop, self.step, ck, finished)
