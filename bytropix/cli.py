@@ -148,8 +148,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args.overrides = rest
         if args.command == 'generate' and args.top_k == 0: args.top_k = None
         return int(args.func(args, out) or 0)
-    except BytropixError as e:
-        print(f"bytropix {cmd}: error: {e}", file=sys.stderr)
+    except BytropixError as e:   # one line, whatever a library put into the message
+        print(f"bytropix {cmd}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
     except OSError as e:   # the operating system's own complaint about a path (permissions, a directory ...)
         print(f"bytropix {cmd}: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -81,7 +81,8 @@ class TrainConfig(ConfigBase):
         c(self.clip_grad is None or self.clip_grad > 0, 'clip_grad', f"must be positive or null (off), got {self.clip_grad}.")
         c(self.agc is None or self.agc > 0, 'agc', f"must be positive or null (off), got {self.agc}.")
         c(self.riemannian_lr is None or self.riemannian_lr > 0, 'riemannian_lr', f"must be positive or null, got {self.riemannian_lr}.")
-        c(self.num_threads is None or self.num_threads >= 1, 'num_threads', f"must be at least 1 or null, got {self.num_threads}.")
+        c(self.num_threads is None or 1 <= self.num_threads <= 4096, 'num_threads',
+          f"must be between 1 and 4096, or null (torch's default), got {self.num_threads}.")
         c(self.sample_temperature >= 0, 'sample_temperature', f"must be ≥ 0 (0: greedy), got {self.sample_temperature}.")
         c(self.sample_top_k is None or self.sample_top_k >= 1, 'sample_top_k', f"must be at least 1 or null, got {self.sample_top_k}.")
         if self.device != 'auto':
@@ -193,7 +194,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ''
-            msg = getattr(e, 'problem', None) or str(e)
+            if mark is None and getattr(e, 'position', None) is not None:   # a character YAML does not allow
+                where = f" at line {text.count(chr(10), 0, e.position) + 1}"
+            msg = (getattr(e, 'problem', None) or getattr(e, 'reason', None) or str(e)).strip().splitlines()[0]
             raise ConfigError(f"{p}: invalid YAML{where}: {msg}.") from None
         if d is None: d = {}
     if not isinstance(d, dict):

@@ -57,12 +57,12 @@ class LockError(BytropixError, RuntimeError):
 # %% ../nbs/00_core.ipynb #f17d41f9
 def nearest_name(name: str, choices: typing.Iterable[str]) -> str | None:
     "The closest match to `name` among `choices` (for 'did you mean ...?' messages), or `None`."
-    m = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    m = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)  # YAML keys may be numbers, null
     return m[0] if m else None
 
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     "A ' Did you mean `x`?' suffix, or a list of valid names when nothing is close."
-    choices = sorted(choices)
+    choices = sorted(map(str, choices))
     m = nearest_name(name, choices)
     return f" Did you mean `{m}`?" if m else f" Valid names: {', '.join(choices)}."
 

@@ -108,7 +108,7 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 def _check_state(state: Any, sp: Path) -> dict:
     "The parsed `state.json`, checked to have the fields loading relies on (each of the right type)."
     ok = (isinstance(state, dict) and isinstance(state.get('step'), int) and isinstance(state.get('files'), dict)
-          and isinstance(state.get('format', 0), int)
+          and isinstance(state.get('format', 0), int) and all(isinstance(state.get(k, {}), dict) for k in ('metrics', 'extra'))
           and all(isinstance(n, str) and n == Path(n).name and n not in ('', '.', '..') and isinstance(i, dict)
                   and isinstance(i.get('bytes'), int) and isinstance(i.get('sha256'), str) for n, i in state['files'].items()))
     if not ok: raise CheckpointError(f"{sp} lacks `step`/`files` or has them malformed: not a bytropix checkpoint. "
@@ -175,8 +175,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
     if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
     if scheduler is not None and training.get('scheduler') is not None: scheduler.load_state_dict(training['scheduler'])
     if scaler is not None and training.get('scaler') is not None and scaler.is_enabled(): scaler.load_state_dict(training['scaler'])
-    extra = state.get('extra', {})
-    return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': extra if isinstance(extra, dict) else {},
+    return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': state.get('extra', {}),
             'loader': training.get('loader'), 'rng': training.get('rng'), 'path': path}
 
 # %% ../../nbs/42_checkpoint.ipynb #ec2c02c9

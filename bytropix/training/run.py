@@ -191,7 +191,10 @@ def load_config(self: RunDir):
     from bytropix.config import load_config
     if not self.config_file.is_file():
         raise CheckpointError(f"{self.path} is not a training run (no {self.CONFIG}). Pass the out_dir of `bytropix train`.")
-    return load_config(self.config_file)
+    try: return load_config(self.config_file)
+    except ConfigError as e:
+        if str(self.config_file) in str(e): raise
+        raise ConfigError(f"{self.config_file}, the saved config of this run, is damaged: {e}") from None
 
 @patch
 def load_tokenizer(self: RunDir):

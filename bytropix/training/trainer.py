@@ -62,7 +62,7 @@ class MetricsLog:
         "Every complete record (a torn last line is skipped)."
         if not self.path.is_file(): return []
         out = []
-        for line in self.path.read_text(encoding='utf-8').splitlines():
+        for line in self.path.read_text(encoding='utf-8', errors='replace').splitlines():  # a torn character: skipped
             try: out.append(json.loads(line))
             except json.JSONDecodeError: continue
         return out
@@ -84,7 +84,7 @@ class SamplesLog:
 
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file(): return
-        s = self.path.read_text(encoding='utf-8')
+        s = self.path.read_text(encoding='utf-8', errors='replace')
         cut = next((m.start() for m in self.HEADER.finditer(s) if int(m.group(1)) > step), None)
         if cut is not None: atomic_write_text(self.path, s[:cut])
 
@@ -199,7 +199,7 @@ class Trainer:
         self.progress_enabled = progress
         self.out = self.rundir.path
         self.step, self.tokens_seen, self.nonfinite, self.skipped_total = 0, 0, 0, 0
-        self.best_val, self.best_step, self.last_eval = float('inf'), None, {}
+        self.best_val, self.best_step, self.last_eval, self.last_eval_step = float('inf'), None, {}, None
         self._ready, self._lock, self._stop, self._streak_start, self._prune_pending = False, None, None, None, False
         self.tb = TensorBoard(None)
 
@@ -331,12 +331,24 @@ def _check_resume_config(self: Trainer, resolved: RunConfig) -> list[str]:
     saved_path = self.rundir.config_file
     if not saved_path.is_file(): return []
     saved, now = read_config_file(saved_path), resolved.to_dict()
+    try: RunConfig.from_dict(saved)
+    except ConfigError as e:
+        raise ConfigError(f"{saved_path}, the saved config of this run, is damaged ({e}) Restore it, or start over with "
+                          "overwrite (`--overwrite`).") from None
     bad = [d for k in _MUST_MATCH for d in config_diff({k: _get(saved, k)}, {k: _get(now, k)})]
     if bad:
         raise ConfigError(f"Cannot resume {self.out}: the config differs from the saved one in fields the checkpoints "
                           f"depend on: {'; '.join(bad)}. Resume with the saved config ({saved_path}) or start a new out_dir.")
     return [d for d in config_diff(saved.get('train', {}), now.get('train', {}), 'train.')
             if not any(d.startswith(k + ':') for k in _MUST_MATCH)]
+
+def _counter(extra: dict, key: str, path: Path, none_ok: bool = False) -> int | None:
+    "A non-negative integer the trainer saved in a checkpoint's `state.json` (a damaged value is a `CheckpointError`)."
+    v = extra.get(key, None if none_ok else 0)
+    if v is None and none_ok: return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise CheckpointError(f"{path}/state.json: `extra.{key}` is {v!r}, not a count: the file is damaged. Use another checkpoint.")
+    return v
 
 @patch
 def _restore(self: Trainer, path: Path, changed: Sequence[str] = ()) -> None:
@@ -351,16 +363,30 @@ def _restore(self: Trainer, path: Path, changed: Sequence[str] = ()) -> None:
     except Exception as e:
         raise CheckpointError(f"{path}: its data-loader or RNG state cannot be restored ({type(e).__name__}: {e}). "
                               "Use another checkpoint.") from None
-    ex = info['extra']
-    self.step = info['step']
-    self.tokens_seen, self.nonfinite = int(ex.get('tokens_seen', 0)), int(ex.get('nonfinite', 0))
-    self.skipped_total = int(ex.get('skipped_total', 0))
+    ex, self.step = info['extra'], info['step']
+    count = lambda k, none=False: _counter(ex, k, path, none)
+    self.tokens_seen, self.nonfinite, self.skipped_total = count('tokens_seen'), count('nonfinite'), count('skipped_total')
+    self.best_step, self.last_eval_step = count('best_step', True), count('last_eval_step', True)
     bv = ex.get('best_val_loss')
-    self.best_val = float(bv) if isinstance(bv, (int, float)) else float('inf'); self.best_step = ex.get('best_step')
+    self.best_val = float(bv) if isinstance(bv, (int, float)) and not isinstance(bv, bool) else float('inf')
+    if self.last_eval_step == self.step:   # evaluated at this very step: its results (the export's card needs them)
+        self.last_eval = {k: v for k, v in info['metrics'].items() if k.startswith('val/')}
     self.metrics_log.truncate_after(self.step); self.samples_log.truncate_after(self.step)
+    self._reconcile_best()
     self.log(f"resumed from {path} at step {self.step}")
     if changed: self.log(f"note: resuming with changed training settings: {'; '.join(changed)}; now in effect "
                          f"(step {self.step + 1}): {self._settings_in_effect()}")
+
+@patch
+def _reconcile_best(self: Trainer) -> None:
+    "Redo a `best/` update that a crash cut off (after the checkpoint it links to was saved, before `best/` moved)."
+    if self.best_step is None: return
+    best = self.rundir.best_checkpoint()
+    try:
+        if best is not None and read_state(best)['step'] == self.best_step: return
+    except CheckpointError: pass
+    src = self.rundir.checkpoint_dir(self.best_step)
+    if (src/STATE_FILE).is_file(): self.rundir.save_best(src)
 
 @patch
 def _settings_in_effect(self: Trainer) -> str:
@@ -472,7 +498,7 @@ def _training_state(self: Trainer) -> dict:
     "What a checkpoint of the current step holds besides the weights (see `write_checkpoint`)."
     return dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, loader_state=self.loader.state_dict(),
                 rng_state=get_rng_state(), extra={'tokens_seen': self.tokens_seen, 'nonfinite': self.nonfinite,
-                'skipped_total': self.skipped_total, 'best_step': self.best_step,
+                'skipped_total': self.skipped_total, 'best_step': self.best_step, 'last_eval_step': self.last_eval_step,
                 'best_val_loss': self.best_val if math.isfinite(self.best_val) else None})
 
 @patch
@@ -485,7 +511,7 @@ def save(self: Trainer, metrics: dict | None = None) -> Path:
 @patch
 def _eval_and_log(self: Trainer, s: int) -> dict:
     ev = self.evaluate()
-    self.last_eval = ev
+    self.last_eval, self.last_eval_step = ev, s
     best = ev['val/loss'] < self.best_val
     self.metrics_log.append({'step': s, **ev}); self.tb.scalars(s, ev)
     bpb = f" | bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else ''
@@ -512,7 +538,6 @@ def _loop(self: Trainer) -> dict:
     prog = Progress(tc.steps, self.progress_enabled)
     self._t0 = self._t_last = time.perf_counter()
     self._tok0 = self._tok_last = self.tokens_seen
-    last_eval_step = None
     try:
         while self.step < tc.steps:
             r = self.train_step()
@@ -522,10 +547,11 @@ def _loop(self: Trainer) -> dict:
                 self.nonfinite, self._streak_start = 0, None
                 if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
             record = self._log_step(r, prog, start_step)
-            if self._after_step(record): last_eval_step = self.step
+            self._after_step(record)
             for cb in self.callbacks: cb(self, self.step, record)
             if self._stop is not None: self._interrupt()
-        if last_eval_step != self.step: self._eval_and_log(self.step)  # a resumed finished run: evaluate again
+        if self.last_eval_step != self.step: self._eval_and_log(self.step)  # e.g. a finished run resumed from a checkpoint
+                                                                           # saved before its final evaluation
         if not self.nonfinite and not (self.rundir.checkpoint_dir(self.step)/STATE_FILE).is_file(): self.save(self.last_eval)
         if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
         metrics = self._finish(time.perf_counter() - self._t0)
@@ -555,12 +581,12 @@ def _log_step(self: Trainer, r: dict, prog: Progress, start_step: int) -> dict:
     return record
 
 @patch
-def _after_step(self: Trainer, record: dict) -> bool:
-    "Evaluate, sample, checkpoint and update `best/` when due; True when it evaluated."
+def _after_step(self: Trainer, record: dict) -> None:
+    "Evaluate, sample, checkpoint and update `best/` when due."
     tc, s = self.tc, self.step
-    improved, evaluated, saved = False, False, None
+    improved, saved = False, None
     if (tc.eval_interval and s % tc.eval_interval == 0) or s == tc.steps:
-        ev = self._eval_and_log(s); evaluated = True
+        ev = self._eval_and_log(s)
         record.update(ev)
         improved = ev['val/loss'] < self.best_val and not self.nonfinite
         if improved: self.best_val, self.best_step = ev['val/loss'], s
@@ -572,7 +598,6 @@ def _after_step(self: Trainer, record: dict) -> bool:
     if improved:
         if saved is not None: self.rundir.save_best(saved)
         else: self.rundir.save_best(model=self.model, step=s, metrics=self.last_eval, **self._training_state())
-    return evaluated
 
 # %% ../../nbs/44_trainer.ipynb #091a06c8
 @patch
