@@ -104,6 +104,7 @@ def prepare_task(run: 'RunConfig', tokenizer: Any = None) -> Any:
     "Prepare the data of `run.task` for training and evaluation (a `PreparedData`)."
     return get_task(run.task)(run, tokenizer)
 
+# %% ../nbs/40_config.ipynb #da44adca
 @dataclass
 class RunConfig(ConfigBase):
     "Everything that defines a training run. Build with `load_config`; `model_config` is the validated model config."
@@ -194,9 +195,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ''
-            if mark is None and getattr(e, 'position', None) is not None:   # a character YAML does not allow
+            msg = (getattr(e, 'problem', None) or str(e)).strip().splitlines()[0]
+            if isinstance(e, yaml.reader.ReaderError):   # a character YAML does not allow (a control character)
                 where = f" at line {text.count(chr(10), 0, e.position) + 1}"
-            msg = (getattr(e, 'problem', None) or getattr(e, 'reason', None) or str(e)).strip().splitlines()[0]
+                msg = f"unacceptable character #x{e.character:04x} ({e.reason})"
             raise ConfigError(f"{p}: invalid YAML{where}: {msg}.") from None
         if d is None: d = {}
     if not isinstance(d, dict):

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .core import ConfigError, DataError
+from .core import ConfigError, DataError, NonFiniteError
 
 # %% auto #0
 __all__ = ['StopSpec', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_logits', 'normalize_stop',
@@ -58,7 +58,11 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     logits = logits.float() / temperature
     if top_k is not None: logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1: logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    probs = logits.softmax(-1)
+    if not torch.isfinite(probs).all():   # torch.multinomial would fail with an internal error
+        raise NonFiniteError("The model produced non-finite logits (NaN or inf): its weights are damaged or diverged. "
+                             "Use a checkpoint from before the divergence, or export the model again.")
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 # %% ../nbs/50_generation.ipynb #19399955
 StopSpec = int | Sequence[int] | Sequence[Sequence[int]] | None

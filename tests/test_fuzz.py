@@ -192,7 +192,7 @@ FILES = ['config.yaml', 'tokenizer.json', 'metrics.jsonl', 'samples.txt', 'check
          'checkpoints/step-4/optimizer.pt', 'checkpoints/step-4/state.json', 'checkpoints/step-2/state.json',
          'best/model.safetensors', 'best/state.json', 'export/config.json', 'export/model.safetensors',
          'export/tokenizer.json', 'export/README.md', '.lock']
-DAMAGE = ['truncate', 'flip', 'random', 'empty', 'delete', 'latin1', 'json-value', 'directory']
+DAMAGE = ['truncate', 'flip', 'random', 'empty', 'delete', 'latin1', 'json-value', 'directory', 'nan-weights']
 
 
 def _damage(path: Path, how: str, rnd: random.Random) -> None:
@@ -207,6 +207,12 @@ def _damage(path: Path, how: str, rnd: random.Random) -> None:
     elif how == 'delete': path.unlink(missing_ok=True)
     elif how == 'latin1': path.write_bytes(raw[:20] + 'caf\xe9 '.encode('latin-1') + raw[20:])
     elif how == 'directory': path.unlink(missing_ok=True); path.mkdir()
+    elif how == 'nan-weights' and path.suffix == '.safetensors':   # a well-formed file of a diverged (or damaged) model
+        from safetensors.torch import load_file, save_file
+        w = load_file(str(path))
+        k = rnd.choice(sorted(w))
+        w[k] = w[k].clone().fill_(float('nan') if rnd.random() < 0.5 else float('inf'))
+        save_file({n: t.contiguous() for n, t in w.items()}, str(path))
     elif how == 'json-value':   # valid JSON/YAML, wrong content: one value replaced by something of another kind
         try: obj = yaml.safe_load(raw.decode()) if path.suffix == '.yaml' else json.loads(raw)
         except Exception: return

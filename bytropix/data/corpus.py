@@ -177,6 +177,7 @@ def _check_args(kind: str, max_bytes: int | None, validation_fraction: float) ->
     if not 0 < validation_fraction < 1:
         raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
 
+# %% ../../nbs/30_corpus.ipynb #30b72725
 def build_default_corpus(kind: str = 'mixed', max_bytes: int | None = DEFAULT_MAX_BYTES,
                          validation_fraction: float = 0.05):
     "Build the corpus in memory: (`DatasetDict` with 'train'/'validation' and columns 'text', 'source'; info dict)."

@@ -25,6 +25,7 @@ import torch
 from ..core import TASKS, ConfigBase, ConfigError, DataError, atomic_write, atomic_write_text, did_you_mean
 from .corpus import cache_root, cached_corpus_info, load_default_corpus, quiet_datasets
 from .tokenizers import Tokenizer, build_tokenizer, byte_tokenizer
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FORMATS', 'EXTENSIONS', 'COMPRESSIONS', 'STREAM_VAL_TOKENS', 'PACK_VERSION', 'DataConfig', 'resolve_source',
@@ -335,6 +336,7 @@ class PackedTokens:
         if n is None or n >= self.n_tokens: return self
         return PackedTokens(self.tokens[:n], self.n_docs, round(self.n_bytes * n / max(self.n_tokens, 1)), self.path)
 
+# %% ../../nbs/32_datasets.ipynb #7ab36d95
 def _encode_map(texts: list, tokenizer: Tokenizer, sep: list[int], sep_bytes: int) -> dict:
     "datasets.map function: the ids of each non-empty document followed by the separator, and its byte count."
     texts = [t for t in texts if t]
@@ -371,6 +373,7 @@ def _pack(ds, tokenizer: Tokenizer, column: str, num_proc: int, batch_size: int 
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
     return tokens, n_docs, n_bytes
 
+# %% ../../nbs/32_datasets.ipynb #ea59b197
 def _pack_paths(fingerprint: str, tokenizer: Tokenizer, text_column: str, cache_dir) -> tuple[Path, Path]:
     key = _fp(PACK_VERSION, fingerprint, tokenizer.fingerprint, text_column)
     root = Path(cache_dir).expanduser() / 'tokens' if cache_dir else cache_root() / 'tokens'
@@ -424,6 +427,7 @@ def _blocks_xy(tokens: np.ndarray, starts: np.ndarray, T: int) -> tuple[torch.Te
     chunk = torch.from_numpy(tokens[starts[:, None] + np.arange(T + 1)].astype(np.int64))
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
+# %% ../../nbs/32_datasets.ipynb #da1d9a63
 class BlockLoader:
     """Endless random `(x, y)` batches of `block_size` tokens from a 1-D token array; resumable bit for bit through
     `state_dict()` / `load_state_dict()`."""
@@ -558,36 +562,43 @@ class StreamingBlockLoader:
             parts.append(np.asarray(doc, np.int64)); have += len(doc)
         self.buf = np.concatenate(parts)
 
-    def __iter__(self) -> StreamingBlockLoader: return self
+# %% ../../nbs/32_datasets.ipynb #ca8615e5
+@patch
+def __iter__(self: StreamingBlockLoader) -> StreamingBlockLoader: return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.B * self.T + 1
-        self._fill(n)
-        starts = np.arange(self.B, dtype=np.int64) * self.T
-        out = _blocks_xy(self.buf, starts, self.T)
-        self.buf = self.buf[self.B * self.T:]                  # the last target starts the next batch
-        self.batches += 1
-        return out
+@patch
+def __next__(self: StreamingBlockLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    n = self.B * self.T + 1
+    self._fill(n)
+    starts = np.arange(self.B, dtype=np.int64) * self.T
+    out = _blocks_xy(self.buf, starts, self.T)
+    self.buf = self.buf[self.B * self.T:]                  # the last target starts the next batch
+    self.batches += 1
+    return out
 
-    def state_dict(self) -> dict:
-        "The position: ints and one int64 tensor of buffered tokens (loadable with `torch.load(weights_only=True)`)."
-        return {'version': 1, 'epoch': self.epoch, 'examples': self.examples, 'epoch_tokens': self.epoch_tokens,
-                'batches': self.batches, 'block_size': self.T, 'batch_size': self.B,
-                'buffer': torch.from_numpy(self.buf.copy())}
+@patch
+def state_dict(self: StreamingBlockLoader) -> dict:
+    "The position: ints and one int64 tensor of buffered tokens (loadable with `torch.load(weights_only=True)`)."
+    return {'version': 1, 'epoch': self.epoch, 'examples': self.examples, 'epoch_tokens': self.epoch_tokens,
+            'batches': self.batches, 'block_size': self.T, 'batch_size': self.B,
+            'buffer': torch.from_numpy(self.buf.copy())}
 
-    def load_state_dict(self, state: dict) -> None:
-        "Continue exactly where the loader that produced `state` stopped (re-reading the stream up to that point)."
-        got = {k: int(state.get(k, -1)) for k in ('block_size', 'batch_size')}
-        if got != {'block_size': self.T, 'batch_size': self.B}:
-            raise DataError(f"The saved streaming-loader state has {got}, but this loader has block_size={self.T}, "
-                            f"batch_size={self.B}; resume with the same batch shape.")
-        self.epoch, self.examples, self.epoch_tokens, self.batches = (int(state[k]) for k in ('epoch', 'examples', 'epoch_tokens', 'batches'))
-        self.buf = state['buffer'].numpy().astype(np.int64)
-        self._it = None
+@patch
+def load_state_dict(self: StreamingBlockLoader, state: dict) -> None:
+    "Continue exactly where the loader that produced `state` stopped (re-reading the stream up to that point)."
+    got = {k: int(state.get(k, -1)) for k in ('block_size', 'batch_size')}
+    if got != {'block_size': self.T, 'batch_size': self.B}:
+        raise DataError(f"The saved streaming-loader state has {got}, but this loader has block_size={self.T}, "
+                        f"batch_size={self.B}; resume with the same batch shape.")
+    self.epoch, self.examples, self.epoch_tokens, self.batches = (int(state[k]) for k in ('epoch', 'examples', 'epoch_tokens', 'batches'))
+    self.buf = state['buffer'].numpy().astype(np.int64)
+    self._it = None
 
-    def __repr__(self) -> str:
-        return f"StreamingBlockLoader(block_size={self.T}, batch_size={self.B}, epoch={self.epoch}, documents={self.examples})"
+@patch
+def __repr__(self: StreamingBlockLoader) -> str:
+    return f"StreamingBlockLoader(block_size={self.T}, batch_size={self.B}, epoch={self.epoch}, documents={self.examples})"
 
+# %% ../../nbs/32_datasets.ipynb #135c616d
 def pack_stream(dataset, tokenizer: Tokenizer, text_column: str = 'text', max_tokens: int = STREAM_VAL_TOKENS,
                 name: str = 'the validation stream') -> PackedTokens:
     "The first `max_tokens` tokens of a stream, packed (bytes per token measured over the documents read)."
@@ -648,6 +659,7 @@ def split_fingerprints(cfg: DataConfig) -> dict[str, str] | None:
     base = _file_fingerprint(fmt, files, cfg)
     return {s: _split_fp(base, cfg.validation_fraction, s) for s in ('train', 'validation')}
 
+# %% ../../nbs/32_datasets.ipynb #1598e9cc
 def prepare_data(data: DataConfig | dict | str | Any = None, tokenizer: Tokenizer | None = None, block_size: int = 256,
                  batch_size: int = 16, seed: int = 0, config: DataConfig | dict | None = None) -> PreparedData:
     """Load, split, tokenize (cached), pack and batch a text source (a `DataConfig`, its dict, a path, or a `datasets`

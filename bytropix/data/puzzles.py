@@ -278,6 +278,7 @@ def maze_shortest_path(grid: np.ndarray, start: int, goal: int) -> list[int]:
         path.append(u)
     return path[::-1]
 
+# %% ../../nbs/35_puzzles.ipynb #b9964fa7
 def generate_maze(rnd: random.Random, size: int = 30, loops: float = 0.1, min_path_len: int = 0,
                   max_tries: int = 200) -> tuple[np.ndarray, np.ndarray, int]:
     "A maze with a unique shortest path: `(input, target, path_len)` as flat int8 token arrays of size²."
@@ -498,6 +499,7 @@ def default_puzzle_cache() -> Path:
     root = os.environ.get('BYTROPIX_CACHE')
     return (Path(root) if root else Path.home() / '.cache' / 'bytropix') / 'puzzles'
 
+# %% ../../nbs/35_puzzles.ipynb #3fefa106
 def _generate_splits(kind: str, cfg) -> dict[str, PuzzleSet]:
     key = _generation_key(kind, cfg)
     one = _sudoku_one if kind == 'sudoku' else _maze_one

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequenc
 
 from ..core import ConfigBase, ConfigError, DataError, atomic_write_text, did_you_mean
 from ..models.base import TOKENIZER_FILE
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TOKENIZER_KINDS', 'EOS_TOKEN', 'EOS_CANDIDATES', 'TRAINED_KINDS', 'byte_symbols', 'Tokenizer', 'byte_tokenizer',
@@ -75,6 +76,7 @@ def _byte_vocab_items() -> tuple:
 
 def _byte_vocab() -> dict[str, int]: return dict(_byte_vocab_items())
 
+# %% ../../nbs/31_tokenizers.ipynb #d3df519e
 class Tokenizer:
     "A text ↔ ids tokenizer around a `tokenizers.Tokenizer`, with fast paths for the byte level (`kind='byte'`)."
 
@@ -114,84 +116,44 @@ class Tokenizer:
         enc = getattr(self.hf, 'encode_batch_fast', self.hf.encode_batch)  # `_fast` skips computing offsets
         return [e.ids for e in enc([_clean(t) for t in texts], add_special_tokens=False)]
 
-    # -- decoding
-    def _decode_valid(self, ids: list[int]) -> str:
-        return self.hf.decode(ids, skip_special_tokens=False) if ids else ''
-
-    def decode(self, ids: Sequence[int] | Any) -> str:
-        "The text of `ids`; invalid UTF-8 and ids outside the vocabulary become U+FFFD (it never raises on integers)."
-        ids = _as_id_list(ids)
-        if self.kind == 'byte':
-            try: return bytes(ids).decode('utf-8', 'replace')
-            except (ValueError, TypeError):   # an id outside 0..255: a replacement character in its place
-                return b''.join(bytes((i,)) if 0 <= i < 256 else '\ufffd'.encode() for i in map(int, ids)).decode('utf-8', 'replace')
-        V, out, run = self._vocab_size, [], []
-        for i in ids:
-            i = int(i)
-            if 0 <= i < V: run.append(i)
-            else: out += [self._decode_valid(run), '\ufffd']; run = []
-        out.append(self._decode_valid(run))
-        return ''.join(out)
-
-    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
-        "`decode` of each sequence."
-        if hasattr(batch, 'tolist'): batch = batch.tolist()
-        return [self.decode(ids) for ids in batch]
-
-    def token_to_id(self, token: str) -> int | None: return self.hf.token_to_id(token)
-    def id_to_token(self, i: int) -> str | None: return self.hf.id_to_token(i)
-
-    # -- serialisation
-    def to_str(self) -> str:
-        "The `tokenizer.json` text."
-        if self._json is None: self._json = self.hf.to_str(pretty=True)
-        return self._json
-
-    @property
-    def fingerprint(self) -> str:
-        "A hash of the tokenizer's definition (keys the caches of tokenized data)."
-        return hashlib.sha256(self.to_str().encode('utf-8')).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        "Write `tokenizer.json` atomically to `path` (a file path, or a folder to put `tokenizer.json` in); returns the file."
-        p = Path(path)
-        if p.is_dir() or str(path).endswith(('/', os.sep)): p = p / TOKENIZER_FILE
-        atomic_write_text(p, self.to_str())
-        return p
-
-    @classmethod
-    def from_str(cls, text: str, source: str = 'the tokenizer JSON') -> Tokenizer:
-        "A `Tokenizer` from the text of a `tokenizer.json` (`DataError` when it is not one)."
-        import tokenizers
-        try: json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); the file is corrupt "
-                            "or truncated: save or train the tokenizer again.") from None
-        try: hf = tokenizers.Tokenizer.from_str(text)
-        except Exception as e:
-            raise DataError(f"{source} is not a valid `tokenizers` tokenizer.json ({str(e).splitlines()[0][:200]}).") from None
-        return cls(hf)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        "Load a `tokenizer.json` (or the one in folder `path`), with a clear `DataError` if it is missing or corrupt."
-        p = Path(path).expanduser()
-        if p.is_dir(): p = p / TOKENIZER_FILE
-        if not p.is_file():
-            raise DataError(f"No tokenizer file at {p}. Point tokenizer.path at an existing tokenizer.json (or a folder "
-                            "holding one), or leave it unset to use the byte-level tokenizer or train one.")
-        try: text = p.read_text(encoding='utf-8')
-        except UnicodeDecodeError as e:
-            raise DataError(f"{p} is not a tokenizer.json: it is not UTF-8 text (an invalid byte at offset {e.start:,}); "
-                            "the file is damaged: save or train the tokenizer again.") from None
-        return cls.from_str(text, source=str(p))
-
     def __eq__(self, other) -> bool:
         return isinstance(other, Tokenizer) and self.to_str() == other.to_str()
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r})"
+
+# %% ../../nbs/31_tokenizers.ipynb #dc9286cf
+@patch
+def _decode_valid(self: Tokenizer, ids: list[int]) -> str:
+    return self.hf.decode(ids, skip_special_tokens=False) if ids else ''
+
+@patch
+def decode(self: Tokenizer, ids: Sequence[int] | Any) -> str:
+    "The text of `ids`; invalid UTF-8 and ids outside the vocabulary become U+FFFD (it never raises on integers)."
+    ids = _as_id_list(ids)
+    if self.kind == 'byte':
+        try: return bytes(ids).decode('utf-8', 'replace')
+        except (ValueError, TypeError):   # an id outside 0..255: a replacement character in its place
+            return b''.join(bytes((i,)) if 0 <= i < 256 else '\ufffd'.encode() for i in map(int, ids)).decode('utf-8', 'replace')
+    V, out, run = self._vocab_size, [], []
+    for i in ids:
+        i = int(i)
+        if 0 <= i < V: run.append(i)
+        else: out += [self._decode_valid(run), '\ufffd']; run = []
+    out.append(self._decode_valid(run))
+    return ''.join(out)
+
+@patch
+def decode_batch(self: Tokenizer, batch: Sequence[Sequence[int]]) -> list[str]:
+    "`decode` of each sequence."
+    if hasattr(batch, 'tolist'): batch = batch.tolist()
+    return [self.decode(ids) for ids in batch]
+
+@patch
+def token_to_id(self: Tokenizer, token: str) -> int | None: return self.hf.token_to_id(token)
+@patch
+def id_to_token(self: Tokenizer, i: int) -> str | None: return self.hf.id_to_token(i)
 
 # %% ../../nbs/31_tokenizers.ipynb #213d862b
 def byte_tokenizer() -> Tokenizer:
@@ -202,6 +164,53 @@ def byte_tokenizer() -> Tokenizer:
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     hf.decoder = decoders.ByteLevel()
     return Tokenizer(hf, kind='byte')
+
+# %% ../../nbs/31_tokenizers.ipynb #32934c72
+@patch
+def to_str(self: Tokenizer) -> str:
+    "The `tokenizer.json` text."
+    if self._json is None: self._json = self.hf.to_str(pretty=True)
+    return self._json
+
+@patch(as_prop=True)
+def fingerprint(self: Tokenizer) -> str:
+    "A hash of the tokenizer's definition (keys the caches of tokenized data)."
+    return hashlib.sha256(self.to_str().encode('utf-8')).hexdigest()[:16]
+
+@patch
+def save(self: Tokenizer, path: str | os.PathLike) -> Path:
+    "Write `tokenizer.json` atomically to `path` (a file path, or a folder to put `tokenizer.json` in); returns the file."
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(('/', os.sep)): p = p / TOKENIZER_FILE
+    atomic_write_text(p, self.to_str())
+    return p
+
+@patch(cls_method=True)
+def from_str(cls: Tokenizer, text: str, source: str = 'the tokenizer JSON') -> Tokenizer:
+    "A `Tokenizer` from the text of a `tokenizer.json` (`DataError` when it is not one)."
+    import tokenizers
+    try: json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); the file is corrupt "
+                        "or truncated: save or train the tokenizer again.") from None
+    try: hf = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:
+        raise DataError(f"{source} is not a valid `tokenizers` tokenizer.json ({str(e).splitlines()[0][:200]}).") from None
+    return cls(hf)
+
+@patch(cls_method=True)
+def load(cls: Tokenizer, path: str | os.PathLike) -> Tokenizer:
+    "Load a `tokenizer.json` (or the one in folder `path`), with a clear `DataError` if it is missing or corrupt."
+    p = Path(path).expanduser()
+    if p.is_dir(): p = p / TOKENIZER_FILE
+    if not p.is_file():
+        raise DataError(f"No tokenizer file at {p}. Point tokenizer.path at an existing tokenizer.json (or a folder "
+                        "holding one), or leave it unset to use the byte-level tokenizer or train one.")
+    try: text = p.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not a tokenizer.json: it is not UTF-8 text (an invalid byte at offset {e.start:,}); "
+                        "the file is damaged: save or train the tokenizer again.") from None
+    return cls.from_str(text, source=str(p))
 
 # %% ../../nbs/31_tokenizers.ipynb #b2f0cf0c
 TRAINED_KINDS = ('bpe', 'wordpiece', 'unigram')
@@ -225,25 +234,10 @@ def _texts_capped(texts: Iterable[str], max_bytes: int | None, counter: dict) ->
         if n: yield _clean(t)
         if max_bytes is not None and counter['bytes'] >= max_bytes: return
 
-def train_tokenizer(texts: Iterable[str], kind: str = 'bpe', vocab_size: int = 4096,
-                    special_tokens: Sequence[str] = (EOS_TOKEN,), min_frequency: int = 2, max_bytes: int | None = None,
-                    show_progress: bool = False) -> Tokenizer:
-    """Train a byte-level `kind` ('bpe', 'wordpiece', 'unigram') tokenizer with at most `vocab_size` ids on `texts`
-    (any iterable of strings; at most `max_bytes` of it are used). Every kind round-trips text exactly."""
+def _model_and_trainer(kind: str, vocab_size: int, min_frequency: int, special: list[str], show_progress: bool):
+    "An untrained byte-level `tokenizers` model of `kind` with its decoder, and its trainer."
     import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    if kind not in TRAINED_KINDS:
-        hint = " The byte-level tokenizer needs no training: use byte_tokenizer()." if kind == 'byte' else did_you_mean(str(kind), TRAINED_KINDS)
-        raise ConfigError(f"Cannot train a tokenizer of kind `{kind}`; trainable kinds are {list(TRAINED_KINDS)}." + hint)
-    if isinstance(texts, str): texts = [texts]
-    special = list(dict.fromkeys(special_tokens))
-    if kind == 'wordpiece' and '[UNK]' not in special: special = ['[UNK]'] + special
-    need = min_vocab_size(kind, len(special))
-    if not isinstance(vocab_size, int) or vocab_size < need:
-        raise ConfigError(f"vocab_size={vocab_size} is too small for a byte-level {kind} tokenizer with {len(special)} special "
-                          f"token(s): it needs at least {need} (256 byte symbols{' twice' if kind == 'wordpiece' else ''}, "
-                          f"the special tokens and learned pieces). Raise vocab_size, or use kind `byte` for bytes only.")
-    if min_frequency < 1: raise ConfigError(f"min_frequency must be ≥ 1, got {min_frequency}.")
+    from tokenizers import decoders, models, trainers
     alphabet = list(byte_symbols())
     common = dict(special_tokens=special, show_progress=show_progress)
     if kind == 'bpe':
@@ -262,6 +256,29 @@ def train_tokenizer(texts: Iterable[str], kind: str = 'bpe', vocab_size: int = 4
         # the WordPiece decoder joins words with spaces; real spaces are byte symbols ('Ġ'), so drop its own
         hf.decoder = decoders.Sequence([decoders.WordPiece(prefix='##', cleanup=False), decoders.Replace(' ', ''),
                                         decoders.ByteLevel()])
+    return hf, trainer
+
+# %% ../../nbs/31_tokenizers.ipynb #a4bb0d8f
+def train_tokenizer(texts: Iterable[str], kind: str = 'bpe', vocab_size: int = 4096,
+                    special_tokens: Sequence[str] = (EOS_TOKEN,), min_frequency: int = 2, max_bytes: int | None = None,
+                    show_progress: bool = False) -> Tokenizer:
+    """Train a byte-level `kind` ('bpe', 'wordpiece', 'unigram') tokenizer with at most `vocab_size` ids on `texts`
+    (any iterable of strings; at most `max_bytes` of it are used). Every kind round-trips text exactly."""
+    import tokenizers
+    from tokenizers import pre_tokenizers
+    if kind not in TRAINED_KINDS:
+        hint = " The byte-level tokenizer needs no training: use byte_tokenizer()." if kind == 'byte' else did_you_mean(str(kind), TRAINED_KINDS)
+        raise ConfigError(f"Cannot train a tokenizer of kind `{kind}`; trainable kinds are {list(TRAINED_KINDS)}." + hint)
+    if isinstance(texts, str): texts = [texts]
+    special = list(dict.fromkeys(special_tokens))
+    if kind == 'wordpiece' and '[UNK]' not in special: special = ['[UNK]'] + special
+    need = min_vocab_size(kind, len(special))
+    if not isinstance(vocab_size, int) or vocab_size < need:
+        raise ConfigError(f"vocab_size={vocab_size} is too small for a byte-level {kind} tokenizer with {len(special)} special "
+                          f"token(s): it needs at least {need} (256 byte symbols{' twice' if kind == 'wordpiece' else ''}, "
+                          f"the special tokens and learned pieces). Raise vocab_size, or use kind `byte` for bytes only.")
+    if min_frequency < 1: raise ConfigError(f"min_frequency must be ≥ 1, got {min_frequency}.")
+    hf, trainer = _model_and_trainer(kind, vocab_size, min_frequency, special, show_progress)
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     counter = {'bytes': 0, 'texts': 0}
     hf.train_from_iterator(_texts_capped(texts, max_bytes, counter), trainer=trainer)
@@ -270,6 +287,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = 'bpe', vocab_size: int = 4
     if kind == 'wordpiece':
         spec = json.loads(hf.to_str())
         vocab = spec['model']['vocab']
+        alphabet = list(byte_symbols())
         for s in alphabet + ['##' + c for c in alphabet]:
             if s not in vocab: vocab[s] = len(vocab)
         spec['model']['max_input_chars_per_word'] = 1 << 30   # long words (e.g. '=====...') must not become [UNK]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..core import CheckpointError, ConfigError
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'build_optimizer', 'adaptive_clip_grad_', 'grad_norm',
@@ -114,40 +115,44 @@ class MultiOptimizer:
     def state_dict(self) -> dict:
         return {name: o.state_dict() for name, o in self.optimizers.items()}
 
-    def check_state_dict(self, state: dict) -> None:
-        "Raise `CheckpointError` unless `state` fits these optimizers (same names, groups and parameter counts)."
-        if not isinstance(state, dict) or set(state) != set(self.optimizers):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise CheckpointError(f"Optimizer state holds {got}, but this run uses {sorted(self.optimizers)}: the checkpoint "
-                                  "was written for a model with different kinds of parameters.")
-        for name, o in self.optimizers.items():
-            groups = state[name].get('param_groups', [])
-            want = [len(g['params']) for g in o.param_groups]
-            got = [len(g['params']) for g in groups]
-            if want != got:
-                raise CheckpointError(f"Optimizer `{name}` state has parameter groups of sizes {got}, this model needs {want}: "
-                                      "the checkpoint belongs to a different model configuration.")
-            ids = [i for g in groups for i in g['params']]
-            params = [p for g in o.param_groups for p in g['params']]
-            for i, p in zip(ids, params):
-                for k, v in state[name].get('state', {}).get(i, {}).items():
-                    if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
-                        raise CheckpointError(f"Optimizer `{name}` state `{k}` of a parameter has shape {tuple(v.shape)}, the "
-                                              f"model's parameter has {tuple(p.shape)}: the checkpoint belongs to another model.")
+# %% ../../nbs/41_optim.ipynb #7bd162f9
+@patch
+def check_state_dict(self: MultiOptimizer, state: dict) -> None:
+    "Raise `CheckpointError` unless `state` fits these optimizers (same names, groups and parameter counts)."
+    if not isinstance(state, dict) or set(state) != set(self.optimizers):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"Optimizer state holds {got}, but this run uses {sorted(self.optimizers)}: the checkpoint "
+                              "was written for a model with different kinds of parameters.")
+    for name, o in self.optimizers.items():
+        groups = state[name].get('param_groups', [])
+        want = [len(g['params']) for g in o.param_groups]
+        got = [len(g['params']) for g in groups]
+        if want != got:
+            raise CheckpointError(f"Optimizer `{name}` state has parameter groups of sizes {got}, this model needs {want}: "
+                                  "the checkpoint belongs to a different model configuration.")
+        ids = [i for g in groups for i in g['params']]
+        params = [p for g in o.param_groups for p in g['params']]
+        for i, p in zip(ids, params):
+            for k, v in state[name].get('state', {}).get(i, {}).items():
+                if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
+                    raise CheckpointError(f"Optimizer `{name}` state `{k}` of a parameter has shape {tuple(v.shape)}, the "
+                                          f"model's parameter has {tuple(p.shape)}: the checkpoint belongs to another model.")
 
-    def load_state_dict(self, state: dict) -> None:
-        "Restore every optimizer (checked first: a mismatch raises `CheckpointError` before anything changes)."
-        self.check_state_dict(state)
-        for name, o in self.optimizers.items():
-            o.load_state_dict(state[name])
-            # torch turns a saved integer `step` into a float tensor; geoopt keeps it an int and computes its bias
-            # correction from it, so restore the saved Python numbers for bit-exact resumption
-            saved = state[name].get('state', {})
-            ids = [i for g in state[name]['param_groups'] for i in g['params']]
-            for i, p in zip(ids, [p for g in o.param_groups for p in g['params']]):
-                for k, v in saved.get(i, {}).items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and p in o.state: o.state[p][k] = v
+@patch
+def load_state_dict(self: MultiOptimizer, state: dict) -> None:
+    "Restore every optimizer (checked first: a mismatch raises `CheckpointError` before anything changes)."
+    self.check_state_dict(state)
+    for name, o in self.optimizers.items():
+        o.load_state_dict(state[name])
+        # torch turns a saved integer `step` into a float tensor; geoopt keeps it an int and computes its bias
+        # correction from it, so restore the saved Python numbers for bit-exact resumption
+        saved = state[name].get('state', {})
+        ids = [i for g in state[name]['param_groups'] for i in g['params']]
+        for i, p in zip(ids, [p for g in o.param_groups for p in g['params']]):
+            for k, v in saved.get(i, {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and p in o.state: o.state[p][k] = v
 
+# %% ../../nbs/41_optim.ipynb #051bc4b1
 def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | None = None) -> MultiOptimizer:
     "AdamW over `model.param_groups(train.weight_decay)` plus Riemannian Adam over `model.manifold_parameters()`."
     device = torch.device(device) if device is not None else next(model.parameters()).device

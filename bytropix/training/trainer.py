@@ -297,6 +297,12 @@ def _setup(self: Trainer) -> None:
     if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
     if self.data is None: self.data = prepare_task(run, self.tokenizer)
     self.resolved = self._build_model()
+    self._setup_training(ckpt)
+
+@patch
+def _setup_training(self: Trainer, ckpt: Path | None) -> None:
+    "Optimizer, schedule, scaler, logs; the checkpoint restored when resuming; the config saved."
+    tc, run, rd = self.tc, self.run, self.rundir
     changed = self._check_resume_config(self.resolved) if ckpt is not None else []
     model = self.model.to(self.device)
     if tc.grad_checkpointing:
