@@ -223,6 +223,15 @@ def write_export(self: RunDir, model: nn.Module, tokenizer: Any = None, card: di
     return dest
 
 # %% ../../nbs/42a_run_dir.ipynb #ddb911ab
+def _check_export_memory(p: Path, device: torch.device) -> None:
+    "Refuse an export whose config describes a model too large for the memory, before `from_pretrained` allocates it."
+    from bytropix.models.base import get_config_class
+    try:
+        meta = json.loads((p/CONFIG_FILE).read_text(encoding='utf-8'))
+        cfg = get_config_class(meta['arch']).from_dict(meta['config'], _path='model')
+    except Exception: return   # unreadable or invalid: `from_pretrained` says so
+    check_model_memory(meta['arch'], cfg, device, what=str(p/CONFIG_FILE))
+
 def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 'best', device: str = 'auto'):
     """`(model, tokenizer, run)` from a run directory (`run`: its `RunConfig`) or an export directory (`run` is None);
     the byte tokenizer when there is none."""
@@ -233,7 +242,12 @@ def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 
         run, model, _ = rd.load_model(checkpoint, device)
         tok = rd.load_tokenizer()
     elif (p/CONFIG_FILE).is_file():
-        run, model = None, BytropixModel.from_pretrained(p, map_location=resolve_device(device))
+        dev = resolve_device(device)
+        _check_export_memory(p, dev)
+        try: run, model = None, BytropixModel.from_pretrained(p, map_location=dev)
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{p/CONFIG_FILE} is not UTF-8 text (an invalid byte at offset {e.start:,}): the export "
+                                  "is damaged. Export the model again.") from None
         tok = Tokenizer.load(p) if (p/TOKENIZER_FILE).is_file() else None
     elif not p.exists():
         raise CheckpointError(f"{p} does not exist. Pass a training run directory (the out_dir of `bytropix train`) "
