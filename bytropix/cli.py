@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
-from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value, resolve_device
+from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value
 
 # %% auto #0
 __all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',

@@ -113,6 +113,8 @@ class Registry(Generic[_T]):
 
     def get(self, name: str) -> _T:
         "The object registered under `name`; a `ConfigError` naming the nearest valid name otherwise."
+        if not isinstance(name, str):   # e.g. a damaged config file: `arch: {a: 1}`
+            raise ConfigError(f"A {self.kind} is named by text, got {name!r}." + did_you_mean('', self.names()))
         o = self._current(name)
         if o is None and self.discover:
             discover_modules(); o = self._current(name)
@@ -412,8 +414,9 @@ class ConfigBase:
     @classmethod
     def from_dict(cls, d: dict | None = None, _path: str = '', **kw):
         "Build from a (nested) dict, checking names and types; unknown keys fail with the nearest valid name."
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"`{_path or cls.__name__}` must be a mapping, got {d!r}.")
         d = {**(d or {}), **kw}
-        if not isinstance(d, dict): raise ConfigError(f"`{_path or cls.__name__}` must be a mapping, got {d!r}.")
         hints = typing.get_type_hints(cls)
         names = {f.name: f for f in dataclasses.fields(cls) if f.init}
         out = {}

@@ -253,7 +253,7 @@ def test_damaged_run_directories(trained, place, tmp_path_factory, files, how, c
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-@pytest.mark.parametrize('damage', ['config', 'weights', 'state', 'tokenizer'])
+@pytest.mark.parametrize('damage', ['weights', 'tokenizer'])   # each a real process: the exit status the shell sees
 def test_exit_status_of_a_real_process(trained, tmp_path, damage):
     run_dir = tmp_path / 'run'
     shutil.copytree(trained, run_dir)

@@ -433,7 +433,7 @@ class SudokuTaskConfig(ConfigBase):
         self.check(0 <= self.min_givens <= self.box ** 4, 'min_givens', f"must be in 0..{self.box ** 4}, got {self.min_givens}.")
         self.check(self.min_guesses >= 0, 'min_guesses', f"must be ≥ 0, got {self.min_guesses}.")
         self.check(self.min_guesses == 0 or self.difficulty == 'hard', 'min_guesses',
-                   f"only `hard` puzzles need guesses (easy/medium ones are solved by singles); set difficulty: hard or min_guesses: 0.")
+                   "only `hard` puzzles need guesses (easy/medium ones are solved by singles); set difficulty: hard or min_guesses: 0.")
         self.check(self.n_train >= 1, 'n_train', f"must be at least 1, got {self.n_train}.")
         self.check(self.n_test >= 1, 'n_test', f"must be at least 1, got {self.n_test}.")
         self.check(self.workers >= 1, 'workers', f"must be at least 1, got {self.workers}.")

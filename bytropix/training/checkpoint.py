@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core import CheckpointError, atomic_dir, atomic_path, storage_errors
+from ..core import CheckpointError, atomic_dir, atomic_path
 from ..models.base import load_weights, save_weights
 
 # %% auto #0

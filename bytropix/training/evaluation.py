@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from ..core import CheckpointError, ConfigError, DataError, resolve_device
+from ..core import ConfigError, DataError
 from ..models.base import IGNORE_INDEX
 
 # %% auto #0

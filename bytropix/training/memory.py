@@ -8,7 +8,6 @@ Docs: https://bytropix.github.io/bytropix/memory.html.md"""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 

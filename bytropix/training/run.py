@@ -21,10 +21,10 @@ import torch.nn as nn
 from fastcore.basics import patch
 
 from ..core import (CheckpointError, ConfigError, LockError, atomic_dir, recover_atomic_dirs, resolve_device,
-                           storage_error, storage_errors)
+                           storage_errors)
 from ..models.base import CONFIG_FILE, TOKENIZER_FILE, BytropixModel, build_model
 from .memory import check_model_memory
-from .checkpoint import (STATE_FILE, MODEL_FILE, is_resumable, link_checkpoint, load_checkpoint,
+from .checkpoint import (STATE_FILE, MODEL_FILE, link_checkpoint, load_checkpoint,
                                           read_state, write_checkpoint)
 
 # %% auto #0

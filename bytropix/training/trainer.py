@@ -287,7 +287,7 @@ def setup(self: Trainer) -> Trainer:
 
 @patch
 def _setup(self: Trainer) -> None:
-    tc, run, rd = self.tc, self.run, self.rundir
+    tc, run = self.tc, self.run
     if tc.num_threads: torch.set_num_threads(tc.num_threads)
     self.device = resolve_device(tc.device)
     ckpt = self._start_point()
