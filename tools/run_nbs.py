@@ -13,7 +13,7 @@ notebook then all see the same printed results, tables and figures. This command
   notebook sees), with python/numpy/torch seeded before the first cell.
 - Cells are skipped exactly as `nbdev-test` skips them (`#| eval: false`, and every flag of `tst_flags`: `#| slow`,
   `#| notest`, `#| gpu`); a skipped cell keeps the outputs it already had.
-- matplotlib figures are stored as PNG (100 dpi); plotly figures as one `text/html` output each: the figure's
+- matplotlib figures are stored as PNG (100 dpi, no version stamp); plotly figures as one `text/html` output each: the figure's
   `<div>` and script with a deterministic id, loading plotly.js from its CDN (the offline site build swaps that for
   the local copy shipped in the plotly package), never plotly.js itself inline.
 - Stream outputs keep what a terminal shows (carriage-return progress lines collapsed to their last state).
@@ -48,6 +48,8 @@ try:
 except ImportError: pass
 import matplotlib as _mpl
 _mpl.rcParams.update({'figure.dpi': 100, 'savefig.dpi': 100, 'svg.hashsalt': 'bytropix'})
+from matplotlib_inline.backend_inline import set_matplotlib_formats as _fmt
+_fmt('png', bbox_inches='tight', metadata={'Software': None})  # no matplotlib version in the bytes
 try:
     import plotly.io as _pio
     from plotly.io._base_renderers import MimetypeRenderer as _MR
