@@ -100,3 +100,11 @@ def test_failing_cell_fails_and_leaves_the_notebook(tmp_path):
 def test_rejects_what_is_not_a_notebook(tmp_path):
     r = subprocess.run(RUN + [str(tmp_path/'missing.ipynb')], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and 'not a notebook' in r.stderr
+
+
+def test_flags_run_the_flagged_cells_too(tmp_path):
+    path = _write(tmp_path/'flags.ipynb', [_code("#| slow\nprint('ran')", outputs=[KEPT]), _code("#| notest\nprint('not this')")])
+    r = subprocess.run(RUN + ['--flags', 'slow', str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cells = json.loads(path.read_text())['cells']
+    assert cells[0]['outputs'][0]['text'] == ['ran\n'] and cells[1]['outputs'] == []

@@ -4,6 +4,7 @@
     python tools/run_nbs.py                       # every notebook in nbs/
     python tools/run_nbs.py nbs/01_geometry.ipynb nbs/index.ipynb
     python tools/run_nbs.py --budget-mb 3 -j 2 nbs/2*.ipynb
+    python tools/run_nbs.py --flags slow nbs/01b_geometry_interop.ipynb   # slow cells too
 
 nbdev's convention is to commit notebooks with their outputs: the docs site, GitHub and a reader opening a
 notebook then all see the same printed results, tables and figures. This command is how those outputs are made:
@@ -12,7 +13,8 @@ notebook then all see the same printed results, tables and figures. This command
   TOKENIZERS_PARALLELISM=false, CUDA_VISIBLE_DEVICES="" and IN_TEST unset (the outputs are what a reader running the
   notebook sees), with python/numpy/torch seeded before the first cell.
 - Cells are skipped exactly as `nbdev-test` skips them (`#| eval: false`, and every flag of `tst_flags`: `#| slow`,
-  `#| notest`, `#| gpu`); a skipped cell keeps the outputs it already had.
+  `#| notest`, `#| gpu`); a skipped cell keeps the outputs it already had. `--flags slow` runs the slow cells too
+  (as `nbdev-test --flags slow` does), which is how their outputs are made.
 - matplotlib figures are stored as PNG (100 dpi, no version stamp); plotly figures as one `text/html` output each: the figure's
   `<div>` and script with a deterministic id, loading plotly.js from its CDN (the offline site build swaps that for
   the local copy shipped in the plotly package), never plotly.js itself inline.
@@ -110,7 +112,7 @@ def check_budget(path: Path, budget: int) -> str | None:
             'Make the figures smaller (fewer points, lower dpi, PNG not SVG) or print less.')
 
 
-def run_one(path: Path, timeout: int) -> None:
+def run_one(path: Path, timeout: int, flags: list[str]) -> None:
     "Execute `path` in this process (the child of `main`) and write its outputs back; raise on a failing cell."
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
@@ -118,10 +120,11 @@ def run_one(path: Path, timeout: int) -> None:
     from nbdev.process import NBProcessor
     from nbdev.test import _skip_cell  # nbdev-test's own predicate, so that both skip the same cells
 
-    cfg = get_config(ROOT)
+    skip_flags = get_config(ROOT).tst_flags
+    skip_flags = skip_flags.split() if isinstance(skip_flags, str) else list(skip_flags)
     raw = json.loads(path.read_text())
     nb = NBProcessor(path, rm_directives=False, process=True).nb
-    skip = _skip_cell(nb, skip_flags=cfg.tst_flags.split(), force_flags=[])
+    skip = _skip_cell(nb, skip_flags=skip_flags, force_flags=flags)
     sh = CaptureShell(path, mpl_format='png')
     with working_directory(path.parent):
         sh.run(SETUP.replace('{STEM}', re.sub(r'\W', '-', path.stem)))
@@ -145,11 +148,11 @@ def _child_env() -> dict:
     return env
 
 
-def process(path: Path, budget: int, timeout: int) -> str | None:
+def process(path: Path, budget: int, timeout: int, flags: list[str]) -> str | None:
     "Run, clean and size-check one notebook in a fresh interpreter; None on success, else the reason it failed."
     before = path.read_bytes()
     t0 = time.time()
-    run = subprocess.run([sys.executable, __file__, '--_child', str(path), '--timeout', str(timeout)],
+    run = subprocess.run([sys.executable, __file__, '--_child', str(path), '--timeout', str(timeout), '--flags', ' '.join(flags)],
                          env=_child_env(), cwd=ROOT, capture_output=True, text=True)
     if run.returncode:
         path.write_bytes(before)
@@ -173,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--budget-mb', type=float, default=2.0, help='largest total output size of one notebook (MB)')
     p.add_argument('--timeout', type=int, default=900, help='seconds one cell may run')
     p.add_argument('-j', '--jobs', type=int, default=1, help='notebooks run at once')
+    p.add_argument('--flags', default='', help="space-separated test flags whose cells run too, as in nbdev-test (e.g. 'slow')")
     p.add_argument('--_child', type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._child:
-        try: run_one(a._child.resolve(), a.timeout)
+        try: run_one(a._child.resolve(), a.timeout, a.flags.split())
         except Exception as e:
             print(e, file=sys.stderr)
             return 1
@@ -188,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = int(a.budget_mb * 1e6)
     if a.jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(a.jobs) as ex: errors = [e for e in ex.map(lambda n: process(n, budget, a.timeout), nbs) if e]
+        with ThreadPoolExecutor(a.jobs) as ex: errors = [e for e in ex.map(lambda n: process(n, budget, a.timeout, a.flags.split()), nbs) if e]
     else:
-        errors = [e for n in nbs if (e := process(n, budget, a.timeout))]
+        errors = [e for n in nbs if (e := process(n, budget, a.timeout, a.flags.split()))]
     for e in errors: print(f'run_nbs: error: {e}', file=sys.stderr)
     return 1 if errors else 0
 

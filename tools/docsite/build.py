@@ -100,6 +100,7 @@ class Page:
 
 
 class SiteBuilder:
+    "Renders the processed notebooks in `proc` (with its sidebar.yml and nbdev.yml) into a site in `out`."
     def __init__(self, proc: Path, out: Path):
         self.proc, self.out = proc, out
         meta = yaml.safe_load((proc/'nbdev.yml').read_text()) if (proc/'nbdev.yml').exists() else {}
@@ -113,6 +114,7 @@ class SiteBuilder:
         self.by_nb = {p.nb: p for p in self.pages}
         self.md = self._markdown()
         self.fig_count = 0
+        self._page: Page | None = None  # the page being rendered (markdown rules record what it needs)
 
     # -- pages and sidebar ------------------------------------------------------------------------------------------
     def _collect_pages(self) -> list[Page]:
