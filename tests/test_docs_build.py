@@ -8,10 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tools'/'docsite'))
-from build import SiteBuilder, cell_directives, output_kind, slugify  # noqa: E402
+from build import SiteBuilder, cell_directives, ensure_assets, output_kind, slugify  # noqa: E402
 
-needs_katex = pytest.mark.skipif(not shutil.which('node') or not (ROOT/'tools'/'docsite'/'node_modules'/'katex').exists(),
-                                 reason='KaTeX is not installed: bash tools/docs.sh runs `npm ci --prefix tools/docsite`')
+
+@pytest.fixture
+def katex():
+    if not (shutil.which('node') and shutil.which('npm')): pytest.skip('node and npm are needed to typeset math (KaTeX)')
+    ensure_assets()
 
 
 def test_slugs_match_nbdev_doc_links():
@@ -45,8 +48,7 @@ def _code(src, outputs=()): return {'cell_type': 'code', 'metadata': {}, 'output
 def _out(text): return {'output_type': 'stream', 'name': 'stdout', 'text': [text]}
 
 
-@needs_katex
-def test_site_from_synthetic_notebooks(tmp_path, capsys):
+def test_site_from_synthetic_notebooks(katex, tmp_path, capsys):
     proc = tmp_path/'proc'; proc.mkdir()
     (proc/'nbdev.yml').write_text('website:\n  title: T\n  site-url: https://example.org/p\n')
     (proc/'sidebar.yml').write_text('website:\n  sidebar:\n    contents:\n      - index.ipynb\n      - section: S\n        contents:\n          - 02_b.ipynb\n')

@@ -18,10 +18,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 command -v node >/dev/null || { echo "docs.sh: error: node is not installed (KaTeX typesets the math at build time): apt-get install nodejs npm" >&2; exit 2; }
-# KaTeX and mermaid, pinned by tools/docsite/package-lock.json; installed once, again when the lock file changes.
-lock=tools/docsite/node_modules/.package-lock.json
-if [ ! -f "$lock" ] || [ tools/docsite/package-lock.json -nt "$lock" ]; then
-  npm ci --prefix tools/docsite --no-audit --no-fund --loglevel=error
-fi
+# build.py installs KaTeX and mermaid first when needed (`npm ci`, pinned by tools/docsite/package-lock.json)
 python tools/docsite/build.py --out "$out" "${force[@]}"
 if [ "$shots" = 1 ]; then python tools/docsite/screenshots.py "$out" nbs/images; fi

@@ -342,6 +342,15 @@ class SiteBuilder:
         return groups
 
 
+def ensure_assets() -> None:
+    "KaTeX and mermaid from npm, pinned by package-lock.json: installed once, and again when the lock file changes."
+    lock = NODE_MODULES/'.package-lock.json'
+    if lock.exists() and lock.stat().st_mtime >= (HERE/'package-lock.json').stat().st_mtime: return
+    if not shutil.which('npm'): raise SystemExit('docs: error: npm is not installed (KaTeX and mermaid come from npm): apt-get install nodejs npm')
+    run = subprocess.run(['npm', 'ci', '--no-audit', '--no-fund', '--loglevel=error'], cwd=HERE, capture_output=True, text=True)
+    if run.returncode: raise SystemExit(f'docs: error: `npm ci` in {HERE} failed:\n{run.stdout}{run.stderr}')
+
+
 def process_notebooks(nbs: Path, force: bool = False) -> Path:
     "nbdev's own processing (directives, show_doc, doc links) into `_proc/`, without the Quarto check of nbdev-proc-nbs."
     from nbdev.serve import proc_nbs
@@ -355,6 +364,7 @@ def main(argv=None) -> int:
     p.add_argument('--force', action='store_true', help='re-process every notebook (ignore the _proc cache)')
     a = p.parse_args(argv)
     t0 = time.time()
+    ensure_assets()
     proc = process_notebooks(a.nbs.resolve(), a.force)
     t1 = time.time()
     pages = SiteBuilder(Path(proc), a.out.resolve()).build()
