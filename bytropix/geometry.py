@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor, nn
 
-from .core import ConfigError, compute_dtype, did_you_mean, is_half, upcast
+from .core import ConfigError, compute_dtype, did_you_mean, is_half
 
 # %% auto #0
 __all__ = ['Curvature', 'MIN_NORM', 'TORCH_OPS', 'ball_eps', 'atanh_eps', 'margin_floor', 'artanh', 'tanh', 'safe_norm', 'sqnorm',
@@ -536,7 +536,7 @@ def inv_softplus(y: float) -> float:
 
 def floored_softplus(raw: Tensor, floor: float = 0.0) -> Tensor:
     "$v = v_{\\min} + \\operatorname{softplus}(\\rho) > v_{\\min}$, in at least float32: a positive parameter with a floor."
-    return floor + F.softplus(upcast(raw))
+    return floor + F.softplus(_up(raw, _cdt(raw.dtype)))  # a float16 parameter's gradient saturates
 
 # %% ../nbs/01_geometry.ipynb #ca9343cd
 class PoincareBall(nn.Module):
