@@ -48,8 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from bytropix.data.puzzles import (MazeTaskConfig, PuzzleLoader, SudokuTaskConfig, augment_maze, augment_sudoku,
                                    load_puzzles, puzzle_batches)
-from bytropix.models.hrm import HRM, HRMConfig, PuzzleTransformer, PuzzleTransformerConfig
-from bytropix.models.trm import TRM, TRMConfig
+from bytropix.models.reasoning import HRM, TRM, HRMConfig, PuzzleTransformer, PuzzleTransformerConfig, TRMConfig
 
 ANCHORS = {'sudoku': {'hrm': 55.0, 'trm': 87.4}, 'maze': {'hrm': 74.5, 'trm': 85.3}}
 
