@@ -1,5 +1,5 @@
-"""Nested Poincaré balls with learnable curvatures, scales, boundary points, descriptors and spreads, linked by
-tangent-space rotations: the WuBu block, and the decoder block (attention + WuBu) that the WuBu language models stack.
+"""Nested Poincaré balls with learnable geometry, linked by tangent-space rotations: the WuBu block, and the decoder
+block (attention + WuBu) the WuBu models stack.
 
 Docs: https://bytropix.github.io/bytropix/wubu_block.html.md"""
 

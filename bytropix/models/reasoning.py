@@ -1,6 +1,5 @@
-"""Puzzle models that think by recurrence in latent space — HRM (two coupled timescales) and TRM (one tiny network),
-their shared machinery (deep supervision, one-step gradients, Q-learned halting) and a non-recurrent baseline
-(`arch: hrm | trm | puzzle_transformer`).
+"""Puzzle models that reason by recurrence in latent space, with deep supervision and learned halting — HRM, TRM —
+and a non-recurrent baseline (`arch: hrm | trm | puzzle_transformer`).
 
 Docs: https://bytropix.github.io/bytropix/reasoning.html.md"""
 
@@ -212,6 +211,17 @@ class RecursiveReasoner(PuzzleModel):
     q_continue: bool = True
     layers_per_segment: int = 1
 
+    def _init_recursion(self, q_outputs: int, *carry: str) -> None:
+        """Add the halting head (weight 0, bias −5: no puzzle halts before the head has learned something) and the
+        carry's initial vectors `carry` (buffers, so checkpoints keep them; truncated normal, std 1); LeCun-init the rest."""
+        c = self.config
+        self.q_head = nn.Linear(c.n_embd, q_outputs)
+        for name in carry: self.register_buffer(name, torch.empty(c.n_embd))
+        lecun_init_(self); self._init_embeddings()
+        with torch.no_grad():
+            for name in carry: nn.init.trunc_normal_(getattr(self, name), std=1.0, a=-2.0, b=2.0)
+            self.q_head.weight.zero_(); self.q_head.bias.fill_(-5.0)
+
     def initial_carry(self, batch_size: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
@@ -349,14 +359,7 @@ class HRM(RecursiveReasoner):
         c = config
         self.H = ReasoningModule([self._block() for _ in range(c.H_layers)])
         self.L = ReasoningModule([self._block() for _ in range(c.L_layers)])
-        self.q_head = nn.Linear(c.n_embd, 2)
-        self.register_buffer('H_init', torch.empty(c.n_embd))
-        self.register_buffer('L_init', torch.empty(c.n_embd))
-        lecun_init_(self); self._init_embeddings()
-        with torch.no_grad():
-            nn.init.trunc_normal_(self.H_init, std=1.0, a=-2.0, b=2.0)
-            nn.init.trunc_normal_(self.L_init, std=1.0, a=-2.0, b=2.0)
-            self.q_head.weight.zero_(); self.q_head.bias.fill_(-5.0)  # start undecided: Q(halt) = Q(continue)
+        self._init_recursion(2, 'H_init', 'L_init')  # Q(halt) = Q(continue) at first: undecided
 
     @property
     def layers_per_segment(self) -> int:
@@ -453,14 +456,7 @@ class TRM(RecursiveReasoner):
         super().__init__(config)
         c = config
         self.net = ReasoningModule([self._block() for _ in range(c.n_layers)])
-        self.q_head = nn.Linear(c.n_embd, 1)
-        self.register_buffer('y_init', torch.empty(c.n_embd))
-        self.register_buffer('z_init', torch.empty(c.n_embd))
-        lecun_init_(self); self._init_embeddings()
-        with torch.no_grad():
-            nn.init.trunc_normal_(self.y_init, std=1.0, a=-2.0, b=2.0)
-            nn.init.trunc_normal_(self.z_init, std=1.0, a=-2.0, b=2.0)
-            self.q_head.weight.zero_(); self.q_head.bias.fill_(-5.0)  # P(halt) ≈ 0.7% at the start
+        self._init_recursion(1, 'y_init', 'z_init')  # P(halt) = σ(−5) ≈ 0.7% at first
 
     @property
     def layers_per_segment(self) -> int:
