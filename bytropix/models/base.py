@@ -191,8 +191,8 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-def verify_export(directory: str | os.PathLike, meta: dict) -> None:
-    "Check each file an export's config.json records (`files`: size and SHA-256); `CheckpointError` naming the file."
+def verify_export(directory: str | os.PathLike, meta: dict, checksums: bool = True) -> None:
+    "Check each file an export's config.json records (`files`: size, and SHA-256 unless `checksums=False`)."
     d = Path(directory)
     files = meta.get('files', {})  # exports written before checksums were recorded have none
     fix = ("Re-export the model (model.save_pretrained, or run `bytropix train`/`bytropix average` again) or copy the "
@@ -204,7 +204,7 @@ def verify_export(directory: str | os.PathLike, meta: dict) -> None:
         if not f.is_file(): raise CheckpointError(f"{d} is missing {name}, which its {CONFIG_FILE} lists. {fix}")
         if f.stat().st_size != info['bytes']:
             raise CheckpointError(f"{f} is truncated or altered: {f.stat().st_size} bytes, {info['bytes']} were exported. {fix}")
-        if file_sha256(f) != info['sha256']:
+        if checksums and file_sha256(f) != info['sha256']:
             raise CheckpointError(f"{f} is corrupt: its SHA-256 differs from the one recorded in {CONFIG_FILE} at export. {fix}")
 
 @patch
@@ -223,8 +223,9 @@ def save_pretrained(self: BytropixModel, directory: str | os.PathLike, tokenizer
 
 # %% ../../nbs/20_models_base.ipynb #8726677a
 @patch(cls_method=True)
-def from_pretrained(cls: BytropixModel, directory: str | os.PathLike, map_location: str | torch.device = 'cpu') -> BytropixModel:
-    "Load a model saved by `save_pretrained` (any architecture when called on `BytropixModel`), verifying its checksums."
+def from_pretrained(cls: BytropixModel, directory: str | os.PathLike, map_location: str | torch.device = 'cpu',
+                    verify: bool = True) -> BytropixModel:
+    "Load a model saved by `save_pretrained` (any architecture when called on `BytropixModel`); `verify`: check the SHA-256s."
     d = Path(directory)
     cfg_path = d/CONFIG_FILE
     if not cfg_path.is_file():
@@ -234,7 +235,7 @@ def from_pretrained(cls: BytropixModel, directory: str | os.PathLike, map_locati
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); the export is corrupt.") from None
     if not isinstance(meta, dict) or 'arch' not in meta or 'config' not in meta:
         raise CheckpointError(f"{cfg_path} lacks `arch`/`config`; it was not written by save_pretrained.")
-    verify_export(d, meta)
+    verify_export(d, meta, checksums=verify)  # sizes always (cheap), hashes unless verify=False
     model_cls = get_model_class(meta['arch'])
     if cls is not BytropixModel and not issubclass(model_cls, cls):
         raise CheckpointError(f"{d} holds a `{meta['arch']}` model, not a {cls.__name__}; load it with BytropixModel.from_pretrained.")
