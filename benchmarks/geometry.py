@@ -1,10 +1,10 @@
 """Poincaré-ball operations: bytropix.geometry vs geoopt, forward + backward, eager and torch.compile.
 
 Times one forward and one backward pass (gradients of every tensor input, upstream gradient fixed) of
-mobius_add, expmap0, logmap0, dist and mobius_matvec on `rows` × `dim` float32 inputs (the matrix-vector product
+mobius_add, expmap0, expmap, logmap0, dist and mobius_matvec on `rows` × `dim` float32 inputs (the matrix-vector product
 with a `dim` × `dim` matrix), against geoopt's `stereographic.math` at k = -c in the same run. The geoopt side
 computes what its `PoincareBall` methods compute by default: results that are points (mobius_add, expmap0,
-mobius_matvec) are projected onto the ball, as bytropix's are. Ratios are geoopt time / ours (higher is better):
+expmap, mobius_matvec) are projected onto the ball, as bytropix's are. Ratios are geoopt time / ours (higher is better):
 
     eager x    geoopt eager / bytropix eager
     compile x  geoopt eager / bytropix under torch.compile(fullgraph=True)
@@ -45,6 +45,7 @@ def _cases(rows: int, dim: int, c: float, device):
     return {
         'mobius_add': (lambda a, b: G.mobius_add(a, b, c), lambda a, b: gm.project(gm.mobius_add(a, b, k=k), k=k), (x, y)),
         'expmap0': (lambda a: G.expmap0(a, c), lambda a: gm.project(gm.expmap0(a, k=k), k=k), (v,)),
+        'expmap': (lambda a, b: G.expmap(a, b, c), lambda a, b: gm.project(gm.expmap(a, b, k=k), k=k), (x, v)),
         'logmap0': (lambda a: G.logmap0(a, c), lambda a: gm.logmap0(a, k=k), (x,)),
         'dist': (lambda a, b: G.dist(a, b, c), lambda a, b: gm.dist(a, b, k=k), (x, y)),
         'mobius_matvec': (lambda m, a: G.mobius_matvec(m, a, c), lambda m, a: gm.project(gm.mobius_matvec(m, a, k=k), k=k), (M, x)),
@@ -80,7 +81,7 @@ def main(argv=None):
     ap.add_argument('--no-compile', action='store_true', help='eager only')
     ap.add_argument('--compile-geoopt', action='store_true', help='also time geoopt under torch.compile (slow to compile)')
     ap.add_argument('--mode', default=None, help="torch.compile mode, e.g. 'max-autotune-no-cudagraphs' (CPU GEMM epilogue fusion)")
-    ap.add_argument('--ops', default='mobius_add,expmap0,logmap0,dist,mobius_matvec')
+    ap.add_argument('--ops', default='mobius_add,expmap0,expmap,logmap0,dist,mobius_matvec')
     ap.add_argument('--device', default='cpu')
     args = ap.parse_args(argv)
     if args.quick: args.rows, args.repeats = min(args.rows, 20_000), 10

@@ -1,7 +1,7 @@
 """Recursive reasoning vs a non-recurrent transformer on held-out puzzles, at equal parameters and equal compute.
 
     python benchmarks/reasoning.py                    # small CPU run: 9×9 Sudoku (medium), ~5-15 min per model
-    python benchmarks/reasoning.py --task maze        # small run on 9×9 perfect mazes (the baseline wins there: see the HRM chapter)
+    python benchmarks/reasoning.py --task maze        # small run on 9×9 perfect mazes (the baseline wins there: see the reasoning chapter)
     python benchmarks/reasoning.py --full             # Sudoku-Extreme-like 9×9 at paper scale (GPU)
     python benchmarks/reasoning.py --full --task maze # 30×30 Maze-Hard-like at paper scale (GPU)
 
@@ -48,8 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from bytropix.data.puzzles import (MazeTaskConfig, PuzzleLoader, SudokuTaskConfig, augment_maze, augment_sudoku,
                                    load_puzzles, puzzle_batches)
-from bytropix.models.hrm import HRM, HRMConfig, PuzzleTransformer, PuzzleTransformerConfig
-from bytropix.models.trm import TRM, TRMConfig
+from bytropix.models.reasoning import HRM, TRM, HRMConfig, PuzzleTransformer, PuzzleTransformerConfig, TRMConfig
 
 ANCHORS = {'sudoku': {'hrm': 55.0, 'trm': 87.4}, 'maze': {'hrm': 74.5, 'trm': 85.3}}
 

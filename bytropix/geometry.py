@@ -16,17 +16,18 @@ from typing import Callable, Iterator, Union
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .core import ConfigError, compute_dtype, did_you_mean, is_half
 
 # %% auto #0
-__all__ = ['Curvature', 'MIN_NORM', 'TORCH_OPS', 'ball_eps', 'atanh_eps', 'artanh', 'tanh', 'safe_norm', 'sqnorm', 'dot',
-           'register_kernel', 'unregister_kernel', 'registered_kernels', 'get_backend', 'set_backend', 'use_backend',
-           'lambda_x', 'project', 'mobius_add', 'mobius_sub', 'gyration', 'expmap0', 'logmap0', 'expmap', 'logmap',
-           'dist', 'dist0', 'cdist', 'mobius_scalar_mul', 'mobius_matvec', 'mobius_linear', 'parallel_transport',
-           'egrad2rgrad', 'poincare_to_lorentz', 'lorentz_to_poincare', 'poincare_to_klein', 'klein_to_poincare',
-           'compiled', 'PoincareBall']
+__all__ = ['Curvature', 'MIN_NORM', 'TORCH_OPS', 'ball_eps', 'atanh_eps', 'margin_floor', 'artanh', 'tanh', 'safe_norm', 'sqnorm',
+           'dot', 'register_kernel', 'unregister_kernel', 'registered_kernels', 'get_backend', 'set_backend',
+           'use_backend', 'lambda_x', 'project', 'mobius_add', 'mobius_sub', 'gyration', 'expmap0', 'logmap0', 'expmap',
+           'logmap', 'dist', 'dist0', 'cdist', 'mobius_scalar_mul', 'mobius_matvec', 'mobius_linear',
+           'parallel_transport', 'egrad2rgrad', 'poincare_to_lorentz', 'lorentz_to_poincare', 'poincare_to_klein',
+           'klein_to_poincare', 'compiled', 'inv_softplus', 'floored_softplus', 'PoincareBall']
 
 # %% ../nbs/01_geometry.ipynb #1f0e4967
 Curvature = Union[float, Tensor]
@@ -41,13 +42,34 @@ def atanh_eps(dtype: torch.dtype) -> float:
     "Clamp of $\\operatorname{artanh}$'s argument to $[-1+\\delta, 1-\\delta]$ for inputs of `dtype`."
     return 1e-15 if dtype == torch.float64 else 1e-7
 
+def margin_floor(dtype: torch.dtype) -> float:
+    "$1-c\\|x\\|^2$ on the margin sphere $\\|x\\| = (1-\\varepsilon)/\\sqrt c$: the floor of every conformal denominator."
+    e = ball_eps(dtype)
+    return e * (2 - e)
+
 def _cdt(dtype: torch.dtype) -> torch.dtype:
     "Compute dtype: float32 for half precision (and for integer inputs), else the dtype itself."
     return compute_dtype(dtype) if dtype.is_floating_point else torch.get_default_dtype()
 
-def _up(x: Tensor, dtype: torch.dtype) -> Tensor:
-    return x if x.dtype == dtype else x.to(dtype)
+class _HalfUp(torch.autograd.Function):
+    "Upcast a half-precision tensor; backward: round the gradient back, saturating at the format's largest value."
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:
+        ctx.src = x.dtype
+        return x.to(dtype)
 
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        big = torch.finfo(ctx.src).max
+        return g.clamp(-big, big).to(ctx.src), None
+
+def _up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    "`x` in the compute `dtype`; a half-precision `x` that needs a gradient gets it saturated, not overflowed."
+    if x.dtype == dtype: return x
+    if is_half(x.dtype) and x.requires_grad: return _HalfUp.apply(x, dtype)
+    return x.to(dtype)
+
+# %% ../nbs/01_geometry.ipynb #51876d23
 def artanh(x: Tensor, eps: float | None = None) -> Tensor:
     "$\\operatorname{artanh}(x)$ with $x$ clamped to $[-1+\\delta, 1-\\delta]$ (finite value and gradient everywhere); half inputs computed in float32."
     dt = x.dtype
@@ -77,9 +99,10 @@ def dot(x: Tensor, y: Tensor, keepdim: bool = True) -> Tensor:
     "Inner product over the last dimension (broadcasting)."
     return (x * y).sum(-1, keepdim=keepdim)
 
+# %% ../nbs/01_geometry.ipynb #881fbc53
 def _c(c: Curvature, dtype: torch.dtype) -> Curvature:
     "The curvature in `dtype` (a tensor keeps its graph); a Python number is checked to be positive and finite."
-    if isinstance(c, Tensor): return c if c.dtype == dtype else c.to(dtype)
+    if isinstance(c, Tensor): return _up(c, dtype)
     if isinstance(c, bool) or not isinstance(c, numbers.Real):
         raise ConfigError(f"Curvature c must be a positive number or a tensor, got {type(c).__name__} {c!r}.")
     c = float(c)
@@ -87,10 +110,6 @@ def _c(c: Curvature, dtype: torch.dtype) -> Curvature:
         raise ConfigError(f"Curvature c must be positive and finite (the ball of curvature -c), got c={c}. "
                           "For the Euclidean limit use a small c such as 1e-6.")
     return c
-
-def _floor(dtype: torch.dtype) -> float:
-    "Lower clamp of a denominator whose reciprocal is returned in `dtype` (keeps 1/den finite in float16)."
-    return max(MIN_NORM, 4 / torch.finfo(dtype).max)
 
 def _sqrt(c: Curvature) -> Curvature:
     return c.sqrt() if isinstance(c, Tensor) else math.sqrt(c)
@@ -101,15 +120,9 @@ def _lincomb(a: Tensor, x: Tensor, b: Tensor, y: Tensor) -> Tensor:
     if ax.shape == torch.broadcast_shapes(ax.shape, b.shape, y.shape): return ax.addcmul_(b, y)
     return torch.addcmul(ax, b, y)
 
-def _proj_ratio(on2: Tensor, bound: Tensor, s: Curvature, eps: float) -> Tensor:
-    """min(1, maxnorm/|o|) for o = a x + b y, from its squared norm computed with inner products: the projection
-    as a per-row factor. `bound` = |a||x| + |b||y| bounds the rounding error of `on2` (about eps_mach * bound^2,
-    large only under cancellation, i.e. for degenerate inputs on or past the boundary): adding it guarantees that
-    the result lands inside the ball even then, and changes nothing measurable otherwise."""
-    bound = bound.detach()  # an error allowance: no gradient (and none through sqrt at 0)
-    on2 = on2 + (4 * torch.finfo(on2.dtype).eps) * bound * bound
-    on = on2.clamp_min(MIN_NORM * MIN_NORM).sqrt()
-    return ((1 - eps) / (s * on)).clamp_max(1.0)
+def _clip(xx: Tensor, s: Curvature, eps: float) -> Tensor:
+    "min(1, (1-eps)/(sqrt(c)|x|)) from |x|^2: the per-row factor that moves a point on or past the margin onto it."
+    return ((1 - eps) / (s * xx.clamp_min(MIN_NORM * MIN_NORM).sqrt())).clamp_max(1.0)
 
 # %% ../nbs/01_geometry.ipynb #27354ff4
 TORCH_OPS: dict[str, Callable] = {}  # op name -> pure-torch implementation (the reference)
@@ -153,6 +166,7 @@ def use_backend(backend: str) -> Iterator[str]:
     try: yield backend
     finally: set_backend(prev)
 
+# %% ../nbs/01_geometry.ipynb #632e3292
 def _load_kernels() -> None:
     "Import `bytropix.kernels` once (it registers its kernels); remember an ImportError instead of raising."
     if _KERNEL_IMPORT['tried']: return
@@ -186,7 +200,7 @@ def _reference(fn: Callable) -> Callable:
 @_reference
 def _lambda_x(x: Tensor, c: Curvature = 1.0, keepdim: bool = True) -> Tensor:
     dt = x.dtype; x = _up(x, _cdt(dt)); c = _c(c, x.dtype)
-    return (2 / (1 - c * sqnorm(x, keepdim)).clamp_min(_floor(dt))).to(dt)
+    return (2 / (1 - c * sqnorm(x, keepdim)).clamp_min(margin_floor(dt))).to(dt)
 
 @_reference
 def _project(x: Tensor, c: Curvature = 1.0) -> Tensor:
@@ -205,24 +219,28 @@ def project(x: Tensor, c: Curvature = 1.0) -> Tensor:
     return _dispatch('project', (x,), {}, c)
 
 # %% ../nbs/01_geometry.ipynb #d0f6c01f
-def _madd_coefs(xx, yy, xy, c):
-    "Coefficients (a, b) with x ⊕ y = a x + b y, from the inner products."
-    t = 1 + 2 * c * xy
-    den = (t + c * c * xx * yy).clamp_min(MIN_NORM)
-    return (t + c * yy) / den, (1 - c * xx) / den
+def _msum(a: Tensor, x: Tensor, b: Tensor, y: Tensor, A: Tensor, B: Tensor, c: Curvature, s: Curvature,
+          eps: float) -> Tensor:
+    """(a x) ⊕_c (b y) projected, for per-row scalars a, b with A = 1 - c|a x|², B = 1 - c|b y|²:
+    p (a x) + q z with z = a x + b y, p = c|z|²/D, q = A/D, D = AB + c|z|² (clamped: 0 only for antipodal
+    boundary points)."""
+    z = _lincomb(a, x, b, y)
+    cz = c * sqnorm(z)
+    D = (A * B + cz).clamp_min(MIN_NORM)
+    r = ((1 - eps) / (cz / D).clamp_min(MIN_NORM * MIN_NORM).sqrt()).clamp_max(1.0)  # sqrt(c)|result| = sqrt(cz/D)
+    return _lincomb(r * cz / D * a, x, r * A / D, z)
 
-def _madd_proj(x: Tensor, y: Tensor, c: Curvature, eps: float) -> Tensor:
+def _madd(x: Tensor, y: Tensor, c: Curvature, eps: float) -> Tensor:
     "x ⊕_c y projected, in the compute dtype."
-    xx, yy, xy = sqnorm(x), sqnorm(y), dot(x, y)
-    a, b = _madd_coefs(xx, yy, xy, c)
-    r = _proj_ratio(a * a * xx + 2 * a * b * xy + b * b * yy, a.abs() * xx.sqrt() + b.abs() * yy.sqrt(), _sqrt(c), eps)
-    return _lincomb(r * a, x, r * b, y)
+    x, y = torch.broadcast_tensors(x, y)  # |y|^2 per row like |x + y|^2: then 0 ⊕ y is exact, derivatives too
+    one = x.new_ones(())
+    return _msum(one, x, one, y, 1 - c * sqnorm(x), 1 - c * sqnorm(y), c, _sqrt(c), eps)
 
 @_reference
 def _mobius_add(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = torch.promote_types(x.dtype, y.dtype); cd = _cdt(dt)
     x, y, c = _up(x, cd), _up(y, cd), _c(c, cd)
-    return _madd_proj(x, y, c, ball_eps(dt)).to(dt)
+    return _madd(x, y, c, ball_eps(dt)).to(dt)
 
 @_reference
 def _mobius_sub(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
@@ -243,12 +261,15 @@ def mobius_sub(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
 def _gyration(u: Tensor, v: Tensor, w: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = torch.promote_types(torch.promote_types(u.dtype, v.dtype), w.dtype); cd = _cdt(dt)
     u, v, w, c = _up(u, cd), _up(v, cd), _up(w, cd), _c(c, cd)
-    uu, vv, uv, uw, vw = sqnorm(u), sqnorm(v), dot(u, v), dot(u, w), dot(v, w)
+    s, eps = _sqrt(c), ball_eps(dt)
+    uu, vv = sqnorm(u), sqnorm(v)
+    ru, rv = _clip(uu, s, eps), _clip(vv, s, eps)                 # the gyration of the clipped points
+    uu, vv, uv, uw, vw = ru * ru * uu, rv * rv * vv, ru * rv * dot(u, v), ru * dot(u, w), rv * dot(v, w)
     c2 = c * c
     den = (1 + 2 * c * uv + c2 * uu * vv).clamp_min(MIN_NORM)
     al = (-c2 * uw * vv + c * vw + 2 * c2 * uv * vw) * (2 / den)
     be = (-c2 * vw * uu - c * uw) * (2 / den)
-    return (w + _lincomb(al, u, be, v)).to(dt)
+    return (w + _lincomb(al * ru, u, be * rv, v)).to(dt)
 
 def gyration(u: Tensor, v: Tensor, w: Tensor, c: Curvature = 1.0) -> Tensor:
     "The gyration $\\operatorname{gyr}[u,v]w$ (a rotation of $w$; not projected)."
@@ -274,41 +295,6 @@ def _logmap0(y: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = y.dtype; cd = _cdt(dt); y, c = _up(y, cd), _c(c, cd)
     return _logmap0_c(y, c, atanh_eps(cd)).to(dt)
 
-@_reference
-def _expmap(x: Tensor, v: Tensor, c: Curvature = 1.0) -> Tensor:
-    dt = torch.promote_types(x.dtype, v.dtype); cd = _cdt(dt)
-    x, v, c = _up(x, cd), _up(v, cd), _c(c, cd)
-    s = _sqrt(c)
-    xx, xv, nv = sqnorm(x), dot(x, v), safe_norm(v)
-    A = (1 - c * xx).clamp_min(MIN_NORM)
-    z = s * nv / A
-    sig = torch.tanh(z) / (z * A)  # second term of exp_x: sig * v
-    xw, ww = sig * xv, (sig * nv) ** 2
-    a, b = _madd_coefs(xx, ww, xw, c)
-    b = b * sig
-    r = _proj_ratio(a * a * xx + 2 * a * b * xv + b * b * nv * nv, a.abs() * xx.sqrt() + b.abs() * nv, s, ball_eps(dt))
-    return _lincomb(r * a, x, r * b, v).to(dt)
-
-def _artanhc_dist(x: Tensor, y: Tensor, c: Curvature, aeps: float):
-    "Shared part of logmap and dist: A, E, AB+E and t = sqrt(c)|(-x) ⊕ y|."
-    xx, yy = sqnorm(x), sqnorm(y)
-    nd = torch.linalg.vector_norm(x - y, dim=-1, keepdim=True)
-    A = (1 - c * xx).clamp_min(MIN_NORM)
-    B = (1 - c * yy).clamp_min(MIN_NORM)
-    E = c * nd * nd
-    den = A * B + E
-    t = _sqrt(c) * nd / den.sqrt()
-    return A, E, den, t.clamp_max(1 - aeps), t
-
-@_reference
-def _logmap(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
-    dt = torch.promote_types(x.dtype, y.dtype); cd = _cdt(dt)
-    x, y, c = _up(x, cd), _up(y, cd), _c(c, cd)
-    A, E, den, _, t = _artanhc_dist(x, y, c, atanh_eps(cd))
-    t = t.clamp_min(MIN_NORM)  # artanh(t)/t -> 1 at y = x (the derivative there is A/den, not 0)
-    f = A * _artanh_pos(t.clamp_max(1 - atanh_eps(cd))) / (t * den)
-    return _lincomb(-f * (A + E), x, f * A, y).to(dt)
-
 def expmap0(v: Tensor, c: Curvature = 1.0) -> Tensor:
     "Exponential map at the origin, $\\exp^c_0(v)$ (projected: never leaves the ball)."
     if _BACKEND == 'auto' and not v.is_cuda: return _expmap0(v, c)
@@ -318,6 +304,40 @@ def logmap0(y: Tensor, c: Curvature = 1.0) -> Tensor:
     "Logarithmic map at the origin, $\\log^c_0(y)$ (a tangent vector)."
     if _BACKEND == 'auto' and not y.is_cuda: return _logmap0(y, c)
     return _dispatch('logmap0', (y,), {}, c)
+
+# %% ../nbs/01_geometry.ipynb #c68e296a
+@_reference
+def _expmap(x: Tensor, v: Tensor, c: Curvature = 1.0) -> Tensor:
+    dt = torch.promote_types(x.dtype, v.dtype); cd = _cdt(dt)
+    x, v, c = _up(x, cd), _up(v, cd), _c(c, cd)
+    s, eps = _sqrt(c), ball_eps(dt)
+    xx, nv = sqnorm(x), safe_norm(v)
+    rx = _clip(xx, s, eps)
+    A = 1 - c * (rx * rx * xx)                   # 2 / lambda_x of the (clipped) base point
+    z = s * nv / A
+    e = torch.exp(-2 * z)
+    B = 4 * e / (1 + e) ** 2                     # 1 - tanh(z)^2 = 1 - c |second term|^2, without cancellation
+    return _msum(rx, x, torch.tanh(z) / (z * A), v, A, B, c, s, eps).to(dt)
+
+def _artanhc_dist(x: Tensor, y: Tensor, c: Curvature, aeps: float, floor: float):
+    "Shared part of logmap and dist: A, E, AB+E and t = sqrt(c)|(-x) ⊕ y| (A, B floored at the margin's value)."
+    xx, yy = sqnorm(x), sqnorm(y)
+    nd = torch.linalg.vector_norm(x - y, dim=-1, keepdim=True)
+    A = (1 - c * xx).clamp_min(floor)
+    B = (1 - c * yy).clamp_min(floor)
+    E = c * nd * nd
+    den = A * B + E
+    t = _sqrt(c) * nd / den.sqrt()
+    return A, E, den, t.clamp_max(1 - aeps), t
+
+@_reference
+def _logmap(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
+    dt = torch.promote_types(x.dtype, y.dtype); cd = _cdt(dt)
+    x, y, c = _up(x, cd), _up(y, cd), _c(c, cd)
+    A, E, den, _, t = _artanhc_dist(x, y, c, atanh_eps(cd), margin_floor(dt))
+    t = t.clamp_min(MIN_NORM)  # artanh(t)/t -> 1 at y = x (the derivative there is A/den, not 0)
+    f = A * _artanh_pos(t.clamp_max(1 - atanh_eps(cd))) / (t * den)
+    return _lincomb(-f * (A + E), x, f * A, y).to(dt)
 
 def expmap(x: Tensor, v: Tensor, c: Curvature = 1.0) -> Tensor:
     "Exponential map at `x` of the tangent vector `v`, $\\exp^c_x(v)$ (projected)."
@@ -334,7 +354,7 @@ def logmap(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
 def _dist(x: Tensor, y: Tensor, c: Curvature = 1.0, keepdim: bool = False) -> Tensor:
     dt = torch.promote_types(x.dtype, y.dtype); cd = _cdt(dt)
     x, y, c = _up(x, cd), _up(y, cd), _c(c, cd)
-    _, _, _, tc, _ = _artanhc_dist(x, y, c, atanh_eps(cd))
+    _, _, _, tc, _ = _artanhc_dist(x, y, c, atanh_eps(cd), margin_floor(dt))
     d = (2 / _sqrt(c)) * _artanh_pos(tc)
     return (d if keepdim else d.squeeze(-1)).to(dt)
 
@@ -355,8 +375,8 @@ def _cdist(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
                           f"{tuple(y.shape)}.")
     s = _sqrt(c)
     nd = torch.cdist(x, y, compute_mode='donot_use_mm_for_euclid_dist')
-    A = (1 - c * sqnorm(x)).clamp_min(MIN_NORM)                      # (..., N, 1)
-    B = (1 - c * sqnorm(y)).clamp_min(MIN_NORM).transpose(-1, -2)    # (..., 1, M)
+    A = (1 - c * sqnorm(x)).clamp_min(margin_floor(dt))                      # (..., N, 1)
+    B = (1 - c * sqnorm(y)).clamp_min(margin_floor(dt)).transpose(-1, -2)    # (..., 1, M)
     t = s * nd / (A * B + c * nd * nd).sqrt()
     return ((2 / s) * _artanh_pos(t.clamp_max(1 - atanh_eps(cd)))).to(dt)
 
@@ -412,7 +432,7 @@ def _mobius_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, c: Cur
     eps = ball_eps(dt)
     h = _matvec_c(weight, x, c, cd, eps)
     if bias is None: return h.to(dt)
-    return _madd_proj(h, _up(bias, cd), c, eps).to(dt)
+    return _madd(h, _up(bias, cd), c, eps).to(dt)
 
 def mobius_scalar_mul(r: Tensor | float, x: Tensor, c: Curvature = 1.0) -> Tensor:
     "Möbius scalar multiplication $r \\otimes_c x$; `r` a number or a tensor broadcastable to `x.shape[:-1] + (1,)` (projected)."
@@ -434,14 +454,15 @@ def mobius_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, c: Curv
 def _parallel_transport(x: Tensor, y: Tensor, v: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = torch.promote_types(torch.promote_types(x.dtype, y.dtype), v.dtype); cd = _cdt(dt)
     x, y, v, cc = _up(x, cd), _up(y, cd), _up(v, cd), _c(c, cd)
-    ratio = (1 - cc * sqnorm(y)) / (1 - cc * sqnorm(x)).clamp_min(_floor(dt))
+    fl = margin_floor(dt)
+    ratio = (1 - cc * sqnorm(y)).clamp_min(fl) / (1 - cc * sqnorm(x)).clamp_min(fl)
     return (_gyration(y, -x, v, cc) * ratio).to(dt)
 
 @_reference
 def _egrad2rgrad(x: Tensor, grad: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = torch.promote_types(x.dtype, grad.dtype); cd = _cdt(dt)
     x, grad, c = _up(x, cd), _up(grad, cd), _c(c, cd)
-    A = 1 - c * sqnorm(x)
+    A = (1 - c * sqnorm(x)).clamp_min(margin_floor(dt))
     return (grad * (A * A / 4)).to(dt)
 
 def parallel_transport(x: Tensor, y: Tensor, v: Tensor, c: Curvature = 1.0) -> Tensor:
@@ -458,9 +479,11 @@ def egrad2rgrad(x: Tensor, grad: Tensor, c: Curvature = 1.0) -> Tensor:
 @_reference
 def _poincare_to_lorentz(x: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = x.dtype; cd = _cdt(dt); x, c = _up(x, cd), _c(c, cd)
-    cxx = c * sqnorm(x)
-    A = (1 - cxx).clamp_min(_floor(dt))
-    return torch.cat([(1 + cxx) / (_sqrt(c) * A), 2 * x / A], dim=-1).to(dt)
+    s, xx = _sqrt(c), sqnorm(x)
+    rx = _clip(xx, s, ball_eps(dt))                # a point past the margin maps as the margin point
+    cxx = c * (rx * rx * xx)
+    A = 1 - cxx
+    return torch.cat([(1 + cxx) / (s * A), (2 * rx / A) * x], dim=-1).to(dt)
 
 @_reference
 def _lorentz_to_poincare(p: Tensor, c: Curvature = 1.0) -> Tensor:
@@ -506,21 +529,31 @@ def compiled(op: Callable, dynamic: bool | None = None, mode: str | None = None)
     return torch.compile(op, fullgraph=True, dynamic=dynamic, mode=mode)
 
 # %% ../nbs/01_geometry.ipynb #dd635130
-def _inv_softplus(c: float) -> float:
-    return c + math.log(-math.expm1(-c))  # log(exp(c) - 1) without overflow
+def inv_softplus(y: float) -> float:
+    "The $\\rho$ with $\\operatorname{softplus}(\\rho) = y > 0$: $\\log(e^y - 1)$ without overflow."
+    if not y > 0: raise ConfigError(f"inv_softplus needs a positive value, got {y}.")
+    return y + math.log(-math.expm1(-y))
 
+def floored_softplus(raw: Tensor, floor: float = 0.0) -> Tensor:
+    "$v = v_{\\min} + \\operatorname{softplus}(\\rho) > v_{\\min}$, in at least float32: a positive parameter with a floor."
+    return floor + F.softplus(_up(raw, _cdt(raw.dtype)))  # a float16 parameter's gradient saturates
+
+# %% ../nbs/01_geometry.ipynb #ca9343cd
 class PoincareBall(nn.Module):
-    "The Poincaré ball of curvature $-c$ as a module: `c = softplus(isp_c)`, optionally learnable; geoopt interop."
-    def __init__(self, c: float = 1.0, learnable: bool = False, dtype: torch.dtype | None = None):
+    "The Poincaré ball of curvature $-c$ as a module: $c = c_{\\min} + \\operatorname{softplus}(\\rho)$ (`isp_c`), optionally learnable."
+    def __init__(self, c: float = 1.0, learnable: bool = False, c_min: float = 0.0, dtype: torch.dtype | None = None):
         super().__init__()
         c = _c(c, torch.float64)
-        self.isp_c = nn.Parameter(torch.tensor(_inv_softplus(c), dtype=dtype or torch.get_default_dtype()),
+        if not 0.0 <= c_min < c:
+            raise ConfigError(f"PoincareBall needs 0 <= c_min < c, got c={c}, c_min={c_min}; lower the floor or raise c.")
+        self.c_min = float(c_min)
+        self.isp_c = nn.Parameter(torch.tensor(inv_softplus(c - c_min), dtype=dtype or torch.get_default_dtype()),
                                   requires_grad=learnable)
 
     @property
     def c(self) -> Tensor:
-        "The curvature magnitude $c>0$ (a 0-dim tensor, differentiable when learnable)."
-        return F.softplus(self.isp_c)
+        "The curvature magnitude $c > c_{\\min} \\ge 0$ (a 0-dim tensor, float32 at least, differentiable when learnable)."
+        return floored_softplus(self.isp_c, self.c_min)
 
     @property
     def learnable(self) -> bool: return self.isp_c.requires_grad
@@ -530,7 +563,8 @@ class PoincareBall(nn.Module):
         "$1/\\sqrt c$."
         return self.c.rsqrt()
 
-    def extra_repr(self) -> str: return f"c={self.c.item():.4g}, learnable={self.learnable}"
+    def extra_repr(self) -> str:
+        return f"c={self.c.item():.4g}, learnable={self.learnable}" + (f", c_min={self.c_min:g}" if self.c_min else '')
 
     def mobius_add(self, x, y): return mobius_add(x, y, self.c)
     def mobius_sub(self, x, y): return mobius_sub(x, y, self.c)
@@ -554,28 +588,43 @@ class PoincareBall(nn.Module):
     def to_klein(self, x): return poincare_to_klein(x, self.c)
     def from_klein(self, k): return klein_to_poincare(k, self.c)
 
-    def random(self, *size: int, std: float = 1.0, generator: torch.Generator | None = None,
-               dtype: torch.dtype | None = None, device=None) -> Tensor:
-        "Points $\\exp_0(v)$ for Gaussian tangent vectors $v$ with standard deviation `std`."
-        v = torch.randn(*size, generator=generator, dtype=dtype or self.isp_c.dtype, device=device or self.isp_c.device)
-        with torch.no_grad(): return expmap0(v * std, self.c)
+# %% ../nbs/01_geometry.ipynb #40337867
+@patch
+def random(self: PoincareBall, *size: int, std: float = 1.0, generator: torch.Generator | None = None,
+           dtype: torch.dtype | None = None, device=None) -> Tensor:
+    "Points $\\exp_0(v)$ for Gaussian tangent vectors $v$ with standard deviation `std`."
+    v = torch.randn(*size, generator=generator, dtype=dtype or self.isp_c.dtype, device=device or self.isp_c.device)
+    with torch.no_grad(): return expmap0(v * std, self.c)
 
-    def to_geoopt(self) -> 'geoopt.PoincareBall':
-        "An equivalent `geoopt.PoincareBall` sharing this ball's curvature parameter (cached)."
-        gb = self.__dict__.get('_geoopt')
-        if gb is None:
-            import geoopt
-            gb = geoopt.PoincareBall(c=1.0)
-            gb.isp_c = self.isp_c  # the same Parameter: one curvature, seen by both
-            self.__dict__['_geoopt'] = gb  # not a submodule: the state dict holds isp_c once
-        return gb
+@functools.lru_cache(maxsize=None)
+def _floored_geoopt_ball() -> type:
+    "A `geoopt.PoincareBall` whose curvature is ours, $c_{\\min} + \\operatorname{softplus}(\\rho)$ (geoopt's has no floor)."
+    import geoopt
+    class FlooredPoincareBall(geoopt.PoincareBall):
+        c_min: float = 0.0
+        @property
+        def c(self) -> Tensor: return floored_softplus(self.isp_c, self.c_min)
+    return FlooredPoincareBall
 
-    def parameter(self, *size: int, data: Tensor | None = None, std: float = 1e-3,
-                  generator: torch.Generator | None = None, requires_grad: bool = True) -> 'geoopt.ManifoldParameter':
-        "A `geoopt.ManifoldParameter` on this ball: `data` (projected) or random points of shape `size` near 0."
+@patch
+def to_geoopt(self: PoincareBall) -> 'geoopt.PoincareBall':
+    "An equivalent `geoopt.PoincareBall` sharing this ball's curvature parameter (cached)."
+    gb = self.__dict__.get('_geoopt')
+    if gb is None:
         import geoopt
-        if (data is None) == (len(size) == 0):
-            raise ConfigError("PoincareBall.parameter: give either a shape (e.g. parameter(10, 2)) or data=tensor.")
-        with torch.no_grad():
-            pts = project(data, self.c) if data is not None else self.random(*size, std=std, generator=generator)
-        return geoopt.ManifoldParameter(pts.detach().clone(), manifold=self.to_geoopt(), requires_grad=requires_grad)
+        gb = geoopt.PoincareBall(c=1.0) if not self.c_min else _floored_geoopt_ball()(c=1.0)
+        gb.c_min = self.c_min
+        gb.isp_c = self.isp_c  # the same Parameter: one curvature, seen by both
+        self.__dict__['_geoopt'] = gb  # not a submodule: the state dict holds isp_c once
+    return gb
+
+@patch
+def parameter(self: PoincareBall, *size: int, data: Tensor | None = None, std: float = 1e-3,
+              generator: torch.Generator | None = None, requires_grad: bool = True) -> 'geoopt.ManifoldParameter':
+    "A `geoopt.ManifoldParameter` on this ball: `data` (projected) or random points of shape `size` near 0."
+    import geoopt
+    if (data is None) == (len(size) == 0):
+        raise ConfigError("PoincareBall.parameter: give either a shape (e.g. parameter(10, 2)) or data=tensor.")
+    with torch.no_grad():
+        pts = project(data, self.c) if data is not None else self.random(*size, std=std, generator=generator)
+    return geoopt.ManifoldParameter(pts.detach().clone(), manifold=self.to_geoopt(), requires_grad=requires_grad)

@@ -33,8 +33,8 @@ def _jit(fn: Callable) -> Callable:
     return triton.jit(fn) if TRITON_AVAILABLE else fn
 
 # %% auto #0
-__all__ = ['INTERPRET', 'OPS', 'kernel_calls', 'KERNELS', 'REGISTERED', 'mobius_add', 'expmap0', 'logmap0', 'expmap', 'logmap',
-           'dist', 'project', 'cdist', 'mobius_linear', 'register_all']
+__all__ = ['INTERPRET', 'OPS', 'kernel_calls', 'KERNELS', 'REGISTERED', 'project', 'mobius_add', 'expmap0', 'logmap0', 'expmap',
+           'logmap', 'dist', 'cdist', 'mobius_linear', 'register_all']
 
 # %% ../nbs/02_kernels.ipynb #8515e4c0
 @_jit
@@ -58,6 +58,7 @@ def _tanhc_h(z):
     zs = tl.where(z < 0.1, 1.0, z)
     return tl.where(z < 0.1, ser, ((1.0 - th * th) - th / zs) / (zs * zs))
 
+# %% ../nbs/02_kernels.ipynb #61788a45
 @_jit
 def _artanhc(t, om):
     "artanh(t)/t for 0 <= t < 1, given om = 1 - t (passed in so callers can form it without cancellation)."
@@ -104,7 +105,522 @@ _PROJECT: dict[str, bool] = {'mobius_add': True, 'expmap0': True, 'logmap0': Fal
                              'logmap': False, 'dist': False, 'project': True, 'mobius_linear': True}
 _MID_PROJECT: bool = True
 
-# %% ../nbs/02_kernels.ipynb #35da81b5
+# %% ../nbs/02_kernels.ipynb #e4ffebf1
+OPS: dict[str, int] = {'mobius_add': 0, 'expmap0': 1, 'logmap0': 2, 'expmap': 3, 'logmap': 4, 'dist': 5,
+                       'project': 6, 'mobius_linear': 7}
+
+@_jit
+def _cast(x, F64: tl.constexpr):
+    "To the compute dtype: float64 for float64 inputs, float32 for every other float dtype."
+    if F64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
+
+@_jit
+def _tile(ptr, rows, rmask, stride, cc, D, F64: tl.constexpr):
+    "A (BLOCK_M, BLOCK_D) tile: rows x columns cc."
+    m = rmask[:, None] & (cc[None, :] < D)
+    return _cast(tl.load(ptr + rows[:, None] * stride + cc[None, :], mask=m, other=0.0), F64)
+
+@_jit
+def _cols3(BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+    "Column indices of a (SPLIT, 1, BLOCK_D/SPLIT) split of a row."
+    CW: tl.constexpr = BLOCK_D // SPLIT
+    return tl.arange(0, SPLIT)[:, None, None] * CW + tl.arange(0, CW)[None, None, :]
+
+@_jit
+def _tile3(ptr, rows, rmask, stride, cols3, D, F64: tl.constexpr):
+    "Whole rows as a (SPLIT, BLOCK_M, BLOCK_D/SPLIT) tile: each thread keeps SPLIT pieces of its rows in registers."
+    m = rmask[None, :, None] & (cols3 < D)
+    return _cast(tl.load(ptr + rows[None, :, None] * stride + cols3, mask=m, other=0.0), F64)
+
+@_jit
+def _rsum3(x):
+    "Per-row sums of a (SPLIT, BLOCK_M, BLOCK_D/SPLIT) tile."
+    return tl.sum(tl.sum(x, 2), 0)
+
+@_jit
+def _row_block(n_rows, c_ptr, BLOCK_M: tl.constexpr, F64: tl.constexpr):
+    "This program's rows (int64 indices and the in-range mask), and c and sqrt(c) in the compute dtype."
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < n_rows
+    c = _cast(tl.load(c_ptr), F64)
+    return pid, rows.to(tl.int64), rmask, c, tl.sqrt(c)
+
+# %% ../nbs/02_kernels.ipynb #3dcdd9fd
+_MAX_BLOCK_D = 4096
+
+def _next_pow2(n: int) -> int: return 1 << max(0, (int(n) - 1).bit_length())
+
+def _row_config(n_rows: int, D: int, elem_size: int = 4, backward: bool = False) -> tuple[int, int, int, int, int]:
+    "(BLOCK_M, BLOCK_D, NCHUNK, SPLIT, num_warps) for rows of width D."
+    BLOCK_D = min(_next_pow2(D), _MAX_BLOCK_D)
+    vec = max(1, 16 // elem_size)  # elements per 16-byte load
+    # ~16 elements of one row per thread (8 for float64, whose backward otherwise spills registers)
+    SPLIT = max(1, min(2 if elem_size >= 8 else 16 // vec, BLOCK_D // vec, 4))
+    threads_per_row = max(1, BLOCK_D // (vec * SPLIT))
+    BLOCK_M = max(1, min((1024 if backward else 2048) // BLOCK_D, _next_pow2(n_rows)))
+    num_warps = max(1, min(8, BLOCK_M * threads_per_row // 32))
+    return BLOCK_M, BLOCK_D, -(-D // BLOCK_D), SPLIT, num_warps
+
+# %% ../nbs/02_kernels.ipynb #bf780093
+@_jit
+def _row_sqnorm_kernel(x_ptr, o_ptr, n_rows, D, sx, F64: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < n_rows
+    rows = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    acc = _cast(tl.zeros([BLOCK_M], dtype=tl.float32), F64)
+    for k in range(NCHUNK):
+        x = _tile(x_ptr, rows, rmask, sx, k * BLOCK_D + cols, D, F64)
+        acc += tl.sum(x * x, 1)
+    tl.store(o_ptr + rows, acc, mask=rmask)
+
+def _row_sqnorm(x: torch.Tensor) -> torch.Tensor:
+    "Squared norm of each row of a (rows, D) tensor, in the compute dtype."
+    R, D = x.shape
+    BLOCK_M, BLOCK_D, NCHUNK, _, nw = _row_config(R, D, x.element_size())
+    out = torch.empty(R, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    _row_sqnorm_kernel[(triton.cdiv(R, BLOCK_M),)](x, out, R, D, x.stride(0), F64=x.dtype == torch.float64,
+                                                   BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, num_warps=nw)
+    return out
+
+# %% ../nbs/02_kernels.ipynb #99ee61bf
+@functools.lru_cache(maxsize=None)
+def _consts(dtype: torch.dtype) -> dict:
+    "The compile-time numerics for inputs of `dtype` (the reference's clamps, see `_numerics`)."
+    min_norm, ball_eps, atanh_eps, mach = _numerics(dtype)
+    return dict(MIN_NORM=min_norm, BALL_EPS=ball_eps, ATANH_EPS=atanh_eps, MACH_EPS=mach, F64=dtype == torch.float64)
+
+@functools.lru_cache(maxsize=64)
+def _const_c(value: float, device: torch.device) -> torch.Tensor:
+    "A Python-number curvature as a cached 1-element float64 tensor (the kernels read c from memory)."
+    return torch.tensor([value], dtype=torch.float64, device=device)
+
+def _row_stride(b: torch.Tensor | None, R: int) -> int:
+    "Row stride of `b`; 0 for a single row broadcast against R rows."
+    return 0 if b is None or (b.shape[0] == 1 and R != 1) else b.stride(0)
+
+# %% ../nbs/02_kernels.ipynb #4d823f02
+@_jit
+def _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ALLOW: tl.constexpr,
+                MACH_EPS: tl.constexpr):
+    """r = min(1, maxnorm/|o|) for o = ca a + cb b, with |o|^2 from the inner products. With ALLOW, |o|^2 gets the
+    reference's rounding allowance 4 eps_mach (|ca||a| + |cb||b|)^2 (a constant: no gradient), which keeps the
+    result inside the ball even when the inner products cancel."""
+    no2 = tl.maximum(ca * ca * aa + 2.0 * ca * cb * ab + cb * cb * bb, 0.0)
+    if ALLOW:
+        bound = tl.abs(ca) * tl.sqrt(aa) + tl.abs(cb) * tl.sqrt(bb)
+        no2 += (4.0 * MACH_EPS) * bound * bound
+    no = tl.maximum(tl.sqrt(no2), MIN_NORM)
+    maxnorm = (1.0 - BALL_EPS) / s
+    clamped = no > maxnorm
+    return tl.where(clamped, maxnorm / no, 1.0), no, maxnorm, clamped
+
+@_jit
+def _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP: tl.constexpr, MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr,
+               ATANH_EPS: tl.constexpr, MID_PROJECT: tl.constexpr):
+    "(ca, cb, sv): the coefficients of out = ca a + cb b, or the per-row scalar sv of dist, for operation OP."
+    zero = aa * 0.0
+    ca = zero + 1.0  # project: out = a (then the projection)
+    cb = zero
+    sv = zero
+    if OP == 0:
+        ca, cb = _add_fwd(aa, bb, ab, c, MIN_NORM)
+    elif OP == 1:
+        ca = _expmap0_fwd(aa, s, MIN_NORM)
+    elif OP == 2:
+        ca = _logmap0_fwd(aa, s, MIN_NORM, ATANH_EPS)
+    elif OP == 3:
+        ca, cb = _expmap_fwd(aa, bb, ab, c, s, MIN_NORM)
+    elif OP == 4:
+        ca, cb = _logmap_fwd(aa, bb, dd, c, s, MIN_NORM, ATANH_EPS)
+    elif OP == 5:
+        sv = _dist_fwd(aa, bb, dd, c, s, MIN_NORM, ATANH_EPS)
+    elif OP == 7:
+        ca, cb = _linear_fwd(aa, bb, ab, xx, c, s, MIN_NORM, ATANH_EPS, BALL_EPS, MID_PROJECT)
+    return ca, cb, sv
+
+# %% ../nbs/02_kernels.ipynb #eb85126c
+@_jit
+def _dots3(a_ptr, b_ptr, g_ptr, rows, rmask, sa, sb, sg, cols3, D, HAS_B: tl.constexpr, HAS_G: tl.constexpr,
+           F64: tl.constexpr):
+    """Whole rows: the tiles a, b, g (b and g stand in for a when absent) and the per-row |a|^2, |b|^2, <a,b>,
+    |a-b|^2, <g,a>, <g,b> (zeros when absent)."""
+    a = _tile3(a_ptr, rows, rmask, sa, cols3, D, F64)
+    aa = _rsum3(a * a)
+    b = a
+    g = a
+    bb = tl.zeros_like(aa)
+    ab = bb
+    dd = bb
+    ga = bb
+    gb = bb
+    if HAS_G:
+        g = _tile3(g_ptr, rows, rmask, sg, cols3, D, F64)
+        ga = _rsum3(g * a)
+    if HAS_B:
+        b = _tile3(b_ptr, rows, rmask, sb, cols3, D, F64)
+        bb = _rsum3(b * b)
+        ab = _rsum3(a * b)
+        dd = _rsum3((a - b) * (a - b))
+        if HAS_G:
+            gb = _rsum3(g * b)
+    return a, b, g, aa, bb, ab, dd, ga, gb
+
+@_jit
+def _dots_chunked(a_ptr, b_ptr, g_ptr, rows, rmask, sa, sb, sg, D, HAS_B: tl.constexpr, HAS_G: tl.constexpr,
+                  F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr):
+    "The same inner products for rows wider than a block, accumulated over NCHUNK chunks of BLOCK_D columns."
+    cols = tl.arange(0, BLOCK_D)
+    aa = _cast(tl.zeros([BLOCK_M], dtype=tl.float32), F64)
+    bb = aa
+    ab = aa
+    dd = aa
+    ga = aa
+    gb = aa
+    for k in range(NCHUNK):
+        cc = k * BLOCK_D + cols
+        a = _tile(a_ptr, rows, rmask, sa, cc, D, F64)
+        aa += tl.sum(a * a, 1)
+        if HAS_G:
+            g = _tile(g_ptr, rows, rmask, sg, cc, D, F64)
+            ga += tl.sum(g * a, 1)
+        if HAS_B:
+            b = _tile(b_ptr, rows, rmask, sb, cc, D, F64)
+            bb += tl.sum(b * b, 1)
+            ab += tl.sum(a * b, 1)
+            dd += tl.sum((a - b) * (a - b), 1)
+            if HAS_G:
+                gb += tl.sum(g * b, 1)
+    return aa, bb, ab, dd, ga, gb
+
+# %% ../nbs/02_kernels.ipynb #dfc4c6a6
+@_jit
+def _rows_fwd_kernel(a_ptr, b_ptr, xx_ptr, o_ptr, sv_ptr, c_ptr, n_rows, D, sa, sb, so,
+                     OP: tl.constexpr, HAS_B: tl.constexpr, PROJECT: tl.constexpr, MID_PROJECT: tl.constexpr,
+                     MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
+                     F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr,
+                     SPLIT: tl.constexpr):
+    pid, rows, rmask, c, s = _row_block(n_rows, c_ptr, BLOCK_M, F64)
+    # 1. per-row inner products
+    if NCHUNK == 1:
+        cols3 = _cols3(BLOCK_D, SPLIT)
+        a, b, g, aa, bb, ab, dd, ga, gb = _dots3(a_ptr, b_ptr, a_ptr, rows, rmask, sa, sb, sa, cols3, D, HAS_B,
+                                                 False, F64)
+    else:
+        aa, bb, ab, dd, ga, gb = _dots_chunked(a_ptr, b_ptr, a_ptr, rows, rmask, sa, sb, sa, D, HAS_B, False, F64,
+                                               BLOCK_M, BLOCK_D, NCHUNK)
+    xx = aa
+    if OP == 7:  # mobius_linear: |x|^2 of the layer's input, one number per row
+        xx = _cast(tl.load(xx_ptr + rows, mask=rmask, other=0.0), F64)
+    # 2. the scalar formula (and the projection onto the ball)
+    ca, cb, sv = _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP, MIN_NORM, BALL_EPS, ATANH_EPS, MID_PROJECT)
+    if PROJECT:
+        r, no, maxnorm, clamped = _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM, BALL_EPS, HAS_B, MACH_EPS)
+        ca = ca * r
+        cb = cb * r
+    # 3. the outputs
+    if OP == 5:
+        tl.store(sv_ptr + rows, sv.to(sv_ptr.dtype.element_ty), mask=rmask)
+    elif NCHUNK == 1:
+        o = ca[None, :, None] * a
+        if HAS_B:
+            o += cb[None, :, None] * b
+        m = rmask[None, :, None] & (cols3 < D)
+        tl.store(o_ptr + rows[None, :, None] * so + cols3, o.to(o_ptr.dtype.element_ty), mask=m)
+    else:
+        cols = tl.arange(0, BLOCK_D)
+        for k in range(NCHUNK):
+            cc = k * BLOCK_D + cols
+            m = rmask[:, None] & (cc[None, :] < D)
+            o = ca[:, None] * _tile(a_ptr, rows, rmask, sa, cc, D, F64)
+            if HAS_B:
+                o += cb[:, None] * _tile(b_ptr, rows, rmask, sb, cc, D, F64)
+            tl.store(o_ptr + rows[:, None] * so + cc[None, :], o.to(o_ptr.dtype.element_ty), mask=m)
+
+# %% ../nbs/02_kernels.ipynb #70103842
+def _fwd_launch(op: str, a, b, xx, c) -> torch.Tensor:
+    R, D = a.shape
+    BLOCK_M, BLOCK_D, NCHUNK, SPLIT, nw = _row_config(R, D, a.element_size())
+    code = OPS[op]
+    out = torch.empty((R,) if code == 5 else (R, D), dtype=a.dtype, device=a.device)
+    _rows_fwd_kernel[(triton.cdiv(R, BLOCK_M),)](
+        a, a if b is None else b, a if xx is None else xx, out, out, c,
+        R, D, a.stride(0), _row_stride(b, R), 0 if code == 5 else out.stride(0),
+        OP=code, HAS_B=b is not None, PROJECT=_PROJECT[op] and (b is not None or code != 7), MID_PROJECT=_MID_PROJECT,
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, SPLIT=SPLIT, num_warps=nw, **_consts(a.dtype))
+    return out
+
+# %% ../nbs/02_kernels.ipynb #64095539
+@_jit
+def _bwd_coefs(aa, bb, ab, dd, xx, ga, gb, gs, c, s, OP: tl.constexpr, PROJECT: tl.constexpr, HAS_B: tl.constexpr,
+               MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
+               MID_PROJECT: tl.constexpr):
+    """Reverse mode through the scalar part: coefficients of grad_a = al_a a + be_a b + ga_a g + dl (a - b) and
+    grad_b = be_a a + be_b b + ga_b g - dl (a - b), the gradient of the per-row input xx, and the per-row c partial."""
+    zero = aa * 0.0
+    ca, cb, sv = _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP, MIN_NORM, BALL_EPS, ATANH_EPS, MID_PROJECT)
+    r = zero + 1.0
+    q = zero
+    G_c = zero
+    if PROJECT:
+        r, no, maxnorm, clamped = _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM, BALL_EPS, HAS_B, MACH_EPS)
+        go = ca * ga + cb * gb
+        q = tl.where(clamped, -r * go / (no * no), 0.0)
+        G_c = tl.where(clamped, -(go / no) * maxnorm / (2.0 * c), 0.0)
+    G_ca = r * ga + q * (ca * aa + cb * ab)  # <g_o, a> with g_o = r g + q o
+    G_cb = r * gb + q * (ca * ab + cb * bb)
+    G_aa = zero
+    G_bb = zero
+    G_ab = zero
+    G_dd = zero
+    G_xx = zero
+    if OP == 0:
+        G_aa, G_bb, G_ab, G_c1 = _add_bwd(aa, bb, ab, c, G_ca, G_cb, MIN_NORM)
+        G_c += G_c1
+    elif OP == 1:
+        G_aa, G_c1 = _expmap0_bwd(aa, c, s, G_ca, MIN_NORM)
+        G_c += G_c1
+    elif OP == 2:
+        G_aa, G_c1 = _logmap0_bwd(aa, c, s, G_ca, MIN_NORM, ATANH_EPS)
+        G_c += G_c1
+    elif OP == 3:
+        G_aa, G_bb, G_ab, G_c1 = _expmap_bwd(aa, bb, ab, c, s, G_ca, G_cb, MIN_NORM)
+        G_c += G_c1
+    elif OP == 4:
+        G_aa, G_bb, G_dd, G_c1 = _logmap_bwd(aa, bb, dd, c, s, G_ca, G_cb, MIN_NORM, ATANH_EPS)
+        G_c += G_c1
+    elif OP == 5:
+        G_aa, G_bb, G_dd, G_c1 = _dist_bwd(aa, bb, dd, c, s, gs, MIN_NORM, ATANH_EPS)
+        G_c += G_c1
+        r = zero
+    elif OP == 7:
+        G_aa, G_bb, G_ab, G_xx, G_c1 = _linear_bwd(aa, bb, ab, xx, c, s, G_ca, G_cb, MIN_NORM, ATANH_EPS,
+                                                  BALL_EPS, MID_PROJECT)
+        G_c += G_c1
+    al_a = 2.0 * G_aa + q * ca * ca
+    be_a = G_ab + q * ca * cb
+    be_b = 2.0 * G_bb + q * cb * cb
+    return al_a, be_a, r * ca, be_a, be_b, r * cb, 2.0 * G_dd, G_xx, G_c
+
+# %% ../nbs/02_kernels.ipynb #6c34a943
+@_jit
+def _write_grads3(da_ptr, db_ptr, pid, rows, rmask, sda, sdb, cols3, D, a, b, g, al_a, be_a, ga_a, al_b, be_b, ga_b,
+                  dl, HAS_B: tl.constexpr, GVEC: tl.constexpr, B_BCAST: tl.constexpr, NEED_DA: tl.constexpr,
+                  NEED_DB: tl.constexpr, USE_DL: tl.constexpr):
+    "da and db for rows held in registers; a broadcast b gets this program's column sums."
+    m = rmask[None, :, None] & (cols3 < D)
+    if NEED_DA:
+        da = al_a[None, :, None] * a
+        if HAS_B:
+            da += be_a[None, :, None] * b
+        if GVEC:
+            da += ga_a[None, :, None] * g
+        if USE_DL:
+            da += dl[None, :, None] * (a - b)
+        tl.store(da_ptr + rows[None, :, None] * sda + cols3, da.to(da_ptr.dtype.element_ty), mask=m)
+    if NEED_DB:
+        db = al_b[None, :, None] * a + be_b[None, :, None] * b
+        if GVEC:
+            db += ga_b[None, :, None] * g
+        if USE_DL:
+            db -= dl[None, :, None] * (a - b)
+        if B_BCAST:  # one partial column sum per program
+            cols2 = tl.sum(cols3, 1)  # (SPLIT, BLOCK_D/SPLIT)
+            tl.store(db_ptr + pid * sdb + cols2, tl.sum(tl.where(m, db, 0.0), 1).to(db_ptr.dtype.element_ty),
+                     mask=cols2 < D)
+        else:
+            tl.store(db_ptr + rows[None, :, None] * sdb + cols3, db.to(db_ptr.dtype.element_ty), mask=m)
+
+# %% ../nbs/02_kernels.ipynb #9806912b
+@_jit
+def _write_grads_chunked(a_ptr, b_ptr, g_ptr, da_ptr, db_ptr, pid, rows, rmask, sa, sb, sg, sda, sdb, D, al_a, be_a,
+                         ga_a, al_b, be_b, ga_b, dl, HAS_B: tl.constexpr, GVEC: tl.constexpr, B_BCAST: tl.constexpr,
+                         NEED_DA: tl.constexpr, NEED_DB: tl.constexpr, USE_DL: tl.constexpr, F64: tl.constexpr,
+                         BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr):
+    "The same for rows wider than a block, re-reading a, b and g chunk by chunk."
+    cols = tl.arange(0, BLOCK_D)
+    for k in range(NCHUNK):
+        cc = k * BLOCK_D + cols
+        m = rmask[:, None] & (cc[None, :] < D)
+        a = _tile(a_ptr, rows, rmask, sa, cc, D, F64)
+        b = a
+        g = a
+        if GVEC:
+            g = _tile(g_ptr, rows, rmask, sg, cc, D, F64)
+        if HAS_B:
+            b = _tile(b_ptr, rows, rmask, sb, cc, D, F64)
+        if NEED_DA:
+            da = al_a[:, None] * a
+            if HAS_B:
+                da += be_a[:, None] * b
+            if GVEC:
+                da += ga_a[:, None] * g
+            if USE_DL:
+                da += dl[:, None] * (a - b)
+            tl.store(da_ptr + rows[:, None] * sda + cc[None, :], da.to(da_ptr.dtype.element_ty), mask=m)
+        if NEED_DB:
+            db = al_b[:, None] * a + be_b[:, None] * b
+            if GVEC:
+                db += ga_b[:, None] * g
+            if USE_DL:
+                db -= dl[:, None] * (a - b)
+            if B_BCAST:
+                tl.store(db_ptr + pid * sdb + cc, tl.sum(tl.where(m, db, 0.0), 0).to(db_ptr.dtype.element_ty),
+                         mask=cc < D)
+            else:
+                tl.store(db_ptr + rows[:, None] * sdb + cc[None, :], db.to(db_ptr.dtype.element_ty), mask=m)
+
+# %% ../nbs/02_kernels.ipynb #9b9d2b7a
+@_jit
+def _rows_bwd_kernel(a_ptr, b_ptr, g_ptr, xx_ptr, c_ptr, da_ptr, db_ptr, dxx_ptr, dc_ptr,
+                     n_rows, D, sa, sb, sg, sda, sdb,
+                     OP: tl.constexpr, HAS_B: tl.constexpr, B_BCAST: tl.constexpr, NEED_DA: tl.constexpr,
+                     NEED_DB: tl.constexpr, NEED_DC: tl.constexpr, PROJECT: tl.constexpr, MID_PROJECT: tl.constexpr,
+                     MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
+                     F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr,
+                     SPLIT: tl.constexpr):
+    pid, rows, rmask, c, s = _row_block(n_rows, c_ptr, BLOCK_M, F64)
+    GVEC: tl.constexpr = OP != 5  # dist's upstream gradient is one scalar per row
+    USE_DL: tl.constexpr = (OP == 4) | (OP == 5)  # the operations that depend on |a - b|^2
+    # 1. per-row inner products, with the upstream gradient
+    if NCHUNK == 1:
+        cols3 = _cols3(BLOCK_D, SPLIT)
+        a, b, g, aa, bb, ab, dd, ga, gb = _dots3(a_ptr, b_ptr, g_ptr, rows, rmask, sa, sb, sg, cols3, D, HAS_B, GVEC,
+                                                 F64)
+    else:
+        aa, bb, ab, dd, ga, gb = _dots_chunked(a_ptr, b_ptr, g_ptr, rows, rmask, sa, sb, sg, D, HAS_B, GVEC, F64,
+                                               BLOCK_M, BLOCK_D, NCHUNK)
+    gs = tl.zeros_like(aa)
+    if not GVEC:
+        gs = _cast(tl.load(g_ptr + rows, mask=rmask, other=0.0), F64)
+    xx = aa
+    if OP == 7:
+        xx = _cast(tl.load(xx_ptr + rows, mask=rmask, other=0.0), F64)
+    # 2. reverse mode through the scalar formula
+    al_a, be_a, ga_a, al_b, be_b, ga_b, dl, G_xx, G_c = _bwd_coefs(aa, bb, ab, dd, xx, ga, gb, gs, c, s, OP, PROJECT,
+                                                                   HAS_B, MIN_NORM, BALL_EPS, ATANH_EPS, MACH_EPS,
+                                                                   MID_PROJECT)
+    if NEED_DC:
+        tl.store(dc_ptr + pid, tl.sum(tl.where(rmask, G_c, 0.0), 0))
+    if OP == 7:
+        tl.store(dxx_ptr + rows, G_xx.to(dxx_ptr.dtype.element_ty), mask=rmask)
+    # 3. the gradients
+    if NCHUNK == 1:
+        _write_grads3(da_ptr, db_ptr, pid, rows, rmask, sda, sdb, cols3, D, a, b, g, al_a, be_a, ga_a, al_b, be_b,
+                      ga_b, dl, HAS_B, GVEC, B_BCAST, NEED_DA, NEED_DB, USE_DL)
+    else:
+        _write_grads_chunked(a_ptr, b_ptr, g_ptr, da_ptr, db_ptr, pid, rows, rmask, sa, sb, sg, sda, sdb, D, al_a,
+                             be_a, ga_a, al_b, be_b, ga_b, dl, HAS_B, GVEC, B_BCAST, NEED_DA, NEED_DB, USE_DL, F64,
+                             BLOCK_D, NCHUNK)
+
+# %% ../nbs/02_kernels.ipynb #8f0e4165
+def _bwd_launch(op: str, a, b, xx, c, g, b_bcast: bool, need_a: bool, need_b: bool, need_c: bool):
+    "Gradients (da, db, dxx, dc) of one row operation; db is summed over rows when `b_bcast`."
+    code = OPS[op]
+    R, D = a.shape
+    need_b = need_b and b is not None
+    cdt = torch.float64 if a.dtype == torch.float64 else torch.float32
+    BLOCK_M, BLOCK_D, NCHUNK, SPLIT, nw = _row_config(R, D, a.element_size(), backward=True)
+    nprog = triton.cdiv(R, BLOCK_M)
+    if code == 5 or g.stride(-1) != 1: g = g.contiguous()
+    da = torch.empty_like(a) if need_a else None
+    db = None
+    if need_b: db = torch.empty(nprog, D, dtype=cdt, device=a.device) if b_bcast else torch.empty_like(b)
+    dxx = torch.empty(R, dtype=cdt, device=a.device) if code == 7 else None
+    dc = torch.empty(nprog, dtype=cdt, device=a.device) if need_c else None
+    _rows_bwd_kernel[(nprog,)](
+        a, a if b is None else b, g, a if xx is None else xx, c,
+        a if da is None else da, a if db is None else db, a if dxx is None else dxx, a if dc is None else dc,
+        R, D, a.stride(0), _row_stride(b, R), 0 if code == 5 else g.stride(0),
+        0 if da is None else da.stride(0), 0 if db is None else db.stride(0),
+        OP=code, HAS_B=b is not None, B_BCAST=b_bcast, NEED_DA=need_a, NEED_DB=need_b, NEED_DC=need_c,
+        PROJECT=_PROJECT[op] and (b is not None or code != 7), MID_PROJECT=_MID_PROJECT,
+        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, SPLIT=SPLIT, num_warps=nw, **_consts(a.dtype))
+    if need_b and b_bcast: db = db.sum(0, keepdim=True).to(b.dtype)
+    dc = dc.sum().reshape(1).to(c.dtype) if need_c else None
+    return da, db, dxx, dc
+
+# %% ../nbs/02_kernels.ipynb #0b07965d
+class _RowOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op, a, b, c, b_bcast):
+        ctx.op, ctx.b_bcast = op, b_bcast
+        ctx.save_for_backward(a, b, c)
+        return _fwd_launch(op, a, b, None, c)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        a, b, c = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        da, db, _, dc = _bwd_launch(ctx.op, a, b, None, c, g, ctx.b_bcast, n[1], n[2], n[3])
+        return None, da, db, dc, None
+
+# %% ../nbs/02_kernels.ipynb #bb56b159
+kernel_calls: collections.Counter = collections.Counter()
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+def _supported(*ts) -> bool:
+    "True when the tensors can go to a kernel (same float dtype and device, non-empty)."
+    t0 = ts[0]
+    for t in ts:
+        if not isinstance(t, torch.Tensor) or t.dtype != t0.dtype or t.device != t0.device: return False
+        if t.dtype not in _FLOATS or t.dim() == 0 or t.numel() == 0: return False
+    if t0.device.type == 'cpu' and not INTERPRET:
+        raise ConfigError("Triton kernels run CPU tensors only in interpreter mode: set TRITON_INTERPRET=1 before "
+                          "importing bytropix, or use the torch backend (`geometry.use_backend('torch')`).")
+    return t0.device.type in ('cuda', 'cpu')
+
+def _scalar_c(c, x: torch.Tensor, ndim: int) -> torch.Tensor | None:
+    "c as a 1-element tensor on x's device (differentiable), or None when c is not a single number."
+    if isinstance(c, (int, float)) and not isinstance(c, bool):  # c <= 0: declined, the reference reports it
+        return _const_c(float(c), x.device) if c > 0 else None
+    if isinstance(c, torch.Tensor) and c.numel() == 1 and c.dtype in _FLOATS and c.dim() <= ndim:
+        return c.reshape(1).to(x.device)
+    return None
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    "A (rows, D) view of `t` with a unit stride along D, copying only when needed."
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+# %% ../nbs/02_kernels.ipynb #092b4bba
+def _unary(op: str, x, c):
+    if not TRITON_AVAILABLE or not _supported(x): return NotImplemented
+    ct = _scalar_c(c, x, x.dim())
+    if ct is None: return NotImplemented
+    kernel_calls[op] += 1
+    return _RowOp.apply(op, _rows(x), None, ct, False).reshape(x.shape)
+
+def _binary(op: str, x, y, c):
+    if not TRITON_AVAILABLE or not _supported(x, y): return NotImplemented
+    try: shape = torch.broadcast_shapes(x.shape, y.shape)
+    except RuntimeError: return NotImplemented
+    D = shape[-1]
+    if x.shape[-1] != D or y.shape[-1] != D: return NotImplemented
+    ct = _scalar_c(c, x, len(shape))
+    if ct is None: return NotImplemented
+    kernel_calls[op] += 1
+    a = _rows(x if x.shape == shape else x.expand(shape))
+    if y.shape == shape: b, bcast = _rows(y), False
+    elif y.numel() == D: b, bcast = _rows(y.reshape(1, D)), True
+    else: b, bcast = _rows(y.expand(shape)), False
+    out = _RowOp.apply(op, a, b, ct, bcast)
+    return out.reshape(shape[:-1] if op == 'dist' else shape)
+
+# %% ../nbs/02_kernels.ipynb #a86ba5f9
+def project(x: torch.Tensor, c=1.0):
+    "Kernel for `geometry.project`: clip to the ball of radius $(1-\\text{margin})/\\sqrt c$."
+    return _unary('project', x, c)
+
+# %% ../nbs/02_kernels.ipynb #5e38687d
 @_jit
 def _add_fwd(aa, bb, ab, c, MIN_NORM: tl.constexpr):
     den = tl.maximum(1.0 + 2.0 * c * ab + c * c * aa * bb, MIN_NORM)
@@ -126,6 +642,11 @@ def _add_bwd(aa, bb, ab, c, G_ca, G_cb, MIN_NORM: tl.constexpr):
     G_c = (2.0 * ab + bb) * G_P - aa * G_Q + (2.0 * ab + 2.0 * c * aa * bb) * G_den
     return G_aa, G_bb, G_ab, G_c
 
+def mobius_add(x: torch.Tensor, y: torch.Tensor, c=1.0):
+    "Kernel for `geometry.mobius_add`: $x \\oplus_c y$ (projected like the reference)."
+    return _binary('mobius_add', x, y, c)
+
+# %% ../nbs/02_kernels.ipynb #ab4a9d8a
 @_jit
 def _expmap0_fwd(aa, s, MIN_NORM: tl.constexpr):
     return _tanhc(s * tl.maximum(tl.sqrt(aa), MIN_NORM))
@@ -138,6 +659,11 @@ def _expmap0_bwd(aa, c, s, G_ca, MIN_NORM: tl.constexpr):
     G_aa = tl.where(n_raw > MIN_NORM, 0.5 * c * h * G_ca, 0.0)
     return G_aa, 0.5 * h * n * n * G_ca
 
+def expmap0(v: torch.Tensor, c=1.0):
+    "Kernel for `geometry.expmap0`."
+    return _unary('expmap0', v, c)
+
+# %% ../nbs/02_kernels.ipynb #4bc20dd6
 @_jit
 def _logmap0_fwd(aa, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
     t = s * tl.maximum(tl.sqrt(aa), MIN_NORM)
@@ -153,6 +679,11 @@ def _logmap0_bwd(aa, c, s, G_ca, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr
     G_aa = tl.where(n_raw > MIN_NORM, G_t * s / (2.0 * n), 0.0)  # dt/d|y|^2 = s/(2|y|)
     return G_aa, G_t * n / (2.0 * s)
 
+def logmap0(y: torch.Tensor, c=1.0):
+    "Kernel for `geometry.logmap0`."
+    return _unary('logmap0', y, c)
+
+# %% ../nbs/02_kernels.ipynb #714a3293
 @_jit
 def _expmap_fwd(aa, bb, ab, c, s, MIN_NORM: tl.constexpr):
     A = tl.maximum(1.0 - c * aa, MIN_NORM)
@@ -197,14 +728,26 @@ def _expmap_bwd(aa, bb, ab, c, s, G_ca, G_cb, MIN_NORM: tl.constexpr):
     G_A = tl.where(A_raw > MIN_NORM, G_A, 0.0)
     return G_aa - c * G_A, G_bb, G_ab, G_c - aa * G_A
 
+def expmap(x: torch.Tensor, v: torch.Tensor, c=1.0):
+    "Kernel for `geometry.expmap`: $\\exp_x(v)$."
+    return _binary('expmap', x, v, c)
+
+# %% ../nbs/02_kernels.ipynb #ceb555e9
 @_jit
-def _logmap_fwd(aa, bb, dd, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
+def _dist_core(aa, bb, dd, c, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
+    "What logmap and dist share: A, B (clamped), E, 1/(AB + E), t, 1 - t, and the clamped artanhc(t) and its derivative."
     A = tl.maximum(1.0 - c * aa, MIN_NORM)
     B = tl.maximum(1.0 - c * bb, MIN_NORM)
     E = c * dd
     iden = 1.0 / (A * B + E)
     t = tl.sqrt(E * iden)
-    ar, dar = _artanhc_cl(t, A * B * iden / (1.0 + t), ATANH_EPS)  # 1 - t = (1 - t^2)/(1 + t), no cancellation
+    om = A * B * iden / (1.0 + t)  # 1 - t = (1 - t^2)/(1 + t), no cancellation
+    ar, dar = _artanhc_cl(t, om, ATANH_EPS)
+    return A, B, E, iden, t, om, ar, dar
+
+@_jit
+def _logmap_fwd(aa, bb, dd, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
+    A, B, E, iden, t, om, ar, dar = _dist_core(aa, bb, dd, c, MIN_NORM, ATANH_EPS)
     F = A * ar * iden
     return -F * (A + E), F * A
 
@@ -212,13 +755,8 @@ def _logmap_fwd(aa, bb, dd, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexp
 def _logmap_bwd(aa, bb, dd, c, s, G_ca, G_cb, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
     A_raw = 1.0 - c * aa
     B_raw = 1.0 - c * bb
-    A = tl.maximum(A_raw, MIN_NORM)
-    B = tl.maximum(B_raw, MIN_NORM)
-    E = c * dd
-    iden = 1.0 / (A * B + E)
+    A, B, E, iden, t, om, ar, dar = _dist_core(aa, bb, dd, c, MIN_NORM, ATANH_EPS)
     T = E * iden
-    t = tl.sqrt(T)
-    ar, dar = _artanhc_cl(t, A * B * iden / (1.0 + t), ATANH_EPS)
     F = A * ar * iden
     G_F = -G_ca * (A + E) + G_cb * A
     G_A = F * (G_cb - G_ca) + G_F * ar * iden
@@ -236,27 +774,22 @@ def _logmap_bwd(aa, bb, dd, c, s, G_ca, G_cb, MIN_NORM: tl.constexpr, ATANH_EPS:
     G_B = tl.where(B_raw > MIN_NORM, G_B, 0.0)
     return -c * G_A, -c * G_B, c * G_E, dd * G_E - aa * G_A - bb * G_B
 
+def logmap(x: torch.Tensor, y: torch.Tensor, c=1.0):
+    "Kernel for `geometry.logmap`: $\\log_x(y)$."
+    return _binary('logmap', x, y, c)
+
+# %% ../nbs/02_kernels.ipynb #7119e3e0
 @_jit
 def _dist_fwd(aa, bb, dd, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
-    A = tl.maximum(1.0 - c * aa, MIN_NORM)
-    B = tl.maximum(1.0 - c * bb, MIN_NORM)
-    E = c * dd
-    iden = 1.0 / (A * B + E)
-    t = tl.sqrt(E * iden)
-    ar, dar = _artanhc_cl(t, A * B * iden / (1.0 + t), ATANH_EPS)
+    A, B, E, iden, t, om, ar, dar = _dist_core(aa, bb, dd, c, MIN_NORM, ATANH_EPS)
     return 2.0 * t * ar / s
 
 @_jit
 def _dist_bwd(aa, bb, dd, c, s, gs, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr):
     A_raw = 1.0 - c * aa
     B_raw = 1.0 - c * bb
-    A = tl.maximum(A_raw, MIN_NORM)
-    B = tl.maximum(B_raw, MIN_NORM)
-    E = c * dd
+    A, B, E, iden, t, om, ar, dar = _dist_core(aa, bb, dd, c, MIN_NORM, ATANH_EPS)
     den = A * B + E
-    t = tl.sqrt(E / den)
-    om = A * B / (den * (1.0 + t))
-    ar, dar = _artanhc_cl(t, om, ATANH_EPS)
     d = 2.0 * t * ar / s
     live = om >= ATANH_EPS  # past the artanh clamp only the 2/sqrt(c) factor depends on anything
     dds = tl.where(dd > 0.0, dd, 1.0)
@@ -266,6 +799,133 @@ def _dist_bwd(aa, bb, dd, c, s, gs, MIN_NORM: tl.constexpr, ATANH_EPS: tl.conste
     G_c = gs * (-d / (2.0 * c)) + tl.where(live, gs * (t / (s * c) + (t / s) * (aa / A + bb / B)), 0.0)
     return G_aa, G_bb, G_dd, G_c
 
+def dist(x: torch.Tensor, y: torch.Tensor, c=1.0, keepdim: bool = False):
+    "Kernel for `geometry.dist` (over the last dimension)."
+    d = _binary('dist', x, y, c)
+    return d if d is NotImplemented or not keepdim else d.unsqueeze(-1)
+
+# %% ../nbs/02_kernels.ipynb #8684091a
+def _cdist_config(N: int, M: int, D: int) -> tuple[int, int, int]:
+    return min(32, max(16, _next_pow2(N))), min(32, max(16, _next_pow2(M))), min(_next_pow2(D), 8)
+
+def _cdist_consts(dtype: torch.dtype) -> dict:
+    k = _consts(dtype)
+    return dict(MIN_NORM=k['MIN_NORM'], ATANH_EPS=k['ATANH_EPS'], F64=k['F64'])  # no projection in a distance
+
+@_jit
+def _cdist_dots(x_ptr, y_ptr, n, m, N, M, D, sxn, sym, F64: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                BD: tl.constexpr):
+    "|x_n|^2, |y_m|^2 and |x_n - y_m|^2 for a BN x BM tile, the differences formed exactly."
+    cols = tl.arange(0, BD)
+    aa = _cast(tl.zeros([BN], dtype=tl.float32), F64)
+    bb = _cast(tl.zeros([BM], dtype=tl.float32), F64)
+    dd = _cast(tl.zeros([BN, BM], dtype=tl.float32), F64)
+    for d0 in range(0, D, BD):
+        xt = _tile(x_ptr, n, n < N, sxn, d0 + cols, D, F64)
+        yt = _tile(y_ptr, m, m < M, sym, d0 + cols, D, F64)
+        aa += tl.sum(xt * xt, 1)
+        bb += tl.sum(yt * yt, 1)
+        diff = xt[:, None, :] - yt[None, :, :]
+        dd += tl.sum(diff * diff, 2)
+    return aa, bb, dd
+
+@_jit
+def _cdist_fwd_kernel(x_ptr, y_ptr, o_ptr, c_ptr, N, M, D, sxb, sxn, syb, sym, sob, son,
+                      MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr, F64: tl.constexpr,
+                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    bid = tl.program_id(2).to(tl.int64)
+    n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)
+    m = (tl.program_id(1) * BM + tl.arange(0, BM)).to(tl.int64)
+    c = _cast(tl.load(c_ptr), F64)
+    s = tl.sqrt(c)
+    aa, bb, dd = _cdist_dots(x_ptr + bid * sxb, y_ptr + bid * syb, n, m, N, M, D, sxn, sym, F64, BN, BM, BD)
+    d = _dist_fwd(aa[:, None], bb[None, :], dd, c, s, MIN_NORM, ATANH_EPS)
+    mask = (n[:, None] < N) & (m[None, :] < M)
+    tl.store(o_ptr + bid * sob + n[:, None] * son + m[None, :], d.to(o_ptr.dtype.element_ty), mask=mask)
+
+# %% ../nbs/02_kernels.ipynb #3688a52f
+@_jit
+def _cdist_bwd_kernel(x_ptr, y_ptr, g_ptr, c_ptr, w_ptr, ra_ptr, rb_ptr, dc_ptr, N, M, D, sxb, sxn, syb, sym,
+                      sgb, sgn, TN, TM, NEED_DC: tl.constexpr,
+                      MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr, F64: tl.constexpr,
+                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    pn = tl.program_id(0)
+    pm = tl.program_id(1)
+    bid = tl.program_id(2).to(tl.int64)
+    n = (pn * BN + tl.arange(0, BN)).to(tl.int64)
+    m = (pm * BM + tl.arange(0, BM)).to(tl.int64)
+    c = _cast(tl.load(c_ptr), F64)
+    s = tl.sqrt(c)
+    aa, bb, dd = _cdist_dots(x_ptr + bid * sxb, y_ptr + bid * syb, n, m, N, M, D, sxn, sym, F64, BN, BM, BD)
+    mask = (n[:, None] < N) & (m[None, :] < M)
+    gs = _cast(tl.load(g_ptr + bid * sgb + n[:, None] * sgn + m[None, :], mask=mask, other=0.0), F64)
+    G_aa, G_bb, G_dd, G_c = _dist_bwd(aa[:, None], bb[None, :], dd, c, s, gs, MIN_NORM, ATANH_EPS)
+    G_aa = tl.where(mask, G_aa, 0.0)
+    G_bb = tl.where(mask, G_bb, 0.0)
+    G_dd = tl.where(mask, G_dd, 0.0)
+    tl.store(w_ptr + bid * N * M + n[:, None] * M + m[None, :], G_dd, mask=mask)
+    tl.store(ra_ptr + (bid * TM + pm) * N + n, tl.sum(G_aa + G_dd, 1), mask=n < N)
+    tl.store(rb_ptr + (bid * TN + pn) * M + m, tl.sum(G_bb + G_dd, 0), mask=m < M)
+    if NEED_DC:
+        tl.store(dc_ptr + (bid * TN + pn) * TM + pm, tl.sum(tl.sum(tl.where(mask, G_c, 0.0), 1), 0))
+
+# %% ../nbs/02_kernels.ipynb #042436e8
+class _CDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, c):
+        B, N, D = x.shape
+        M = y.shape[1]
+        BN, BM, BD = _cdist_config(N, M, D)
+        out = torch.empty(B, N, M, dtype=x.dtype, device=x.device)
+        _cdist_fwd_kernel[(triton.cdiv(N, BN), triton.cdiv(M, BM), B)](
+            x, y, out, c, N, M, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
+            BN=BN, BM=BM, BD=BD, num_warps=4, **_cdist_consts(x.dtype))
+        ctx.save_for_backward(x, y, c)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, y, c = ctx.saved_tensors
+        B, N, D = x.shape
+        M = y.shape[1]
+        need_x, need_y, need_c = ctx.needs_input_grad
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        BN, BM, BD = _cdist_config(N, M, D)
+        TN, TM = triton.cdiv(N, BN), triton.cdiv(M, BM)
+        if g.stride(-1) != 1 or g.stride(-2) != M: g = g.contiguous()
+        w = torch.empty(B, N, M, dtype=cdt, device=x.device)
+        ra = torch.empty(B, TM, N, dtype=cdt, device=x.device)
+        rb = torch.empty(B, TN, M, dtype=cdt, device=x.device)
+        dc = torch.empty(B, TN, TM, dtype=cdt, device=x.device) if need_c else w
+        _cdist_bwd_kernel[(TN, TM, B)](
+            x, y, g, c, w, ra, rb, dc, N, M, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+            g.stride(0), g.stride(1), TN, TM, NEED_DC=need_c, BN=BN, BM=BM, BD=BD, num_warps=4,
+            **_cdist_consts(x.dtype))
+        gx = gy = gc = None
+        if need_x: gx = (2.0 * ra.sum(1).unsqueeze(-1) * x.to(cdt) - 2.0 * torch.bmm(w, y.to(cdt))).to(x.dtype)
+        if need_y:
+            gy = (2.0 * rb.sum(1).unsqueeze(-1) * y.to(cdt) - 2.0 * torch.bmm(w.transpose(1, 2), x.to(cdt))).to(y.dtype)
+        if need_c: gc = dc.sum().reshape(1).to(c.dtype)
+        return gx, gy, gc
+
+def cdist(x: torch.Tensor, y: torch.Tensor, c=1.0):
+    "Kernel for `geometry.cdist`: all pairwise distances, `(..., N, D), (..., M, D) -> (..., N, M)`."
+    if not TRITON_AVAILABLE or not _supported(x, y) or x.dim() < 2 or y.dim() < 2 or x.shape[-1] != y.shape[-1]:
+        return NotImplemented
+    try: batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    except RuntimeError: return NotImplemented
+    ct = _scalar_c(c, x, len(batch) + 2)
+    if ct is None: return NotImplemented
+    kernel_calls['cdist'] += 1
+    N, M, D = x.shape[-2], y.shape[-2], x.shape[-1]
+    xb = x.expand(*batch, N, D).reshape(-1, N, D)
+    yb = y.expand(*batch, M, D).reshape(-1, M, D)
+    if xb.stride(-1) != 1: xb = xb.contiguous()
+    if yb.stride(-1) != 1: yb = yb.contiguous()
+    return _CDist.apply(xb, yb, ct).reshape(*batch, N, M)
+
+# %% ../nbs/02_kernels.ipynb #dc3a15cd
 @_jit
 def _linear_fwd(aa, bb, ab, xx, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr, BALL_EPS: tl.constexpr,
                 MID_PROJECT: tl.constexpr):
@@ -280,6 +940,7 @@ def _linear_fwd(aa, bb, ab, xx, c, s, MIN_NORM: tl.constexpr, ATANH_EPS: tl.cons
     iden = 1.0 / tl.maximum(1.0 + 2.0 * c * HB + c * c * HH * bb, MIN_NORM)
     return (1.0 + 2.0 * c * HB + c * bb) * kap * iden, (1.0 - c * HH) * iden
 
+# %% ../nbs/02_kernels.ipynb #c39bc63f
 @_jit
 def _linear_bwd(aa, bb, ab, xx, c, s, G_c1, G_c2, MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr,
                 BALL_EPS: tl.constexpr, MID_PROJECT: tl.constexpr):
@@ -328,412 +989,7 @@ def _linear_bwd(aa, bb, ab, xx, c, s, G_c1, G_c2, MIN_NORM: tl.constexpr, ATANH_
     G_xx = tl.where(nx_raw > MIN_NORM, G_tx * s / (2.0 * nx), 0.0)
     return G_aa, G_bb, G_ab, G_xx, G_c
 
-# %% ../nbs/02_kernels.ipynb #144b527e
-OPS: dict[str, int] = {'mobius_add': 0, 'expmap0': 1, 'logmap0': 2, 'expmap': 3, 'logmap': 4, 'dist': 5,
-                       'project': 6, 'mobius_linear': 7}
-
-@_jit
-def _cast(x, F64: tl.constexpr):
-    if F64:
-        return x.to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-@_jit
-def _tile(ptr, rows, rmask, stride, cc, D, F64: tl.constexpr):
-    "A (BLOCK_M, BLOCK_D) tile: rows x columns cc."
-    m = rmask[:, None] & (cc[None, :] < D)
-    return _cast(tl.load(ptr + rows[:, None] * stride + cc[None, :], mask=m, other=0.0), F64)
-
-@_jit
-def _cols3(BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
-    "Column indices of a (SPLIT, 1, BLOCK_D/SPLIT) split of a row."
-    CW: tl.constexpr = BLOCK_D // SPLIT
-    return tl.arange(0, SPLIT)[:, None, None] * CW + tl.arange(0, CW)[None, None, :]
-
-@_jit
-def _tile3(ptr, rows, rmask, stride, cols3, D, F64: tl.constexpr):
-    "Whole rows as a (SPLIT, BLOCK_M, BLOCK_D/SPLIT) tile: each thread keeps SPLIT pieces of its rows in registers."
-    m = rmask[None, :, None] & (cols3 < D)
-    return _cast(tl.load(ptr + rows[None, :, None] * stride + cols3, mask=m, other=0.0), F64)
-
-@_jit
-def _rsum3(x):
-    "Per-row sums of a (SPLIT, BLOCK_M, BLOCK_D/SPLIT) tile."
-    return tl.sum(tl.sum(x, 2), 0)
-
-@_jit
-def _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP: tl.constexpr, MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr,
-               ATANH_EPS: tl.constexpr, MID_PROJECT: tl.constexpr):
-    # OP codes: 0 mobius_add, 1 expmap0, 2 logmap0, 3 expmap, 4 logmap, 5 dist, 6 project, 7 mobius_linear
-    zero = aa * 0.0
-    ca = zero + 1.0
-    cb = zero
-    sv = zero
-    if OP == 0:
-        ca, cb = _add_fwd(aa, bb, ab, c, MIN_NORM)
-    elif OP == 1:
-        ca = _expmap0_fwd(aa, s, MIN_NORM)
-    elif OP == 2:
-        ca = _logmap0_fwd(aa, s, MIN_NORM, ATANH_EPS)
-    elif OP == 3:
-        ca, cb = _expmap_fwd(aa, bb, ab, c, s, MIN_NORM)
-    elif OP == 4:
-        ca, cb = _logmap_fwd(aa, bb, dd, c, s, MIN_NORM, ATANH_EPS)
-    elif OP == 5:
-        sv = _dist_fwd(aa, bb, dd, c, s, MIN_NORM, ATANH_EPS)
-    elif OP == 7:
-        ca, cb = _linear_fwd(aa, bb, ab, xx, c, s, MIN_NORM, ATANH_EPS, BALL_EPS, MID_PROJECT)
-    return ca, cb, sv
-
-@_jit
-def _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ALLOW: tl.constexpr,
-                MACH_EPS: tl.constexpr):
-    """r = min(1, maxnorm/|o|) for o = ca a + cb b, with |o|^2 from the inner products. With ALLOW, |o|^2 gets the
-    reference's rounding allowance 4 eps_mach (|ca||a| + |cb||b|)^2 (a constant: no gradient), which keeps the
-    result inside the ball even when the inner products cancel."""
-    no2 = tl.maximum(ca * ca * aa + 2.0 * ca * cb * ab + cb * cb * bb, 0.0)
-    if ALLOW:
-        bound = tl.abs(ca) * tl.sqrt(aa) + tl.abs(cb) * tl.sqrt(bb)
-        no2 += (4.0 * MACH_EPS) * bound * bound
-    no = tl.maximum(tl.sqrt(no2), MIN_NORM)
-    maxnorm = (1.0 - BALL_EPS) / s
-    clamped = no > maxnorm
-    return tl.where(clamped, maxnorm / no, 1.0), no, maxnorm, clamped
-
-@_jit
-def _bwd_coefs(aa, bb, ab, dd, xx, ga, gb, gs, c, s, OP: tl.constexpr, PROJECT: tl.constexpr, HAS_B: tl.constexpr,
-               MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
-               MID_PROJECT: tl.constexpr):
-    """Reverse mode through the scalar part: coefficients of grad_a = al_a a + be_a b + ga_a g and
-    grad_b = al_b a + be_b b + ga_b g, the gradient of the per-row input xx, and the per-row c partial."""
-    zero = aa * 0.0
-    ca, cb, sv = _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP, MIN_NORM, BALL_EPS, ATANH_EPS, MID_PROJECT)
-    r = zero + 1.0
-    q = zero
-    G_c = zero
-    if PROJECT:
-        r, no, maxnorm, clamped = _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM, BALL_EPS, HAS_B, MACH_EPS)
-        go = ca * ga + cb * gb
-        q = tl.where(clamped, -r * go / (no * no), 0.0)
-        G_c = tl.where(clamped, -(go / no) * maxnorm / (2.0 * c), 0.0)
-    G_ca = r * ga + q * (ca * aa + cb * ab)  # <g_o, a> with g_o = r g + q o
-    G_cb = r * gb + q * (ca * ab + cb * bb)
-    G_aa = zero
-    G_bb = zero
-    G_ab = zero
-    G_dd = zero
-    G_xx = zero
-    if OP == 0:
-        G_aa, G_bb, G_ab, G_c1 = _add_bwd(aa, bb, ab, c, G_ca, G_cb, MIN_NORM)
-        G_c += G_c1
-    elif OP == 1:
-        G_aa, G_c1 = _expmap0_bwd(aa, c, s, G_ca, MIN_NORM)
-        G_c += G_c1
-    elif OP == 2:
-        G_aa, G_c1 = _logmap0_bwd(aa, c, s, G_ca, MIN_NORM, ATANH_EPS)
-        G_c += G_c1
-    elif OP == 3:
-        G_aa, G_bb, G_ab, G_c1 = _expmap_bwd(aa, bb, ab, c, s, G_ca, G_cb, MIN_NORM)
-        G_c += G_c1
-    elif OP == 4:
-        G_aa, G_bb, G_dd, G_c1 = _logmap_bwd(aa, bb, dd, c, s, G_ca, G_cb, MIN_NORM, ATANH_EPS)
-        G_c += G_c1
-    elif OP == 5:
-        G_aa, G_bb, G_dd, G_c1 = _dist_bwd(aa, bb, dd, c, s, gs, MIN_NORM, ATANH_EPS)
-        G_c += G_c1
-        r = zero
-    elif OP == 7:
-        G_aa, G_bb, G_ab, G_xx, G_c1 = _linear_bwd(aa, bb, ab, xx, c, s, G_ca, G_cb, MIN_NORM, ATANH_EPS,
-                                                  BALL_EPS, MID_PROJECT)
-        G_c += G_c1
-    al_a = 2.0 * G_aa + 2.0 * G_dd + q * ca * ca
-    be_a = G_ab - 2.0 * G_dd + q * ca * cb
-    be_b = 2.0 * G_bb + 2.0 * G_dd + q * cb * cb
-    return al_a, be_a, r * ca, be_a, be_b, r * cb, G_xx, G_c
-
-@_jit
-def _rows_fwd_kernel(a_ptr, b_ptr, xx_ptr, o_ptr, sv_ptr, c_ptr, n_rows, D, sa, sb, so,
-                     OP: tl.constexpr, HAS_B: tl.constexpr, PROJECT: tl.constexpr, MID_PROJECT: tl.constexpr,
-                     MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
-                     F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr,
-                     SPLIT: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < n_rows
-    rows = rows.to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    c = _cast(tl.load(c_ptr), F64)
-    s = tl.sqrt(c)
-    aa = _cast(tl.zeros([BLOCK_M], dtype=tl.float32), F64)
-    bb = aa
-    ab = aa
-    dd = aa
-    # 1. per-row inner products
-    if NCHUNK == 1:
-        cols3 = _cols3(BLOCK_D, SPLIT)
-        a = _tile3(a_ptr, rows, rmask, sa, cols3, D, F64)
-        aa = _rsum3(a * a)
-        if HAS_B:
-            b = _tile3(b_ptr, rows, rmask, sb, cols3, D, F64)
-            bb = _rsum3(b * b)
-            ab = _rsum3(a * b)
-            dd = _rsum3((a - b) * (a - b))
-    else:
-        for k in range(NCHUNK):
-            cc = k * BLOCK_D + cols
-            a = _tile(a_ptr, rows, rmask, sa, cc, D, F64)
-            aa += tl.sum(a * a, 1)
-            if HAS_B:
-                b = _tile(b_ptr, rows, rmask, sb, cc, D, F64)
-                bb += tl.sum(b * b, 1)
-                ab += tl.sum(a * b, 1)
-                dd += tl.sum((a - b) * (a - b), 1)
-    xx = aa
-    if OP == 7:
-        xx = _cast(tl.load(xx_ptr + rows, mask=rmask, other=0.0), F64)
-    # 2. the scalar formula (and the projection onto the ball)
-    ca, cb, sv = _fwd_coefs(aa, bb, ab, dd, xx, c, s, OP, MIN_NORM, BALL_EPS, ATANH_EPS, MID_PROJECT)
-    if PROJECT:
-        r, no, maxnorm, clamped = _proj_ratio(ca, cb, aa, bb, ab, s, MIN_NORM, BALL_EPS, HAS_B, MACH_EPS)
-        ca = ca * r
-        cb = cb * r
-    # 3. the outputs
-    if OP == 5:
-        tl.store(sv_ptr + rows, sv.to(sv_ptr.dtype.element_ty), mask=rmask)
-    else:
-        if NCHUNK == 1:
-            o = ca[None, :, None] * a
-            if HAS_B:
-                o += cb[None, :, None] * b
-            m = rmask[None, :, None] & (cols3 < D)
-            tl.store(o_ptr + rows[None, :, None] * so + cols3, o.to(o_ptr.dtype.element_ty), mask=m)
-        else:
-            for k in range(NCHUNK):
-                cc = k * BLOCK_D + cols
-                m = rmask[:, None] & (cc[None, :] < D)
-                o = ca[:, None] * _tile(a_ptr, rows, rmask, sa, cc, D, F64)
-                if HAS_B:
-                    o += cb[:, None] * _tile(b_ptr, rows, rmask, sb, cc, D, F64)
-                tl.store(o_ptr + rows[:, None] * so + cc[None, :], o.to(o_ptr.dtype.element_ty), mask=m)
-
-@_jit
-def _rows_bwd_kernel(a_ptr, b_ptr, g_ptr, xx_ptr, c_ptr, da_ptr, db_ptr, dxx_ptr, dc_ptr,
-                     n_rows, D, sa, sb, sg, sda, sdb,
-                     OP: tl.constexpr, HAS_B: tl.constexpr, B_BCAST: tl.constexpr, NEED_DA: tl.constexpr,
-                     NEED_DB: tl.constexpr, NEED_DC: tl.constexpr, PROJECT: tl.constexpr, MID_PROJECT: tl.constexpr,
-                     MIN_NORM: tl.constexpr, BALL_EPS: tl.constexpr, ATANH_EPS: tl.constexpr, MACH_EPS: tl.constexpr,
-                     F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr,
-                     SPLIT: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < n_rows
-    rows = rows.to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    c = _cast(tl.load(c_ptr), F64)
-    s = tl.sqrt(c)
-    GVEC: tl.constexpr = OP != 5  # dist's upstream gradient is one scalar per row
-    aa = _cast(tl.zeros([BLOCK_M], dtype=tl.float32), F64)
-    bb = aa
-    ab = aa
-    dd = aa
-    ga = aa
-    gb = aa
-    gs = aa
-    if NCHUNK == 1:
-        cols3 = _cols3(BLOCK_D, SPLIT)
-        a = _tile3(a_ptr, rows, rmask, sa, cols3, D, F64)
-        aa = _rsum3(a * a)
-        if GVEC:
-            g = _tile3(g_ptr, rows, rmask, sg, cols3, D, F64)
-            ga = _rsum3(g * a)
-        if HAS_B:
-            b = _tile3(b_ptr, rows, rmask, sb, cols3, D, F64)
-            bb = _rsum3(b * b)
-            ab = _rsum3(a * b)
-            dd = _rsum3((a - b) * (a - b))
-            if GVEC:
-                gb = _rsum3(g * b)
-    else:
-        for k in range(NCHUNK):
-            cc = k * BLOCK_D + cols
-            a = _tile(a_ptr, rows, rmask, sa, cc, D, F64)
-            aa += tl.sum(a * a, 1)
-            if GVEC:
-                g = _tile(g_ptr, rows, rmask, sg, cc, D, F64)
-                ga += tl.sum(g * a, 1)
-            if HAS_B:
-                b = _tile(b_ptr, rows, rmask, sb, cc, D, F64)
-                bb += tl.sum(b * b, 1)
-                ab += tl.sum(a * b, 1)
-                dd += tl.sum((a - b) * (a - b), 1)
-                if GVEC:
-                    gb += tl.sum(g * b, 1)
-    if not GVEC:
-        gs = _cast(tl.load(g_ptr + rows, mask=rmask, other=0.0), F64)
-    xx = aa
-    if OP == 7:
-        xx = _cast(tl.load(xx_ptr + rows, mask=rmask, other=0.0), F64)
-    al_a, be_a, ga_a, al_b, be_b, ga_b, G_xx, G_c = _bwd_coefs(aa, bb, ab, dd, xx, ga, gb, gs, c, s, OP, PROJECT,
-                                                               HAS_B, MIN_NORM, BALL_EPS, ATANH_EPS, MACH_EPS,
-                                                               MID_PROJECT)
-    if NEED_DC:
-        tl.store(dc_ptr + pid, tl.sum(tl.where(rmask, G_c, 0.0), 0))
-    if OP == 7:
-        tl.store(dxx_ptr + rows, G_xx.to(dxx_ptr.dtype.element_ty), mask=rmask)
-    if NCHUNK == 1:
-        m = rmask[None, :, None] & (cols3 < D)
-        if NEED_DA:
-            da = al_a[None, :, None] * a
-            if HAS_B:
-                da += be_a[None, :, None] * b
-            if GVEC:
-                da += ga_a[None, :, None] * g
-            tl.store(da_ptr + rows[None, :, None] * sda + cols3, da.to(da_ptr.dtype.element_ty), mask=m)
-        if NEED_DB:
-            db = al_b[None, :, None] * a + be_b[None, :, None] * b
-            if GVEC:
-                db += ga_b[None, :, None] * g
-            if B_BCAST:  # one partial column sum per program
-                cols2 = tl.sum(cols3, 1)  # (SPLIT, BLOCK_D/SPLIT)
-                tl.store(db_ptr + pid * sdb + cols2, tl.sum(tl.where(m, db, 0.0), 1).to(db_ptr.dtype.element_ty),
-                         mask=cols2 < D)
-            else:
-                tl.store(db_ptr + rows[None, :, None] * sdb + cols3, db.to(db_ptr.dtype.element_ty), mask=m)
-    else:
-        for k in range(NCHUNK):
-            cc = k * BLOCK_D + cols
-            m = rmask[:, None] & (cc[None, :] < D)
-            a = _tile(a_ptr, rows, rmask, sa, cc, D, F64)
-            if GVEC:
-                g = _tile(g_ptr, rows, rmask, sg, cc, D, F64)
-            if HAS_B:
-                b = _tile(b_ptr, rows, rmask, sb, cc, D, F64)
-            if NEED_DA:
-                da = al_a[:, None] * a
-                if HAS_B:
-                    da += be_a[:, None] * b
-                if GVEC:
-                    da += ga_a[:, None] * g
-                tl.store(da_ptr + rows[:, None] * sda + cc[None, :], da.to(da_ptr.dtype.element_ty), mask=m)
-            if NEED_DB:
-                db = al_b[:, None] * a + be_b[:, None] * b
-                if GVEC:
-                    db += ga_b[:, None] * g
-                if B_BCAST:
-                    tl.store(db_ptr + pid * sdb + cc, tl.sum(tl.where(m, db, 0.0), 0).to(db_ptr.dtype.element_ty),
-                             mask=cc < D)
-                else:
-                    tl.store(db_ptr + rows[:, None] * sdb + cc[None, :], db.to(db_ptr.dtype.element_ty), mask=m)
-
-@_jit
-def _row_sqnorm_kernel(x_ptr, o_ptr, n_rows, D, sx, F64: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_D: tl.constexpr, NCHUNK: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < n_rows
-    rows = rows.to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    acc = _cast(tl.zeros([BLOCK_M], dtype=tl.float32), F64)
-    for k in range(NCHUNK):
-        x = _tile(x_ptr, rows, rmask, sx, k * BLOCK_D + cols, D, F64)
-        acc += tl.sum(x * x, 1)
-    tl.store(o_ptr + rows, acc, mask=rmask)
-
-# %% ../nbs/02_kernels.ipynb #f5913e09
-_MAX_BLOCK_D = 4096
-
-def _next_pow2(n: int) -> int: return 1 << max(0, (int(n) - 1).bit_length())
-
-def _row_config(n_rows: int, D: int, elem_size: int = 4, backward: bool = False) -> tuple[int, int, int, int, int]:
-    "(BLOCK_M, BLOCK_D, NCHUNK, SPLIT, num_warps) for rows of width D."
-    BLOCK_D = min(_next_pow2(D), _MAX_BLOCK_D)
-    vec = max(1, 16 // elem_size)  # elements per 16-byte load
-    # ~16 elements of one row per thread (8 for float64, whose backward otherwise spills registers)
-    SPLIT = max(1, min(2 if elem_size >= 8 else 16 // vec, BLOCK_D // vec, 4))
-    threads_per_row = max(1, BLOCK_D // (vec * SPLIT))
-    BLOCK_M = max(1, min((1024 if backward else 2048) // BLOCK_D, _next_pow2(n_rows)))
-    num_warps = max(1, min(8, BLOCK_M * threads_per_row // 32))
-    return BLOCK_M, BLOCK_D, -(-D // BLOCK_D), SPLIT, num_warps
-
-@functools.lru_cache(maxsize=None)
-def _consts(dtype: torch.dtype) -> dict:
-    "The compile-time numerics for inputs of `dtype` (the reference's clamps, see `_numerics`)."
-    min_norm, ball_eps, atanh_eps, mach = _numerics(dtype)
-    return dict(MIN_NORM=min_norm, BALL_EPS=ball_eps, ATANH_EPS=atanh_eps, MACH_EPS=mach, F64=dtype == torch.float64)
-
-@functools.lru_cache(maxsize=64)
-def _const_c(value: float, device: torch.device) -> torch.Tensor:
-    "A Python-number curvature as a cached 1-element float64 tensor (the kernels read c from memory)."
-    return torch.tensor([value], dtype=torch.float64, device=device)
-
-def _row_stride(b: torch.Tensor | None, R: int) -> int:
-    "Row stride of `b`; 0 for a single row broadcast against R rows."
-    return 0 if b is None or (b.shape[0] == 1 and R != 1) else b.stride(0)
-
-def _fwd_launch(op: str, a, b, xx, c) -> torch.Tensor:
-    R, D = a.shape
-    BLOCK_M, BLOCK_D, NCHUNK, SPLIT, nw = _row_config(R, D, a.element_size())
-    code = OPS[op]
-    out = torch.empty((R,) if code == 5 else (R, D), dtype=a.dtype, device=a.device)
-    _rows_fwd_kernel[(triton.cdiv(R, BLOCK_M),)](
-        a, a if b is None else b, a if xx is None else xx, out, out, c,
-        R, D, a.stride(0), _row_stride(b, R), 0 if code == 5 else out.stride(0),
-        OP=code, HAS_B=b is not None, PROJECT=_PROJECT[op] and (b is not None or code != 7), MID_PROJECT=_MID_PROJECT,
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, SPLIT=SPLIT, num_warps=nw, **_consts(a.dtype))
-    return out
-
-def _bwd_launch(op: str, a, b, xx, c, g, b_bcast: bool, need_a: bool, need_b: bool, need_c: bool):
-    "Gradients (da, db, dxx, dc) of one row operation; db is summed over rows when `b_bcast`."
-    code = OPS[op]
-    R, D = a.shape
-    need_b = need_b and b is not None
-    cdt = torch.float64 if a.dtype == torch.float64 else torch.float32
-    BLOCK_M, BLOCK_D, NCHUNK, SPLIT, nw = _row_config(R, D, a.element_size(), backward=True)
-    nprog = triton.cdiv(R, BLOCK_M)
-    if code == 5 or g.stride(-1) != 1: g = g.contiguous()
-    da = torch.empty_like(a) if need_a else None
-    db = None
-    if need_b: db = torch.empty(nprog, D, dtype=cdt, device=a.device) if b_bcast else torch.empty_like(b)
-    dxx = torch.empty(R, dtype=cdt, device=a.device) if code == 7 else None
-    dc = torch.empty(nprog, dtype=cdt, device=a.device) if need_c else None
-    _rows_bwd_kernel[(nprog,)](
-        a, a if b is None else b, g, a if xx is None else xx, c,
-        a if da is None else da, a if db is None else db, a if dxx is None else dxx, a if dc is None else dc,
-        R, D, a.stride(0), _row_stride(b, R), 0 if code == 5 else g.stride(0),
-        0 if da is None else da.stride(0), 0 if db is None else db.stride(0),
-        OP=code, HAS_B=b is not None, B_BCAST=b_bcast, NEED_DA=need_a, NEED_DB=need_b, NEED_DC=need_c,
-        PROJECT=_PROJECT[op] and (b is not None or code != 7), MID_PROJECT=_MID_PROJECT,
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, SPLIT=SPLIT, num_warps=nw, **_consts(a.dtype))
-    if need_b and b_bcast: db = db.sum(0, keepdim=True).to(b.dtype)
-    dc = dc.sum().reshape(1).to(c.dtype) if need_c else None
-    return da, db, dxx, dc
-
-def _row_sqnorm(x: torch.Tensor) -> torch.Tensor:
-    "Squared norm of each row of a (rows, D) tensor, in the compute dtype."
-    R, D = x.shape
-    BLOCK_M, BLOCK_D, NCHUNK, _, nw = _row_config(R, D, x.element_size())
-    out = torch.empty(R, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
-    _row_sqnorm_kernel[(triton.cdiv(R, BLOCK_M),)](x, out, R, D, x.stride(0), F64=x.dtype == torch.float64,
-                                                   BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, NCHUNK=NCHUNK, num_warps=nw)
-    return out
-
-# %% ../nbs/02_kernels.ipynb #2ea0abba
-class _RowOp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, op, a, b, c, b_bcast):
-        ctx.op, ctx.b_bcast = op, b_bcast
-        ctx.save_for_backward(a, b, c)
-        return _fwd_launch(op, a, b, None, c)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        a, b, c = ctx.saved_tensors
-        n = ctx.needs_input_grad
-        da, db, _, dc = _bwd_launch(ctx.op, a, b, None, c, g, ctx.b_bcast, n[1], n[2], n[3])
-        return None, da, db, dc, None
-
+# %% ../nbs/02_kernels.ipynb #b05263b1
 class _MobiusLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, c):
@@ -756,206 +1012,6 @@ class _MobiusLinear(torch.autograd.Function):
         if n[1]: gw = torch.mm(gmx.t(), x)
         return gx, gw, None if db is None else db.reshape(-1), dc
 
-# %% ../nbs/02_kernels.ipynb #1afd0352
-@_jit
-def _cdist_dots(x_ptr, y_ptr, n, m, N, M, D, sxn, sym, F64: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                BD: tl.constexpr):
-    "|x_n|^2, |y_m|^2 and |x_n - y_m|^2 for a BN x BM tile, the differences formed exactly."
-    cols = tl.arange(0, BD)
-    aa = _cast(tl.zeros([BN], dtype=tl.float32), F64)
-    bb = _cast(tl.zeros([BM], dtype=tl.float32), F64)
-    dd = _cast(tl.zeros([BN, BM], dtype=tl.float32), F64)
-    for d0 in range(0, D, BD):
-        xt = _tile(x_ptr, n, n < N, sxn, d0 + cols, D, F64)
-        yt = _tile(y_ptr, m, m < M, sym, d0 + cols, D, F64)
-        aa += tl.sum(xt * xt, 1)
-        bb += tl.sum(yt * yt, 1)
-        diff = xt[:, None, :] - yt[None, :, :]
-        dd += tl.sum(diff * diff, 2)
-    return aa, bb, dd
-
-@_jit
-def _cdist_fwd_kernel(x_ptr, y_ptr, o_ptr, c_ptr, N, M, D, sxb, sxn, syb, sym, sob, son,
-                      MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr, F64: tl.constexpr,
-                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-    bid = tl.program_id(2).to(tl.int64)
-    n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)
-    m = (tl.program_id(1) * BM + tl.arange(0, BM)).to(tl.int64)
-    c = _cast(tl.load(c_ptr), F64)
-    s = tl.sqrt(c)
-    aa, bb, dd = _cdist_dots(x_ptr + bid * sxb, y_ptr + bid * syb, n, m, N, M, D, sxn, sym, F64, BN, BM, BD)
-    d = _dist_fwd(aa[:, None], bb[None, :], dd, c, s, MIN_NORM, ATANH_EPS)
-    mask = (n[:, None] < N) & (m[None, :] < M)
-    tl.store(o_ptr + bid * sob + n[:, None] * son + m[None, :], d.to(o_ptr.dtype.element_ty), mask=mask)
-
-@_jit
-def _cdist_bwd_kernel(x_ptr, y_ptr, g_ptr, c_ptr, w_ptr, ra_ptr, rb_ptr, dc_ptr, N, M, D, sxb, sxn, syb, sym,
-                      sgb, sgn, TN, TM, NEED_DC: tl.constexpr,
-                      MIN_NORM: tl.constexpr, ATANH_EPS: tl.constexpr, F64: tl.constexpr,
-                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
-    pn = tl.program_id(0)
-    pm = tl.program_id(1)
-    bid = tl.program_id(2).to(tl.int64)
-    n = (pn * BN + tl.arange(0, BN)).to(tl.int64)
-    m = (pm * BM + tl.arange(0, BM)).to(tl.int64)
-    c = _cast(tl.load(c_ptr), F64)
-    s = tl.sqrt(c)
-    aa, bb, dd = _cdist_dots(x_ptr + bid * sxb, y_ptr + bid * syb, n, m, N, M, D, sxn, sym, F64, BN, BM, BD)
-    mask = (n[:, None] < N) & (m[None, :] < M)
-    gs = _cast(tl.load(g_ptr + bid * sgb + n[:, None] * sgn + m[None, :], mask=mask, other=0.0), F64)
-    G_aa, G_bb, G_dd, G_c = _dist_bwd(aa[:, None], bb[None, :], dd, c, s, gs, MIN_NORM, ATANH_EPS)
-    G_aa = tl.where(mask, G_aa, 0.0)
-    G_bb = tl.where(mask, G_bb, 0.0)
-    G_dd = tl.where(mask, G_dd, 0.0)
-    tl.store(w_ptr + bid * N * M + n[:, None] * M + m[None, :], G_dd, mask=mask)
-    tl.store(ra_ptr + (bid * TM + pm) * N + n, tl.sum(G_aa + G_dd, 1), mask=n < N)
-    tl.store(rb_ptr + (bid * TN + pn) * M + m, tl.sum(G_bb + G_dd, 0), mask=m < M)
-    if NEED_DC:
-        tl.store(dc_ptr + (bid * TN + pn) * TM + pm, tl.sum(tl.sum(tl.where(mask, G_c, 0.0), 1), 0))
-
-def _cdist_config(N: int, M: int, D: int) -> tuple[int, int, int]:
-    return min(32, max(16, _next_pow2(N))), min(32, max(16, _next_pow2(M))), min(_next_pow2(D), 8)
-
-def _cdist_consts(dtype: torch.dtype) -> dict:
-    k = _consts(dtype)
-    return dict(MIN_NORM=k['MIN_NORM'], ATANH_EPS=k['ATANH_EPS'], F64=k['F64'])  # no projection in a distance
-
-class _CDist(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, c):
-        B, N, D = x.shape
-        M = y.shape[1]
-        BN, BM, BD = _cdist_config(N, M, D)
-        out = torch.empty(B, N, M, dtype=x.dtype, device=x.device)
-        _cdist_fwd_kernel[(triton.cdiv(N, BN), triton.cdiv(M, BM), B)](
-            x, y, out, c, N, M, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-            BN=BN, BM=BM, BD=BD, num_warps=4, **_cdist_consts(x.dtype))
-        ctx.save_for_backward(x, y, c)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, y, c = ctx.saved_tensors
-        B, N, D = x.shape
-        M = y.shape[1]
-        need_x, need_y, need_c = ctx.needs_input_grad
-        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        BN, BM, BD = _cdist_config(N, M, D)
-        TN, TM = triton.cdiv(N, BN), triton.cdiv(M, BM)
-        if g.stride(-1) != 1 or g.stride(-2) != M: g = g.contiguous()
-        w = torch.empty(B, N, M, dtype=cdt, device=x.device)
-        ra = torch.empty(B, TM, N, dtype=cdt, device=x.device)
-        rb = torch.empty(B, TN, M, dtype=cdt, device=x.device)
-        dc = torch.empty(B, TN, TM, dtype=cdt, device=x.device) if need_c else w
-        _cdist_bwd_kernel[(TN, TM, B)](
-            x, y, g, c, w, ra, rb, dc, N, M, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-            g.stride(0), g.stride(1), TN, TM, NEED_DC=need_c, BN=BN, BM=BM, BD=BD, num_warps=4,
-            **_cdist_consts(x.dtype))
-        gx = gy = gc = None
-        if need_x: gx = (2.0 * ra.sum(1).unsqueeze(-1) * x.to(cdt) - 2.0 * torch.bmm(w, y.to(cdt))).to(x.dtype)
-        if need_y:
-            gy = (2.0 * rb.sum(1).unsqueeze(-1) * y.to(cdt) - 2.0 * torch.bmm(w.transpose(1, 2), x.to(cdt))).to(y.dtype)
-        if need_c: gc = dc.sum().reshape(1).to(c.dtype)
-        return gx, gy, gc
-
-# %% ../nbs/02_kernels.ipynb #175b5205
-kernel_calls: collections.Counter = collections.Counter()
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-def _supported(*ts) -> bool:
-    "True when the tensors can go to a kernel (same float dtype and device, non-empty)."
-    t0 = ts[0]
-    for t in ts:
-        if not isinstance(t, torch.Tensor) or t.dtype != t0.dtype or t.device != t0.device: return False
-        if t.dtype not in _FLOATS or t.dim() == 0 or t.numel() == 0: return False
-    if t0.device.type == 'cpu' and not INTERPRET:
-        raise ConfigError("Triton kernels run CPU tensors only in interpreter mode: set TRITON_INTERPRET=1 before "
-                          "importing bytropix, or use the torch backend (`geometry.use_backend('torch')`).")
-    return t0.device.type in ('cuda', 'cpu')
-
-def _scalar_c(c, x: torch.Tensor, ndim: int) -> torch.Tensor | None:
-    "c as a 1-element tensor on x's device (differentiable), or None when c is not a single number."
-    if isinstance(c, (int, float)) and not isinstance(c, bool):  # c <= 0: declined, the reference reports it
-        return _const_c(float(c), x.device) if c > 0 else None
-    if isinstance(c, torch.Tensor) and c.numel() == 1 and c.dtype in _FLOATS and c.dim() <= ndim:
-        return c.reshape(1).to(x.device)
-    return None
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    "A (rows, D) view of `t` with a unit stride along D, copying only when needed."
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-def _unary(op: str, x, c):
-    if not TRITON_AVAILABLE or not _supported(x): return NotImplemented
-    ct = _scalar_c(c, x, x.dim())
-    if ct is None: return NotImplemented
-    kernel_calls[op] += 1
-    return _RowOp.apply(op, _rows(x), None, ct, False).reshape(x.shape)
-
-def _binary(op: str, x, y, c):
-    if not TRITON_AVAILABLE or not _supported(x, y): return NotImplemented
-    try: shape = torch.broadcast_shapes(x.shape, y.shape)
-    except RuntimeError: return NotImplemented
-    D = shape[-1]
-    if x.shape[-1] != D or y.shape[-1] != D: return NotImplemented
-    ct = _scalar_c(c, x, len(shape))
-    if ct is None: return NotImplemented
-    kernel_calls[op] += 1
-    a = _rows(x if x.shape == shape else x.expand(shape))
-    if y.shape == shape: b, bcast = _rows(y), False
-    elif y.numel() == D: b, bcast = _rows(y.reshape(1, D)), True
-    else: b, bcast = _rows(y.expand(shape)), False
-    out = _RowOp.apply(op, a, b, ct, bcast)
-    return out.reshape(shape[:-1] if op == 'dist' else shape)
-
-def mobius_add(x: torch.Tensor, y: torch.Tensor, c=1.0):
-    "Kernel for `geometry.mobius_add`: $x \\oplus_c y$ (projected like the reference)."
-    return _binary('mobius_add', x, y, c)
-
-def expmap0(v: torch.Tensor, c=1.0):
-    "Kernel for `geometry.expmap0`."
-    return _unary('expmap0', v, c)
-
-def logmap0(y: torch.Tensor, c=1.0):
-    "Kernel for `geometry.logmap0`."
-    return _unary('logmap0', y, c)
-
-def expmap(x: torch.Tensor, v: torch.Tensor, c=1.0):
-    "Kernel for `geometry.expmap`: $\\exp_x(v)$."
-    return _binary('expmap', x, v, c)
-
-def logmap(x: torch.Tensor, y: torch.Tensor, c=1.0):
-    "Kernel for `geometry.logmap`: $\\log_x(y)$."
-    return _binary('logmap', x, y, c)
-
-def dist(x: torch.Tensor, y: torch.Tensor, c=1.0, keepdim: bool = False):
-    "Kernel for `geometry.dist` (over the last dimension)."
-    d = _binary('dist', x, y, c)
-    return d if d is NotImplemented or not keepdim else d.unsqueeze(-1)
-
-def project(x: torch.Tensor, c=1.0):
-    "Kernel for `geometry.project`: clip to the ball of radius $(1-\\text{margin})/\\sqrt c$."
-    return _unary('project', x, c)
-
-def cdist(x: torch.Tensor, y: torch.Tensor, c=1.0):
-    "Kernel for `geometry.cdist`: all pairwise distances, `(..., N, D), (..., M, D) -> (..., N, M)`."
-    if not TRITON_AVAILABLE or not _supported(x, y) or x.dim() < 2 or y.dim() < 2 or x.shape[-1] != y.shape[-1]:
-        return NotImplemented
-    try: batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
-    except RuntimeError: return NotImplemented
-    ct = _scalar_c(c, x, len(batch) + 2)
-    if ct is None: return NotImplemented
-    kernel_calls['cdist'] += 1
-    N, M, D = x.shape[-2], y.shape[-2], x.shape[-1]
-    xb = x.expand(*batch, N, D).reshape(-1, N, D)
-    yb = y.expand(*batch, M, D).reshape(-1, M, D)
-    if xb.stride(-1) != 1: xb = xb.contiguous()
-    if yb.stride(-1) != 1: yb = yb.contiguous()
-    return _CDist.apply(xb, yb, ct).reshape(*batch, N, M)
-
 def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, c=1.0):
     "Kernel for `geometry.mobius_linear`: cuBLAS matmul, then one fused hyperbolic epilogue (and its backward)."
     ts = (x, weight) if bias is None else (x, weight, bias)
@@ -968,11 +1024,11 @@ def mobius_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     out = _MobiusLinear.apply(_rows(x), weight, bias, ct)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
+# %% ../nbs/02_kernels.ipynb #fbce0541
 KERNELS: dict[str, Callable] = dict(mobius_add=mobius_add, expmap0=expmap0, logmap0=logmap0, expmap=expmap,
                                     logmap=logmap, dist=dist, project=project, cdist=cdist,
                                     mobius_linear=mobius_linear)
 
-# %% ../nbs/02_kernels.ipynb #fbce0541
 def register_all() -> list[str]:
     "Register every kernel with `bytropix.geometry`'s dispatch; returns the names registered."
     if not TRITON_AVAILABLE: return []

@@ -163,7 +163,17 @@ def _outcome(run: Path) -> dict:
     return {'metrics': recs, 'samples': (run / 'samples.txt').read_text(), 'final': final.name,
             'final_weights': _sha(final / 'model.safetensors'), 'final_optimizer': _sha(final / 'optimizer.pt'),
             'best': [best['step'], _sha(run / 'best/model.safetensors')],
-            'export': {p.name: _sha(p) for p in sorted((run / 'export').iterdir())}}
+            'export': {p.name: _sha(p) for p in sorted((run / 'export').iterdir()) if p.name != 'config.json'},
+            'export_config': _export_config(run / 'export/config.json')}
+
+
+def _export_config(p: Path) -> dict:
+    """An export's config.json without the SHA-256 of its safetensors file: safetensors writes its header's metadata in
+    hash order, so the same tensors give different bytes in another process (the tensors are compared above)."""
+    meta = json.loads(p.read_text())
+    for name, info in (meta.get('files') or {}).items():
+        if name.endswith('.safetensors'): info.pop('sha256', None)
+    return meta
 
 
 def drive(tmp: Path, n: int, seed: int) -> dict:

@@ -1,10 +1,16 @@
 """Property-based tests of bytropix.geometry (hypothesis): agreement with geoopt, gyrogroup axioms, inverses,
-isometries, transport, gradients (points and curvature), finiteness and dtypes.
+isometries, transport, gradients (points and curvature), accuracy against float64, and finiteness of every op's
+forward and backward in every float dtype at zero vectors, at the origin and on the boundary.
 
 Points are drawn as direction × radius with the radius a fraction of the ball's radius 1/sqrt(c), so every
 example is a valid point of the ball; curvatures span two orders of magnitude.
+
+Reproducible by default: the `ci` profile derandomizes hypothesis (the same examples on every run and machine)
+and uses no example database. `BYTROPIX_PROPERTY_PROFILE=thorough` draws 20x as many fresh random examples and
+keeps failures in hypothesis' database (commit each counterexample it finds as an explicit test).
 """
 import math
+import os
 
 import geoopt.manifolds.stereographic.math as gm
 import pytest
@@ -14,7 +20,19 @@ from hypothesis import strategies as st
 
 from bytropix import geometry as G
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = os.environ.get('BYTROPIX_PROPERTY_PROFILE', 'ci')
+if PROFILE not in ('ci', 'thorough'):
+    raise ValueError(f"BYTROPIX_PROPERTY_PROFILE must be 'ci' or 'thorough', got {PROFILE!r}")
+
+
+def prop(n: int) -> settings:
+    "Settings of a property test with `n` examples in the `ci` profile (see the module docstring)."
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    if PROFILE == 'thorough': return settings(max_examples=20 * n, **common)
+    return settings(max_examples=n, derandomize=True, database=None, **common)
+
+
+SETTINGS = prop(25)
 F64 = torch.float64
 
 curv = st.floats(0.05, 5.0)
@@ -76,27 +94,49 @@ def test_agrees_with_geoopt_float64(seed, d, c):
         assert_close(ours, ref, 1e-9, name)
 
 
+ACCURACY_F32 = 1e-5  # max |error| / max(1, |truth|) of the float32 ops below (measured: ≤ 2.6e-6 over 24k rows)
+
+
 @SETTINGS
 @given(seed=seeds, d=dims, c=curv)
-def test_agrees_with_geoopt_float32(seed, d, c):
-    "float32: both libraries against the float64 truth on the same float32 inputs; ours at least as accurate."
+def test_float32_accuracy_against_float64(seed, d, c):
+    """float32 results against the float64 truth computed from the same float32 inputs: a fixed error bound.
+
+    Not "at least as accurate as geoopt": near-antipodal sums x ⊕ y (and exp_x(v), a Möbius sum) lose up to ~5e-5
+    in geoopt's form of the Möbius sum (and in ours before the stable form: the same formula) although the
+    function is well conditioned there; which of two equally unstable float32 results happens to be closer is
+    rounding luck, and that made the former criterion flaky (seed=1, d=1, c=0.375: expmap error 4.0e-05 vs
+    geoopt 2.3e-06)."""
     x, y = points(seed, 16, d, c, rmax=0.9, dtype=torch.float32), points(seed + 1, 16, d, c, rmax=0.9, dtype=torch.float32)
     v = vectors(seed, 16, d, dtype=torch.float32)
-    k = k_of(c, torch.float32)
-    P = lambda t: gm.project(t, k=k)
-    for op, ref, args in [(G.mobius_add, lambda a, b: P(gm.mobius_add(a, b, k=k)), (x, y)),
-                          (G.expmap0, lambda a: P(gm.expmap0(a, k=k)), (v,)),
-                          (G.logmap0, lambda a: gm.logmap0(a, k=k), (x,)),
-                          (G.expmap, lambda a, b: P(gm.expmap(a, b, k=k)), (x, v)),
-                          (G.logmap, lambda a, b: gm.logmap(a, b, k=k), (x, y)),
-                          (G.dist, lambda a, b: gm.dist(a, b, k=k), (x, y))]:
+    margin = (1 - G.ball_eps(torch.float32)) / math.sqrt(c)  # float64 results are projected with float64's margin
+    clip = lambda t: t * (margin / t.norm(dim=-1, keepdim=True).clamp_min(1e-300)).clamp_max(1.0)
+    for op, args, is_point in [(G.mobius_add, (x, y), True), (G.mobius_add, (x, -x * 0.999), True), (G.expmap0, (v,), True),
+                               (G.logmap0, (x,), False), (G.expmap, (x, v), True), (G.expmap, (x, -G.logmap0(x, c) * 2), True),
+                               (G.logmap, (x, y), False), (G.dist, (x, y), False)]:
         ours = op(*args, c)
         assert ours.dtype == torch.float32
         truth = op(*[a.double() for a in args], c)
-        scale = truth.abs().max().clamp_min(1.0)
-        err_ours = ((ours.double() - truth).abs().max() / scale).item()
-        err_geo = ((ref(*args).double() - truth).abs().max() / scale).item()
-        assert err_ours <= max(1e-5, 2 * err_geo), f'{op.__name__}: ours {err_ours:.1e}, geoopt {err_geo:.1e}'
+        if is_point: truth = clip(truth)
+        err = ((ours.double() - truth).abs().max() / truth.abs().max().clamp_min(1.0)).item()
+        assert err <= ACCURACY_F32, f'{op.__name__}: error {err:.1e}'
+
+
+def test_near_antipodal_mobius_sum_float32():
+    "The stored counterexample and a sweep of 1-D exp_x(v) across the origin: accurate where geoopt is not."
+    c = 0.375
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(20000, 1, generator=g, dtype=F64) * 2 - 1) * 0.9 / math.sqrt(c)
+    v = torch.randn(20000, 1, generator=g, dtype=F64)
+    x = torch.cat([x, torch.tensor([[-1.4692522287368774]], dtype=F64)]).float()
+    v = torch.cat([v, torch.tensor([[0.8614068031311035]], dtype=F64)]).float()
+    truth = G.expmap(x.double(), v.double(), c)
+    margin = (1 - G.ball_eps(torch.float32)) / math.sqrt(c)   # the float32 results' projection
+    truth = truth * (margin / truth.norm(dim=-1, keepdim=True)).clamp_max(1.0)
+    k = k_of(c, torch.float32)
+    err = lambda out: (out.double() - truth).abs().max().item()
+    assert err(G.expmap(x, v, c)) <= ACCURACY_F32                        # measured 4.5e-6
+    assert err(gm.project(gm.expmap(x, v, k=k), k=k)) > 2e-5  # geoopt's form of the sum: 4.7e-5, measured
 
 
 # ---------------------------------------------------------------------------------------------- algebra
@@ -179,7 +219,7 @@ def _gradcheck(fn, *args, c):
     assert torch.autograd.gradcheck(lambda *a: fn(*a[:-1], c=a[-1]), (*ins, ct), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-@settings(max_examples=8, deadline=None)
+@prop(8)
 @given(seed=seeds, c=st.floats(0.2, 3.0))
 def test_gradcheck_including_curvature(seed, c):
     x, y = points(seed, 3, 3, c, 0.8), points(seed + 1, 3, 3, c, 0.8)
@@ -196,7 +236,7 @@ HUGE = st.floats(1e2, 1e6)
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@settings(max_examples=10, deadline=None)
+@prop(10)
 @given(seed=seeds, d=dims, c=curv, huge=HUGE)
 def test_finite_forward_backward_and_inside(dtype, seed, d, c, huge):
     if dtype == torch.float16: huge = min(huge, 6e4)  # the largest float16 is 65504
@@ -223,7 +263,7 @@ def test_finite_forward_backward_and_inside(dtype, seed, d, c, huge):
         assert all(torch.isfinite(g).all() for g in grads), (fn.__name__, dtype)
 
 
-@settings(max_examples=20, deadline=None)
+@prop(20)
 @given(seed=seeds, d=dims, c=curv)
 def test_half_matches_float32(seed, d, c):
     x, y = points(seed, 32, d, c, 0.9, torch.float32), points(seed + 1, 32, d, c, 0.9, torch.float32)
@@ -248,3 +288,123 @@ def test_bad_curvature_is_a_clear_error():
     for bad in (0.0, -1.0, float('nan'), float('inf'), 'one', True):
         with pytest.raises(ConfigError, match='[Cc]urvature'):
             G.dist0(torch.zeros(2, 3), bad)
+
+
+# ---------------------------------------------------------------------------------------------- zero vectors, origin, boundary
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+POINT_KINDS = ['origin', 'tiny', 'inner', 'margin', 'on', 'past']  # 'on': norm 1/sqrt(c) in the dtype; 'past': 1.01x
+VECTOR_KINDS = ['zero', 'tiny', 'unit', 'huge']
+
+
+def point(kind: str, c: float, dtype, d: int = 4, n: int = 3, seed: int = 0) -> torch.Tensor:
+    "Points of the ball of curvature -c at a given kind of radius, rounded to `dtype`."
+    if kind == 'origin': return torch.zeros(n, d, dtype=dtype)
+    u = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    r = {'tiny': 1e-4, 'inner': 0.5, 'margin': 1 - G.ball_eps(dtype), 'on': 1.0, 'past': 1.01}[kind]
+    return (u * r / math.sqrt(c)).to(dtype)
+
+
+def vector(kind: str, dtype, d: int = 4, n: int = 3, seed: int = 1) -> torch.Tensor:
+    if kind == 'zero': return torch.zeros(n, d, dtype=dtype)
+    u = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    if kind == 'huge': u = u / u.norm(dim=-1, keepdim=True) * 6e4   # the largest float16 is 65504
+    return (u * (1e-6 if kind == 'tiny' else 1.0)).to(dtype)
+
+
+def _cases(c: float, dt, d: int):
+    "(name, op, args, returns a point?) for every public op over the kinds of points and vectors above."
+    P = lambda k, seed=0: point(k, c, dt, d, seed=seed)
+    V = lambda k, seed=1: vector(k, dt, d, seed=seed)
+    M = torch.randn(3, d, generator=torch.Generator().manual_seed(2), dtype=F64).to(dt)
+    out = []
+    for k in VECTOR_KINDS:
+        out += [('expmap0', G.expmap0, (V(k),), True), ('project', G.project, (V(k),), True)]
+    for k in POINT_KINDS:
+        x = P(k)
+        hyp = G.poincare_to_lorentz(P(k), c)
+        out += [('logmap0', G.logmap0, (x,), False), ('dist0', G.dist0, (x,), False), ('lambda_x', G.lambda_x, (x,), False),
+                ('project', G.project, (x,), True), ('poincare_to_lorentz', G.poincare_to_lorentz, (x,), False),
+                ('lorentz_to_poincare', G.lorentz_to_poincare, (hyp,), True),
+                ('poincare_to_klein', G.poincare_to_klein, (x,), False),
+                ('klein_to_poincare', G.klein_to_poincare, (x,), True),
+                ('mobius_scalar_mul', G.mobius_scalar_mul, (2.0, x), True),
+                ('mobius_scalar_mul r=0', G.mobius_scalar_mul, (torch.zeros(3, 1, dtype=dt), x), True),
+                ('mobius_matvec', G.mobius_matvec, (M, x), True),
+                ('mobius_matvec M=0', G.mobius_matvec, (torch.zeros_like(M), x), True),
+                ('mobius_linear', G.mobius_linear, (x, M, P('inner', 3)[0, :3] if d >= 3 else None), True),
+                ('mobius_linear W=0', G.mobius_linear, (x, torch.zeros_like(M), None), True)]
+        for kv in VECTOR_KINDS:
+            out += [('expmap', G.expmap, (x, V(kv)), True), ('egrad2rgrad', G.egrad2rgrad, (x, V(kv)), False)]
+        for k2 in POINT_KINDS:
+            for y in (P(k2, 5), x, -x):
+                out += [('mobius_add', G.mobius_add, (x, y), True), ('mobius_sub', G.mobius_sub, (x, y), True),
+                        ('logmap', G.logmap, (x, y), False), ('dist', G.dist, (x, y), False),
+                        ('cdist', G.cdist, (x, y), False), ('gyration', G.gyration, (x, y, V('unit')), False),
+                        ('gyration w=0', G.gyration, (x, y, V('zero')), False),
+                        ('parallel_transport', G.parallel_transport, (x, y, V('unit')), False),
+                        ('parallel_transport v=0', G.parallel_transport, (x, y, V('zero')), False)]
+    return out
+
+
+@pytest.mark.parametrize('dtype', FLOATS, ids=str)
+@pytest.mark.parametrize('c', [1e-3, 1.0, 50.0])
+def test_every_op_finite_at_zero_origin_and_boundary(dtype, c):
+    """Forward and backward (every tensor input and a learnable c) finite in every float dtype, for zero and huge
+    tangent vectors and for points at the origin, on the margin, on the boundary and past it (rounding puts
+    half-precision points there); point-valued results inside the ball."""
+    failures = []
+    for d in (1, 4):
+        for name, fn, args, is_point in _cases(c, dtype, d):
+            ins = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+            ct = torch.tensor(c, requires_grad=True)
+            out = fn(*ins, c=ct)
+            where = f'{name} d={d} inputs |.|={[round(float(a.double().norm()), 4) for a in args if isinstance(a, torch.Tensor)]}'
+            if out.dtype != dtype: failures.append(f'{where}: dtype {out.dtype}'); continue
+            if not torch.isfinite(out).all(): failures.append(f'{where}: forward'); continue
+            if is_point and not (out.double().norm(dim=-1) < 1 / math.sqrt(c)).all(): failures.append(f'{where}: outside')
+            wrt = [a for a in ins if isinstance(a, torch.Tensor)] + [ct]
+            grads = torch.autograd.grad(out.float().sum(), wrt, allow_unused=True)
+            if not all(g is None or torch.isfinite(g).all() for g in grads): failures.append(f'{where}: backward')
+    assert not failures, f'{len(failures)} failures, e.g. ' + '; '.join(sorted(set(failures))[:8])
+
+
+@pytest.mark.parametrize('dtype', FLOATS, ids=str)
+@pytest.mark.parametrize('kind', POINT_KINDS)
+def test_expmap_differential_at_zero(dtype, kind):
+    """d exp_x(v)/dv at v = 0 is the identity at every point x inside the margin (exp_x(v) = x + v + O(|v|²)); in
+    float16 this gradient was ±inf (then NaN downstream) at points that rounding put on the boundary. Points on or
+    past the margin count as margin points, where the projection of the result keeps the tangential directions."""
+    c = 0.5
+    x = point(kind, c, dtype)
+    v = torch.zeros_like(x, requires_grad=True)
+    J = torch.stack([torch.autograd.grad(G.expmap(x, v, c)[:, i].float().sum(), v)[0] for i in range(x.shape[-1])], -2)
+    assert torch.isfinite(J).all()
+    J = J.double()
+    eye = torch.eye(x.shape[-1], dtype=F64).expand(x.shape[0], -1, -1)
+    tol = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
+    if kind in ('origin', 'tiny', 'inner'):
+        assert_close(J, eye, tol, f'Jacobian at {kind}')
+    else:  # J restricted to the tangent space of the margin sphere at x is the identity there
+        u = x.double() / x.double().norm(dim=-1, keepdim=True)
+        T = eye - u[:, :, None] * u[:, None, :]
+        assert_close(J @ T, T, 10 * tol, f'tangential Jacobian at {kind}')
+
+
+@pytest.mark.parametrize('dtype', FLOATS, ids=str)
+@prop(15)
+@given(seed=seeds, d=dims, c=curv)
+def test_zero_tangent_vectors(dtype, seed, d, c):
+    "exp_x(0) = x, exp_0(0) = 0, log_x(x) = 0, transport of 0 is 0 — values exact and every gradient finite."
+    x = points(seed, 8, d, c, 0.9).to(dtype).requires_grad_()
+    zero = torch.zeros(8, d, dtype=dtype, requires_grad=True)
+    ct = torch.tensor(c, requires_grad=True)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
+    y = points(seed + 1, 8, d, c, 0.9).to(dtype)
+    for out, want in [(G.expmap(x, zero, ct), x), (G.expmap0(zero, ct), zero), (G.logmap(x, x, ct), zero),
+                      (G.logmap0(zero, ct), zero), (G.parallel_transport(x, y, zero, ct), zero),
+                      (G.mobius_add(x, zero, ct), x), (G.mobius_add(zero, x, ct), x), (G.dist(x, x, ct), zero[:, 0])]:
+        assert out.dtype == dtype
+        assert_close(out, want.detach(), tol)
+        grads = torch.autograd.grad(out.float().sum(), [x, zero, ct], allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in grads)

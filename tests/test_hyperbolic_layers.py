@@ -102,7 +102,7 @@ def test_gradcheck_attention_functional():
 def edge_inputs(n, d, dt, c, seed=0):
     g = torch.Generator().manual_seed(seed)
     u = F.normalize(torch.randn(n, d, generator=g, dtype=DT), dim=-1) / math.sqrt(c)
-    edge = u * (1 - (ball_eps(dt) if dt in (torch.float16, torch.bfloat16) else 1e-9))
+    edge = u * (1 - 1e-9)  # on the boundary to rounding (in half precision: past the margin)
     return torch.cat([edge, u * 3.0, torch.zeros(1, d, dtype=DT), u * 1e-8]).to(dt)
 
 
@@ -122,10 +122,7 @@ LAYERS = {
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_layers_finite_at_the_boundary(name, c, dt):
     torch.manual_seed(0)
-    layer = LAYERS[name](c).to(dt)
-    if dt == torch.float16:  # a learnable curvature's gradient at the boundary exceeds float16's range: keep it float32
-        for m in layer.modules():
-            if isinstance(m, PoincareBall): m.float()
+    layer = LAYERS[name](c).to(dt)  # the curvature parameter too: its float16 gradient saturates instead of overflowing
     x = edge_inputs(4, 5, dt, c).requires_grad_()
     out = layer(x)
     assert out.dtype == dt and torch.isfinite(out).all()
@@ -143,12 +140,57 @@ def test_layers_finite_at_the_boundary(name, c, dt):
 def test_attention_finite_for_huge_inputs(agg, dt):
     torch.manual_seed(0)
     att = HyperbolicAttention(8, 2, aggregation=agg, rope=RotaryEmbedding(4, 16), window=3).to(dt)
-    if dt == torch.float16: att.ball.float()
     x = (torch.randn(2, 6, 8, dtype=DT) * 1e3).to(dt).requires_grad_()
     out = att(x)
     assert out.dtype == dt and torch.isfinite(out).all()
     out.float().square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in att.parameters() if p.requires_grad) and torch.isfinite(x.grad).all()
+
+
+FLOATS = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize('dt', FLOATS, ids=str)
+@pytest.mark.parametrize('name', list(LAYERS))
+def test_layers_finite_for_zero_inputs_in_every_dtype(name, dt):
+    """Padding: all-zero inputs (the origin of the ball) through every layer, cast whole to `dt` — the curvature
+    parameter too — forward and backward finite, also with zero weights."""
+    torch.manual_seed(0)
+    for zero_weights in (False, True):
+        layer = LAYERS[name](1.0).to(dt)
+        if zero_weights:
+            with torch.no_grad():
+                for n, p in layer.named_parameters():
+                    if 'isp_c' not in n: p.zero_()
+        x = torch.zeros(3, 5, dtype=dt, requires_grad=True)
+        out = layer(x)
+        assert out.dtype == dt and torch.isfinite(out).all(), (name, zero_weights)
+        out.float().square().sum().backward()
+        bad = [n for n, p in list(layer.named_parameters()) + [('x', x)]
+               if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, (name, zero_weights, bad)
+
+
+@pytest.mark.parametrize('dt', FLOATS, ids=str)
+@pytest.mark.parametrize('agg', ['einstein', 'gyromidpoint'])
+def test_attention_and_embedding_finite_for_padding(agg, dt):
+    "Zero tangent inputs at padded positions (and all positions), a zero embedding row: finite forward and backward."
+    torch.manual_seed(0)
+    att = HyperbolicAttention(8, 2, aggregation=agg, rope=RotaryEmbedding(4, 16)).to(dt)
+    x = (torch.randn(2, 6, 8, dtype=DT)).to(dt)
+    x[:, 3:] = 0                                                    # right padding
+    x[1] = 0                                                        # a fully padded row
+    x.requires_grad_()
+    out = att(x)
+    assert out.dtype == dt and torch.isfinite(out).all()
+    out.float().square().sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in att.parameters() if p.requires_grad)
+    emb = HyperbolicEmbedding(5, 4, learnable_c=True).to(dt)
+    with torch.no_grad(): emb.weight[0] = 0                         # a padding token at the origin
+    y = emb.tangent(torch.tensor([[0, 1, 0]]))
+    assert y.dtype == dt and torch.isfinite(y).all() and (y[0, 0] == 0).all()
+    y.float().sum().backward()
+    assert torch.isfinite(emb.weight.grad).all() and torch.isfinite(emb.ball.isp_c.grad).all()
 
 
 # -- attention ----------------------------------------------------------------------------------------------------

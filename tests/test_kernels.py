@@ -4,6 +4,7 @@ curvature variants, declines, determinism, and importing without Triton.
 On a machine without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set here before the
 kernels are imported; CI exports it for the whole suite). With CUDA and no TRITON_INTERPRET they run on the GPU.
 """
+import itertools
 import math
 import os
 import subprocess
@@ -273,3 +274,100 @@ def test_cpu_without_interpreter_is_a_clear_error():
             "    assert 'TRITON_INTERPRET=1' in str(e); print('ok')\n")
     r = _run(code, TRITON_INTERPRET='0')
     assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-2000:]
+
+
+# Degenerate inputs (issue 10, defect 11): zero vectors, the origin, equal points and the boundary of the ball, in
+# every float dtype and at several curvatures. The kernels compute in float32 (float64 for float64 inputs), so no
+# intermediate overflows; what must hold is that every output and gradient is finite.
+
+def _rows_with_norms(norms, D, dtype, seed):
+    u = torch.randn(len(norms), D, generator=_gen(seed), dtype=torch.float64)
+    return (u / u.norm(dim=-1, keepdim=True) * torch.tensor(norms, dtype=torch.float64)[:, None]).to(dtype).to(DEV)
+
+
+def _degenerate(op, dtype, c, D=6, seed=0):
+    """Every combination of degenerate inputs for `op` as one batch: points at the origin, of norm 1e-6, mid-ball,
+    just inside the boundary, on the projection radius (1 - margin)/sqrt(c) and on the rim 1/sqrt(c); tangent vectors
+    zero, tiny, unit and huge; pairs of equal points. Returns (labels, args)."""
+    m = K._numerics(dtype)[1]
+    pts = dict(origin=0.0, tiny=1e-6, mid=0.5, near=1 - 3 * m, edge=1 - m, rim=1.0)
+    pts = {k: r / math.sqrt(c) for k, r in pts.items()}
+    tans = dict(zero=0.0, tiny=1e-6, unit=1.0, huge=1e4)
+    kinds = {'mobius_add': (pts, pts), 'logmap': (pts, pts), 'dist': (pts, pts), 'cdist': (pts, pts),
+             'expmap': (pts, tans), 'expmap0': (tans,), 'logmap0': (pts,), 'project': (pts,),
+             'mobius_linear': (pts,)}[op]
+    combos = list(itertools.product(*[k.items() for k in kinds]))
+    labels = [','.join(n for n, _ in combo) for combo in combos]
+    args = [_rows_with_norms([combo[i][1] for combo in combos], D, dtype, seed + i) for i in range(len(kinds))]
+    if len(kinds) == 2 and kinds[1] is pts:  # the same point twice
+        same = _rows_with_norms(list(pts.values()), D, dtype, seed + 7)
+        labels += [f'{k}={k}' for k in pts]
+        args = [torch.cat([a, same]) for a in args]
+    return labels, args
+
+
+@pytest.mark.parametrize('c', [0.1, 0.8, 10.0])
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('op', OPS)
+def test_degenerate_inputs_are_finite(op, dtype, c):
+    labels, args = _degenerate(op, dtype, c)
+    # float16 on the rim itself (1 - c|x|^2 down to ~1e-6, a point no operation returns) has exact gradients past
+    # 65504, which round to inf like the exact value would: those rows are checked forward only
+    keep = [i for i, l in enumerate(labels) if not (dtype == torch.float16 and 'rim' in l)]
+    extra = ()
+    if op == 'mobius_linear':
+        W = tangent(5, args[0].shape[-1], scale=0.4, dtype=dtype, seed=11)
+        edge_bias = _rows_with_norms([(1 - K._numerics(dtype)[1]) / math.sqrt(c)], 5, dtype, 12)[0]
+        extra = [(W, None), (W, torch.zeros(5, dtype=dtype, device=DEV)), (W, edge_bias), (0 * W, None)]
+    for tail in (extra or [()]):
+        with torch.no_grad():
+            out = K.KERNELS[op](*args, *tail, c=c)
+        assert torch.isfinite(out).all(), [l for i, l in enumerate(labels) if not torch.isfinite(out[i]).all()]
+        ins = [a[keep].detach().clone().requires_grad_() for a in args]
+        tl_ = [t.detach().clone().requires_grad_() if t is not None else None for t in tail]
+        ct = torch.tensor(c, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=DEV,
+                          requires_grad=True)
+        out = K.KERNELS[op](*ins, *tl_, c=ct)
+        wrt = ins + [t for t in tl_ if t is not None] + [ct]
+        grads = torch.autograd.grad(out, wrt, torch.randn(out.shape, generator=_gen(5)).to(dtype).to(DEV))
+        for j, g in enumerate(grads):
+            if j < len(ins):
+                bad = [labels[keep[i]] for i in range(len(keep)) if not torch.isfinite(g[i]).all()]
+                assert not bad, f'{op} {dtype} c={c}: non-finite gradient of input {j} at {bad}'
+            else:
+                assert torch.isfinite(g).all(), f'{op} {dtype} c={c}: non-finite gradient {j}'
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_gradient_at_a_zero_tangent_vector_is_the_upstream_gradient(dtype):
+    # d exp_x(v)/dv at v = 0 is the identity (the Möbius addition contributes 1 - c|x|^2, lambda_x/2 its inverse):
+    # a masked or padded position (v = 0) passes its gradient through unchanged, in every dtype
+    tol = TOL[dtype] * 3
+    for x in (ball(8, 5, dtype=dtype), torch.zeros(8, 5, dtype=dtype, device=DEV)):
+        v = torch.zeros(8, 5, dtype=dtype, device=DEV, requires_grad=True)
+        g = tangent(8, 5, dtype=dtype)
+        gv, = torch.autograd.grad(K.expmap(x, v, 0.8), v, g)
+        assert rel_err(gv, g) < tol
+        gv, = torch.autograd.grad(K.expmap0(v, 0.8), v, g)
+        assert rel_err(gv, g) < tol
+
+
+def _close_points(R, D, dtype, seed):
+    x = ball(R, D, dtype=dtype, seed=seed)
+    ulps = torch.randint(-3, 4, x.shape, generator=_gen(seed + 1)).to(DEV)
+    return x, x + ulps * x.abs() * torch.finfo(dtype).eps  # 0 to 3 ulps apart, componentwise
+
+
+@pytest.mark.parametrize('D', [6, K._MAX_BLOCK_D + 5])  # rows in registers, and rows in chunks
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
+def test_dist_gradient_of_close_points(dtype, D):
+    # d dist/d|x-y|^2 grows like 1/|x-y|; written as coefficients of x and y the gradient cancelled to a relative
+    # error of ~0.5 for points a few ulps apart; the kernel now multiplies the difference x - y itself
+    x, y = _close_points(16 if D < 100 else 3, D, dtype, seed=D)
+    for y_ in (y, y[:1]):  # a second row each, and one row broadcast to all (its gradient summed in the kernel)
+        xk, yk, x64, y64 = (t.detach().clone().requires_grad_() for t in (x, y_, x.double(), y_.double()))
+        g = torch.rand(x.shape[0], generator=_gen(3), dtype=torch.float64).to(DEV)
+        gk = torch.autograd.grad(K.dist(xk, yk, 0.8), (xk, yk), g.to(dtype))
+        gr = torch.autograd.grad(geometry.TORCH_OPS['dist'](x64, y64, c=0.8), (x64, y64), g)
+        errs = [rel_err(a, b) for a, b in zip(gk, gr)]
+        assert max(errs) < (1e-5 if dtype == torch.float32 else 1e-12), errs

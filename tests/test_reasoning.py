@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bytropix.models.base import BytropixModel, build_model
-from bytropix.models.hrm import HRM, HRMConfig, PuzzleTransformer, count_saved_tensors
-from bytropix.models.trm import TRM, TRMConfig
+from bytropix.models.reasoning import HRM, TRM, HRMConfig, PuzzleTransformer, TRMConfig, count_saved_tensors
 
 SMALL = dict(vocab_size=6, block_size=16, n_embd=32, n_head=2, multiple_of=16, halt_max_steps=3)
 

@@ -15,7 +15,8 @@ import bytropix.models.wubu_bytes  # noqa: F401  (registers `wubu_bytes`)
 from bytropix.config import load_config
 from bytropix.core import ConfigError, DataError
 from bytropix.models.base import BytropixModel, build_model
-from bytropix.models.wubu import WuBuBlock, WuBuConfig, WuBuLM
+from bytropix.layers.wubu import WuBuBlock, WuBuNestingConfig
+from bytropix.models.wubu import WuBuConfig, WuBuLM
 from bytropix.models.wubu_bytes import (WuBuBytesConfig, WuBuBytesLM, completed_patch, patch_ids, patch_starts,
                                         pool_patches)
 from bytropix.training.trainer import Trainer
@@ -103,7 +104,8 @@ def test_config_errors_are_clear():
 def test_curvature_scale_spread_stay_positive_under_absurd_optimizer_steps():
     torch.manual_seed(0)
     m = build_model('wubu', {**TINY, 'intra': 'mobius', 'attention': 'hyperbolic'})
-    geo = [p for b in m.blocks for g in b.wubu.geo for n, p in g.named_parameters() if n.endswith('raw')]
+    geo = [p for b in m.blocks for g in b.wubu.geo for n, p in g.named_parameters() if n.endswith(('raw', 'isp_c'))]
+    assert len(geo) == 3 * 2 * len(TINY['level_dims'])  # curvature, scale, spread per level and layer
     opt = torch.optim.SGD(geo, lr=1e6)
     for sign in (1.0, -1.0, 1.0):
         loss = sign * m(ids(), ids()).loss * 1e3
@@ -143,14 +145,13 @@ def test_level_checkpointing_gives_the_same_gradients():
 def test_block_levels_change_with_curvature():
     # the output depends on each level's curvature (the geometry is not a no-op)
     torch.manual_seed(0)
-    lv = WuBuConfig.from_dict({'level_dims': [8, 4]}).levels()
-    blk = WuBuBlock(16, lv)
+    blk = WuBuBlock(16, WuBuNestingConfig.from_dict({'level_dims': [8, 4]}))
     x = torch.randn(3, 16)
     y0 = blk(x)
     for i in range(2):
-        with torch.no_grad(): blk.geo[i].curvature.raw += 1.0
+        with torch.no_grad(): blk.geo[i].curvature.isp_c += 1.0
         assert not torch.allclose(blk(x), y0, atol=1e-6)
-        with torch.no_grad(): blk.geo[i].curvature.raw -= 1.0
+        with torch.no_grad(): blk.geo[i].curvature.isp_c -= 1.0
 
 
 # -- the trainer ------------------------------------------------------------------------------------------------------

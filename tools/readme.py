@@ -2,6 +2,8 @@
 
 `nbdev-readme` renders through Quarto, which cannot be installed offline; this writes the same content (the
 notebook's markdown cells and the sources of its visible code cells) so the README never drifts from the index.
+Quarto's diagram cells (```{mermaid}) become the ```mermaid blocks that GitHub draws, and image paths relative to
+nbs/ are made relative to the repository root.
 """
 import json
 import sys
@@ -14,7 +16,10 @@ for cell in nb['cells']:
     src = ''.join(cell['source']).strip()
     if not src or src.startswith('#| hide'):
         continue
-    parts.append(src if cell['cell_type'] == 'markdown' else f"```python\n{src}\n```")
+    if cell['cell_type'] == 'markdown':
+        src = src.replace('```{mermaid}', '```mermaid').replace('src="images/', 'src="nbs/images/').replace('](images/', '](nbs/images/')
+        parts.append(src)
+    else: parts.append(f"```python\n{src}\n```")
 text = '<!-- generated from nbs/index.ipynb by tools/readme.py: do not edit -->\n\n' + '\n\n'.join(parts) + '\n'
 readme = root / 'README.md'
 if '--check' in sys.argv[1:]:

@@ -27,4 +27,6 @@ else
 fi
 
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider "$@"
+# Coverage of the package by the pytest tests (the notebooks' inline tests are not counted); pytest-cov prints its
+# table before pytest's summary line, which stays the last line printed.
+python -m pytest -q -p no:cacheprovider --cov=bytropix --cov-report=term:skip-covered "$@"

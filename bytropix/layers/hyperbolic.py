@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import ConfigError, compute_dtype, did_you_mean, is_half
-from ..geometry import (Curvature, PoincareBall, ball_eps, cdist, expmap0, klein_to_poincare, lambda_x, logmap0,
-                               mobius_add, mobius_linear, mobius_scalar_mul, poincare_to_klein, project)
+from ..geometry import (Curvature, PoincareBall, ball_eps, cdist, expmap0, floored_softplus, inv_softplus,
+                               klein_to_poincare, lambda_x, logmap0, mobius_add, mobius_linear, mobius_scalar_mul,
+                               poincare_to_klein, project)
 from .attention import KVCache, attention_mask
 from .rope import RotaryEmbedding
 
@@ -268,9 +269,6 @@ def hyperbolic_attention(q: Tensor, k: Tensor, v: Tensor, c: Curvature = 1.0, be
     return (y, w) if return_weights else y
 
 # %% ../../nbs/15_hyperbolic_layers.ipynb #cf62d55a
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
 class HyperbolicAttention(nn.Module):
     "Multi-head attention by negative hyperbolic distance and Einstein-midpoint aggregation; tangent (B, T, dim) in and out."
     def __init__(self, dim: int, n_head: int, head_dim: int | None = None, c: float = 1.0, learnable_c: bool = True,
@@ -294,13 +292,13 @@ class HyperbolicAttention(nn.Module):
         self.out_proj.residual_projection = True
         self.resid_drop = nn.Dropout(dropout)
         self.ball = PoincareBall(c, learnable=learnable_c)
-        self.beta_raw = nn.Parameter(torch.full((n_head,), _inv_softplus(temperature)))
+        self.beta_raw = nn.Parameter(torch.full((n_head,), inv_softplus(temperature)))
         self.rope = rope
 
     @property
     def beta(self) -> Tensor:
         "The per-head temperatures $\\beta>0$."
-        return F.softplus(self.beta_raw)
+        return floored_softplus(self.beta_raw)
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         "An empty `KVCache` holding this layer's key and value points."

@@ -93,6 +93,7 @@ class IdentityRotation(Rotation):
     def matrix(self) -> torch.Tensor: return torch.eye(self.dim)
     def _apply_rot(self, xs): return xs
 
+# %% ../../nbs/16_rotations.ipynb #07d8bbe0
 class SORotation(Rotation):
     "A learnable rotation $\\exp(A - A^\\top)$ of $\\mathbb R^n$ ($n(n-1)/2$ parameters; `init_std=0`: the identity)."
     def __init__(self, dim: int, init_std: float = 0.0):
@@ -104,6 +105,7 @@ class SORotation(Rotation):
     def matrix(self) -> torch.Tensor: return so_matrix(self.params, self.dim)
     def extra_repr(self) -> str: return f"dim={self.dim}"
 
+# %% ../../nbs/16_rotations.ipynb #949c55f5
 class QuaternionRotation(Rotation):
     "Blockwise $x_j\\mapsto p_j x_j \\bar q_j$ with learnable unit quaternions per 4-block (`dim` divisible by 4)."
     def __init__(self, dim: int, init_std: float = 0.0):
@@ -130,6 +132,7 @@ class QuaternionRotation(Rotation):
 
     def extra_repr(self) -> str: return f"dim={self.dim}, blocks={self.dim // 4}"
 
+# %% ../../nbs/16_rotations.ipynb #86a55fe3
 ROTATIONS = {'so': SORotation, 'quaternion': QuaternionRotation, 'identity': IdentityRotation}
 
 def make_rotation(kind: str, dim: int, init_std: float = 0.0) -> Rotation:

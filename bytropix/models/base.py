@@ -9,6 +9,7 @@ Docs: https://bytropix.github.io/bytropix/models_base.html.md"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -19,13 +20,15 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from ..core import (CheckpointError, ConfigBase, ConfigError, Registry, atomic_path, atomic_write_text)
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'MODELS', 'ModelConfig', 'ModelOutput',
-           'lm_loss', 'save_weights', 'load_weights', 'BytropixModel', 'register_model', 'get_model_class',
-           'get_config_class', 'build_model', 'model_card']
+__all__ = ['IGNORE_INDEX', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'EXPORT_FILES', 'MODELS', 'ModelConfig',
+           'ModelOutput', 'lm_loss', 'save_weights', 'load_weights', 'rename_legacy_keys', 'BytropixModel',
+           'file_sha256', 'verify_export', 'register_model', 'get_model_class', 'get_config_class', 'build_model',
+           'model_card']
 
 # %% ../../nbs/20_models_base.ipynb #c9499cf7
 @dataclass
@@ -70,6 +73,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, device: str | torch.
     except Exception as e:
         raise CheckpointError(f"Cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {e}). "
                               "Use another checkpoint (e.g. an earlier step) or re-export the model.") from None
+    rename_legacy_keys(model, tensors)
     sd = model.state_dict()
     # save_model stores one name per shared tensor: map every alias back to the stored name
     missing = [k for k in sd if k not in tensors]
@@ -97,6 +101,14 @@ def _shared_aliases(model: nn.Module) -> dict[str, list[str]]:
     for k, v in model.state_dict(keep_vars=False).items():
         by_ptr.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)), []).append(k)
     return {k: [a for a in names if a != k] for names in by_ptr.values() for k in names}
+
+def rename_legacy_keys(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    "Rename, in place, the tensors an older version saved under a name a module lists in its `legacy_state_keys`."
+    for name, mod in model.named_modules():
+        for old, new in getattr(mod, 'legacy_state_keys', {}).items():
+            p = f'{name}.' if name else ''
+            if p + old in tensors and p + new not in tensors: tensors[p + new] = tensors.pop(p + old)
+    return tensors
 
 # %% ../../nbs/20_models_base.ipynb #030bef66
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, CARD_FILE = 'config.json', 'model.safetensors', 'tokenizer.json', 'README.md'
@@ -126,75 +138,110 @@ class BytropixModel(nn.Module):
         "Consume new tokens `ids` (B, T_new) given `state`; return their logits (B, T_new, V) and the new state."
         raise NotImplementedError(f"{type(self).__name__} has no incremental decoding.")
 
-    # -- parameters --
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        "Number of distinct parameters (tied weights counted once)."
-        seen, n = set(), 0
-        emb = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
-        for p in self.parameters():
-            if id(p) in seen or id(p) in emb: continue
-            seen.add(id(p)); n += p.numel()
-        return n
+# %% ../../nbs/20_models_base.ipynb #5e548eab
+@patch
+def num_parameters(self: BytropixModel, exclude_embeddings: bool = False) -> int:
+    "Number of distinct parameters (tied weights counted once)."
+    seen, n = set(), 0
+    emb = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+    for p in self.parameters():
+        if id(p) in seen or id(p) in emb: continue
+        seen.add(id(p)); n += p.numel()
+    return n
 
-    def manifold_parameters(self) -> list[nn.Parameter]:
-        "Parameters living on a manifold (`geoopt.ManifoldParameter`): the trainer gives them a Riemannian optimizer."
-        try: from geoopt import ManifoldParameter
-        except ImportError: return []
-        return [p for p in self.parameters() if isinstance(p, ManifoldParameter)]
+@patch
+def manifold_parameters(self: BytropixModel) -> list[nn.Parameter]:
+    "Parameters living on a manifold (`geoopt.ManifoldParameter`): the trainer gives them a Riemannian optimizer."
+    try: from geoopt import ManifoldParameter
+    except ImportError: return []
+    return [p for p in self.parameters() if isinstance(p, ManifoldParameter)]
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        "AdamW groups: decay matrices, not biases, norms, embeddings, scalars or manifold parameters."
-        manifold = {id(p) for p in self.manifold_parameters()}
-        no_decay_mods = (nn.Embedding, nn.LayerNorm, getattr(nn, 'RMSNorm', nn.LayerNorm))
-        no_decay = {id(p) for m in self.modules() if isinstance(m, no_decay_mods) for p in m.parameters(recurse=False)}
-        decay, other, seen = [], [], set()
-        for name, p in self.named_parameters():
-            if not p.requires_grad or id(p) in seen or id(p) in manifold: continue
-            seen.add(id(p))
-            (decay if p.ndim >= 2 and id(p) not in no_decay else other).append(p)
-        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': other, 'weight_decay': 0.0}]
-        return [g for g in groups if g['params']]
+@patch
+def param_groups(self: BytropixModel, weight_decay: float) -> list[dict]:
+    "AdamW groups: decay matrices, not biases, norms, embeddings, scalars or manifold parameters."
+    manifold = {id(p) for p in self.manifold_parameters()}
+    no_decay_mods = (nn.Embedding, nn.LayerNorm, getattr(nn, 'RMSNorm', nn.LayerNorm))
+    no_decay = {id(p) for m in self.modules() if isinstance(m, no_decay_mods) for p in m.parameters(recurse=False)}
+    decay, other, seen = [], [], set()
+    for name, p in self.named_parameters():
+        if not p.requires_grad or id(p) in seen or id(p) in manifold: continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 and id(p) not in no_decay else other).append(p)
+    groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': other, 'weight_decay': 0.0}]
+    return [g for g in groups if g['params']]
 
-    # -- generation (one implementation for every architecture, in bytropix.generation) --
-    @torch.no_grad()
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, repetition_penalty: float = 1.0,
-                 stop: Sequence[int] | Sequence[Sequence[int]] | None = None, **kw) -> torch.Tensor:
-        "Continue `ids` (B, T) by up to `max_new_tokens` tokens; `temperature=0` is greedy. See `bytropix.generation`."
-        from bytropix.generation import generate  # generation sits above models in the layering
-        return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        repetition_penalty=repetition_penalty, stop=stop, **kw)
+# %% ../../nbs/20_models_base.ipynb #972a50b0
+@patch
+@torch.no_grad()
+def generate(self: BytropixModel, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, repetition_penalty: float = 1.0,
+             stop: Sequence[int] | Sequence[Sequence[int]] | None = None, **kw) -> torch.Tensor:
+    "Continue `ids` (B, T) by up to `max_new_tokens` tokens; `temperature=0` is greedy. See `bytropix.generation`."
+    from bytropix.generation import generate  # generation sits above models in the layering
+    return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                    repetition_penalty=repetition_penalty, stop=stop, **kw)
 
-    # -- persistence --
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, card: dict | None = None) -> Path:
-        "Write `config.json`, `model.safetensors`, `tokenizer.json` (if given) and a model card `README.md`."
-        d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-        from bytropix import __version__
-        meta = {'arch': self.arch, 'config': self.config.to_dict(), 'bytropix_version': __version__}
-        save_weights(self, d/WEIGHTS_FILE, metadata={'arch': self.arch})
-        if tokenizer is not None: tokenizer.save(d/TOKENIZER_FILE)
-        atomic_write_text(d/CARD_FILE, model_card(self, card or {}))
-        atomic_write_text(d/CONFIG_FILE, json.dumps(meta, indent=2) + '\n')  # last: its presence marks a complete export
-        return d
+# %% ../../nbs/20_models_base.ipynb #d32936fc
+EXPORT_FILES = (WEIGHTS_FILE, TOKENIZER_FILE)  # what config.json records checksums of (the card is documentation)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = 'cpu') -> BytropixModel:
-        "Load a model saved by `save_pretrained` (any architecture when called on `BytropixModel`)."
-        d = Path(directory)
-        cfg_path = d/CONFIG_FILE
-        if not cfg_path.is_file():
-            raise CheckpointError(f"No {CONFIG_FILE} in {d}: not a saved bytropix model (save one with model.save_pretrained(dir)).")
-        try: meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); the export is corrupt.") from None
-        if not isinstance(meta, dict) or 'arch' not in meta or 'config' not in meta:
-            raise CheckpointError(f"{cfg_path} lacks `arch`/`config`; it was not written by save_pretrained.")
-        model_cls = get_model_class(meta['arch'])
-        if cls is not BytropixModel and not issubclass(model_cls, cls):
-            raise CheckpointError(f"{d} holds a `{meta['arch']}` model, not a {cls.__name__}; load it with BytropixModel.from_pretrained.")
-        model = model_cls(model_cls.config_class.from_dict(meta['config'], _path='model'))
-        load_weights(model, d/WEIGHTS_FILE, device=map_location)
-        return model.to(map_location).eval()
+def file_sha256(path: str | os.PathLike) -> str:
+    "SHA-256 of a file's bytes (hex), read in 1 MiB chunks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def verify_export(directory: str | os.PathLike, meta: dict, checksums: bool = True) -> None:
+    "Check each file an export's config.json records (`files`: size, and SHA-256 unless `checksums=False`)."
+    d = Path(directory)
+    files = meta.get('files', {})  # exports written before checksums were recorded have none
+    fix = ("Re-export the model (model.save_pretrained, or run `bytropix train`/`bytropix average` again) or copy the "
+           "export again from its source.")
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and {'bytes', 'sha256'} <= set(v) for v in files.values()):
+        raise CheckpointError(f"{d/CONFIG_FILE} has a malformed `files` record; the export is corrupt. {fix}")
+    for name, info in files.items():
+        f = d/name
+        if not f.is_file(): raise CheckpointError(f"{d} is missing {name}, which its {CONFIG_FILE} lists. {fix}")
+        if f.stat().st_size != info['bytes']:
+            raise CheckpointError(f"{f} is truncated or altered: {f.stat().st_size} bytes, {info['bytes']} were exported. {fix}")
+        if checksums and file_sha256(f) != info['sha256']:
+            raise CheckpointError(f"{f} is corrupt: its SHA-256 differs from the one recorded in {CONFIG_FILE} at export. {fix}")
+
+@patch
+def save_pretrained(self: BytropixModel, directory: str | os.PathLike, tokenizer: Any = None, card: dict | None = None) -> Path:
+    "Write `model.safetensors`, `tokenizer.json` (if given), a model card `README.md`, then `config.json` with their checksums."
+    d = Path(directory); d.mkdir(parents=True, exist_ok=True)
+    from bytropix import __version__
+    save_weights(self, d/WEIGHTS_FILE, metadata={'arch': self.arch})
+    written = [WEIGHTS_FILE]
+    if tokenizer is not None: tokenizer.save(d/TOKENIZER_FILE); written.append(TOKENIZER_FILE)
+    atomic_write_text(d/CARD_FILE, model_card(self, card or {}))
+    files = {n: {'bytes': (d/n).stat().st_size, 'sha256': file_sha256(d/n)} for n in written}
+    meta = {'arch': self.arch, 'config': self.config.to_dict(), 'bytropix_version': __version__, 'files': files}
+    atomic_write_text(d/CONFIG_FILE, json.dumps(meta, indent=2) + '\n')  # last: its presence marks a complete export
+    return d
+
+# %% ../../nbs/20_models_base.ipynb #8726677a
+@patch(cls_method=True)
+def from_pretrained(cls: BytropixModel, directory: str | os.PathLike, map_location: str | torch.device = 'cpu',
+                    verify: bool = True) -> BytropixModel:
+    "Load a model saved by `save_pretrained` (any architecture when called on `BytropixModel`); `verify`: check the SHA-256s."
+    d = Path(directory)
+    cfg_path = d/CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"No {CONFIG_FILE} in {d}: not a saved bytropix model (save one with model.save_pretrained(dir)).")
+    try: meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); the export is corrupt.") from None
+    if not isinstance(meta, dict) or 'arch' not in meta or 'config' not in meta:
+        raise CheckpointError(f"{cfg_path} lacks `arch`/`config`; it was not written by save_pretrained.")
+    verify_export(d, meta, checksums=verify)  # sizes always (cheap), hashes unless verify=False
+    model_cls = get_model_class(meta['arch'])
+    if cls is not BytropixModel and not issubclass(model_cls, cls):
+        raise CheckpointError(f"{d} holds a `{meta['arch']}` model, not a {cls.__name__}; load it with BytropixModel.from_pretrained.")
+    model = model_cls(model_cls.config_class.from_dict(meta['config'], _path='model'))
+    load_weights(model, d/WEIGHTS_FILE, device=map_location)
+    return model.to(map_location).eval()
 
 # %% ../../nbs/20_models_base.ipynb #b686c914
 MODELS: Registry = Registry('architecture', discover=True)  # model chapters register themselves

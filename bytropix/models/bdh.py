@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
 from ..core import CheckpointError, ConfigError, DataError, compute_dtype
@@ -196,72 +197,77 @@ class BDH(BytropixModel):
         if f is None: f = self._freqs_on[device] = self._pair_freqs.to(device)
         return bdh_rope_cos_sin(torch.arange(start, start + length, device=device, dtype=torch.float32), f)
 
-    def _layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rho: torch.Tensor | None = None,
-               chunk: int | None = None, inplace: bool = False,
-               capture: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        "One application of the shared layer to x (B, T, D); with a state or a chunk size, the chunked/recurrent attention."
-        B, T, D = x.shape
-        H, N = self.config.n_head, self.config.n_neurons
-        # x @ encoder as one (D, H·N) matmul: broadcasting (B,1,T,D) @ (H,D,N) as the reference does copies the
-        # encoder B times (1 GB per layer at the reference size); the result is the same
-        x_sparse = F.relu(x @ self.encoder.transpose(0, 1).reshape(D, H * N)).view(B, T, H, N)
-        q = bdh_rope(x_sparse.transpose(1, 2), cos, sin)                  # (B, H, T, N)
-        v = x.unsqueeze(1)                                                # (B, 1, T, D): values shared by the heads
-        if rho is None and (chunk is None or chunk >= T): a = bdh_attention(q, v)
-        else: a, rho = bdh_attention_chunked(q, v, rho, chunk or DEFAULT_PREFILL_CHUNK, inplace)
-        y_sparse = F.relu(torch.einsum('bhtd,hdn->bthn', self.ln(a), self.encoder_v))   # (B, T, H, N)
-        xy = self.drop(x_sparse * y_sparse)
-        y = self.ln(xy.reshape(B, T, H * N) @ self.decoder)               # heads concatenated, head-major
-        if capture is not None: capture.append((x_sparse.detach().transpose(1, 2), y_sparse.detach().transpose(1, 2)))
-        return self.ln(x + y), rho
-
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.lm_head
 
-    # -- the parallel (or chunked) form --
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                return_activations: bool = False) -> ModelOutput:
-        "Logits (B, T, V) for ids (B, T); mean cross-entropy against `targets` (ignore_index -100) when given."
-        x = self._embed(ids)
-        T = ids.shape[1]
-        cos, sin = self.rope_tables(0, T, ids.device)
-        chunk = self.config.attn_chunk_size
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        capture = [] if return_activations else None
-        for _ in range(self.config.n_layer):
-            if ckpt and capture is None:
-                x = checkpoint(self._layer, x, cos, sin, None, chunk, use_reentrant=False)[0]
-            else:
-                x, _ = self._layer(x, cos, sin, chunk=chunk, capture=capture)
-        logits = self._head(x)
-        out = ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
-        if capture is not None:
-            out.aux['activations'] = BDHActivations(ids, [c[0] for c in capture], [c[1] for c in capture])
-        return out
+# %% ../../nbs/22_bdh.ipynb #15f7918b
+@patch
+def _layer(self: BDH, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rho: torch.Tensor | None = None,
+           chunk: int | None = None, inplace: bool = False,
+           capture: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "One application of the shared layer to x (B, T, D); with a state or a chunk size, the chunked/recurrent attention."
+    B, T, D = x.shape
+    H, N = self.config.n_head, self.config.n_neurons
+    # x @ encoder as one (D, H·N) matmul: broadcasting (B,1,T,D) @ (H,D,N) as the reference does copies the
+    # encoder B times (1 GB per layer at the reference size); the result is the same
+    x_sparse = F.relu(x @ self.encoder.transpose(0, 1).reshape(D, H * N)).view(B, T, H, N)
+    q = bdh_rope(x_sparse.transpose(1, 2), cos, sin)                  # (B, H, T, N)
+    v = x.unsqueeze(1)                                                # (B, 1, T, D): values shared by the heads
+    if rho is None and (chunk is None or chunk >= T): a = bdh_attention(q, v)
+    else: a, rho = bdh_attention_chunked(q, v, rho, chunk or DEFAULT_PREFILL_CHUNK, inplace)
+    y_sparse = F.relu(torch.einsum('bhtd,hdn->bthn', self.ln(a), self.encoder_v))   # (B, T, H, N)
+    xy = self.drop(x_sparse * y_sparse)
+    y = self.ln(xy.reshape(B, T, H * N) @ self.decoder)               # heads concatenated, head-major
+    if capture is not None: capture.append((x_sparse.detach().transpose(1, 2), y_sparse.detach().transpose(1, 2)))
+    return self.ln(x + y), rho
 
-    # -- the recurrent form --
-    def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> BDHState:
-        "An empty state (ρ = 0, pos = 0) for `batch_size` sequences; ρ is kept in float32 for half-precision dtypes."
-        c, p = self.config, self.lm_head
-        dt = compute_dtype(dtype or p.dtype)
-        z = lambda: torch.zeros(batch_size, c.n_head, c.n_neurons, c.n_embd, device=device or p.device, dtype=dt)
-        return BDHState([z() for _ in range(c.n_layer)], 0)
+# %% ../../nbs/22_bdh.ipynb #7238103d
+@patch
+def forward(self: BDH, ids: torch.Tensor, targets: torch.Tensor | None = None,
+            return_activations: bool = False) -> ModelOutput:
+    "Logits (B, T, V) for ids (B, T); mean cross-entropy against `targets` (ignore_index -100) when given."
+    x = self._embed(ids)
+    T = ids.shape[1]
+    cos, sin = self.rope_tables(0, T, ids.device)
+    chunk = self.config.attn_chunk_size
+    ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+    capture = [] if return_activations else None
+    for _ in range(self.config.n_layer):
+        if ckpt and capture is None:
+            x = checkpoint(self._layer, x, cos, sin, None, chunk, use_reentrant=False)[0]
+        else:
+            x, _ = self._layer(x, cos, sin, chunk=chunk, capture=capture)
+    logits = self._head(x)
+    out = ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
+    if capture is not None:
+        out.aux['activations'] = BDHActivations(ids, [c[0] for c in capture], [c[1] for c in capture])
+    return out
 
-    def step(self, ids: torch.Tensor, state: BDHState) -> tuple[torch.Tensor, BDHState]:
-        "Consume the next tokens `ids` (B, T_new) after the `state.pos` tokens in `state`; their logits (B, T_new, V) and the state."
-        if not isinstance(state, BDHState) or len(state.rho) != self.config.n_layer:
-            raise DataError(f"step needs the BDHState of this model ({self.config.n_layer} layers) from init_state.")
-        x = self._embed(ids)
-        if state.rho[0].shape[0] != ids.shape[0]:
-            raise DataError(f"The state holds {state.rho[0].shape[0]} sequences but ids has {ids.shape[0]} rows.")
-        T = ids.shape[1]
-        cos, sin = self.rope_tables(state.pos, T, ids.device)
-        chunk = self.config.attn_chunk_size or DEFAULT_PREFILL_CHUNK
-        for l in range(self.config.n_layer):  # in place unless autograd needs the old state
-            x, state.rho[l] = self._layer(x, cos, sin, state.rho[l], chunk, inplace=True)
-        state.pos += T
-        return self._head(x), state
+# %% ../../nbs/22_bdh.ipynb #ec970dfe
+@patch
+def init_state(self: BDH, batch_size: int, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> BDHState:
+    "An empty state (ρ = 0, pos = 0) for `batch_size` sequences; ρ is kept in float32 for half-precision dtypes."
+    c, p = self.config, self.lm_head
+    dt = compute_dtype(dtype or p.dtype)
+    z = lambda: torch.zeros(batch_size, c.n_head, c.n_neurons, c.n_embd, device=device or p.device, dtype=dt)
+    return BDHState([z() for _ in range(c.n_layer)], 0)
+
+@patch
+def step(self: BDH, ids: torch.Tensor, state: BDHState) -> tuple[torch.Tensor, BDHState]:
+    "Consume the next tokens `ids` (B, T_new) after the `state.pos` tokens in `state`; their logits (B, T_new, V) and the state."
+    if not isinstance(state, BDHState) or len(state.rho) != self.config.n_layer:
+        raise DataError(f"step needs the BDHState of this model ({self.config.n_layer} layers) from init_state.")
+    x = self._embed(ids)
+    if state.rho[0].shape[0] != ids.shape[0]:
+        raise DataError(f"The state holds {state.rho[0].shape[0]} sequences but ids has {ids.shape[0]} rows.")
+    T = ids.shape[1]
+    cos, sin = self.rope_tables(state.pos, T, ids.device)
+    chunk = self.config.attn_chunk_size or DEFAULT_PREFILL_CHUNK
+    for l in range(self.config.n_layer):  # in place unless autograd needs the old state
+        x, state.rho[l] = self._layer(x, cos, sin, state.rho[l], chunk, inplace=True)
+    state.pos += T
+    return self._head(x), state
 
 # %% ../../nbs/22_bdh.ipynb #c686978c
 REFERENCE_WEIGHTS = ('embed.weight', 'encoder', 'encoder_v', 'decoder', 'lm_head')
@@ -315,6 +321,7 @@ def load_reference_state_dict(model: BDH, state_dict: Mapping[str, torch.Tensor]
         for k in REFERENCE_WEIGHTS: ours[k].copy_(sd[k].to(ours[k].dtype))
     return model
 
+# %% ../../nbs/22_bdh.ipynb #0cb70446
 def bdh_config_from_reference(state_dict: Mapping[str, torch.Tensor], **overrides) -> BDHConfig:
     "A `BDHConfig` matching reference weights (shapes give n_head, n_embd, N, vocab_size); `overrides` set the rest (n_layer ...)."
     sd = _as_state_dict(state_dict)
@@ -361,6 +368,7 @@ def sparsity_stats(acts: BDHActivations) -> dict[str, list[float]]:
         stats['xy'].append((x & y).float().mean().item())
     return stats
 
+# %% ../../nbs/22_bdh.ipynb #b51886f1
 def token_text(ids: Sequence[int]) -> str:
     "Readable text of byte tokens: printable ASCII as is, newline as ⏎, tab as ⇥, other bytes as \\xNN."
     out = []
@@ -402,6 +410,7 @@ def top_tokens(acts: BDHActivations, neuron: int, layer: int = 0, head: int = 0,
                      'context': decode(ctx[:-1]), })
     return rows
 
+# %% ../../nbs/22_bdh.ipynb #788c2c4a
 def plot_sparsity(stats: dict[str, list[float]], ax=None, title: str | None = None):
     "Grouped bars: the percentage of active neurons per layer for x_sparse, y_sparse and x·y. Returns the figure."
     import matplotlib.pyplot as plt

@@ -7,24 +7,22 @@ Docs: https://bytropix.github.io/bytropix/gpt.html.md"""
 # %% ../../nbs/21_gpt.ipynb #1864e7c0
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
 from ..core import DataError
-from ..layers.attention import KVCache, SelfAttention
-from ..layers.mlp import make_mlp
+from ..layers.blocks import BlockConfig, DecoderState, TransformerBlock, init_gpt_weights
 from ..layers.norms import make_norm
 from ..layers.rope import RotaryEmbedding
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
 
 # %% auto #0
-__all__ = ['GPTConfig', 'TransformerBlock', 'init_gpt_weights', 'GPTState', 'GPT']
+__all__ = ['GPTConfig', 'GPT']
 
 # %% ../../nbs/21_gpt.ipynb #08c5468a
 @dataclass
@@ -70,46 +68,12 @@ class GPTConfig(ModelConfig):
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
 
-# %% ../../nbs/21_gpt.ipynb #42af13a7
-class TransformerBlock(nn.Module):
-    "Pre-norm block `x + attn(norm(x))`, `x + mlp(norm(x))` configured by a `GPTConfig` (RoPE module shared by the model)."
-    def __init__(self, config: GPTConfig, rope: RotaryEmbedding | None = None, causal: bool = True):
-        super().__init__()
-        c, llama = config, config.style == 'llama'
-        norm, bias = ('rms', False) if llama else ('layer', True)
-        self.ln1 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
-        self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, window=c.sliding_window, bias=bias,
-                                  dropout=c.dropout, rope=rope)
-        self.ln2 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
-        self.mlp = make_mlp('swiglu' if llama else 'gelu', c.n_embd, mlp_ratio=c.mlp_ratio, bias=bias,
-                            dropout=c.dropout, multiple_of=c.multiple_of)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
-        return x + self.mlp(self.ln2(x))
-
-# %% ../../nbs/21_gpt.ipynb #8421c51c
-def init_gpt_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:
-    "GPT-2 init: N(0, std²) weights, zero biases, residual projections scaled by 1/√(2·n_layer)."
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            s = std / math.sqrt(2 * n_layer) if getattr(m, 'residual_projection', False) else std
-            nn.init.normal_(m.weight, 0.0, s)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, std)
+    @property
+    def block(self) -> BlockConfig:
+        "The shape of the model's `TransformerBlock`s."
+        return BlockConfig.from_config(self)
 
 # %% ../../nbs/21_gpt.ipynb #ac128bd5
-@dataclass
-class GPTState:
-    "Incremental decoding state of a `GPT`: one KV cache per layer."
-    caches: list[KVCache]
-
-    @property
-    def pos(self) -> int:
-        "Number of tokens consumed so far."
-        return self.caches[0].pos
-
 @register_model('gpt')
 class GPT(BytropixModel):
     "Decoder-only transformer LM (Llama or GPT-2 style) with KV-cached incremental decoding."
@@ -123,7 +87,7 @@ class GPT(BytropixModel):
         self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.style == 'gpt2' else None
         self.rope = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(c, self.rope) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope) for _ in range(c.n_layer))
         self.ln_f = make_norm('rms' if c.style == 'llama' else 'layer', c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         init_gpt_weights(self, c.n_layer, c.init_std)
@@ -162,15 +126,17 @@ class GPT(BytropixModel):
         logits = self._head(x)
         return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                   max_len: int | None = None) -> GPTState:
-        "Empty KV caches for `batch_size` sequences, preallocated for `max_len` tokens (default `block_size`)."
-        p = self.lm_head.weight
-        n = max_len or self.config.block_size
-        return GPTState([b.attn.new_cache(batch_size, n, device or p.device, dtype or p.dtype) for b in self.blocks])
+# %% ../../nbs/21_gpt.ipynb #1d84b341
+@patch
+def init_state(self: GPT, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               max_len: int | None = None) -> DecoderState:
+    "Empty KV caches for `batch_size` sequences, preallocated for `max_len` tokens (default `block_size`)."
+    p = self.lm_head.weight
+    return DecoderState.empty(self.blocks, batch_size, max_len or self.config.block_size, device or p.device, dtype or p.dtype)
 
-    def step(self, ids: torch.Tensor, state: GPTState) -> tuple[torch.Tensor, GPTState]:
-        "Consume the next tokens `ids` (B, T_new) after those in `state`; return their logits (B, T_new, V) and the state."
-        x = self._embed(ids, state.pos)
-        for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
-        return self._head(x), state
+@patch
+def step(self: GPT, ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+    "Consume the next tokens `ids` (B, T_new) after those in `state`; return their logits (B, T_new, V) and the state."
+    x = self._embed(ids, state.pos)
+    for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
+    return self._head(x), state

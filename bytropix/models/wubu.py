@@ -1,5 +1,5 @@
-"""Nested Poincaré balls with learnable curvatures, scales, boundary points, descriptors and spreads, linked by
-tangent-space rotations: the block and the token LM (`arch: wubu`).
+"""The WuBu token language model (`arch: wubu`): a decoder of attention + WuBu Nesting blocks over nested Poincaré
+balls, with views of its levels as Poincaré disks.
 
 Docs: https://bytropix.github.io/bytropix/wubu.html.md"""
 
@@ -9,351 +9,34 @@ Docs: https://bytropix.github.io/bytropix/wubu.html.md"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Optional  # Optional: annotations of the inherited config fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from ..core import ConfigError, DataError, upcast
-from ..geometry import dist, expmap0, logmap0, mobius_add, PoincareBall
-from ..layers.attention import KVCache, SelfAttention
-from ..layers.hyperbolic import HyperbolicAttention, HyperbolicEmbedding, HyperbolicMLP
-from ..layers.mlp import GELUMLP
+from ..core import DataError
+from ..geometry import PoincareBall, expmap0, logmap0
+from ..layers.blocks import DecoderState, init_gpt_weights
+from ..layers.hyperbolic import HyperbolicEmbedding
 from ..layers.norms import RMSNorm
 from ..layers.rope import RotaryEmbedding
-from ..layers.rotations import Rotation, make_rotation
+from ..layers.rotations import Rotation
+from ..layers.wubu import LevelGeometry, WuBuDecoderBlock, WuBuStackConfig, wubu_aux
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
-from .gpt import init_gpt_weights
 
 # %% auto #0
-__all__ = ['WuBuConfig', 'PositiveScalar', 'LevelGeometry', 'TangentFlow', 'IntraLevel', 'LevelWeights', 'WuBuBlock',
-           'WuBuDecoderBlock', 'wubu_aux', 'WuBuState', 'WuBuLM', 'disk_coordinates', 'level_snapshot',
-           'plot_wubu_levels', 'plotly_wubu_levels']
+__all__ = ['WuBuConfig', 'WuBuLM', 'disk_coordinates', 'level_snapshot', 'plot_wubu_levels', 'plotly_wubu_levels']
 
 # %% ../../nbs/25_wubu.ipynb #efd28320
-def _per_level(values: list, n: int, name: str, cfg) -> list:
-    "Broadcast a one-element list to `n` levels; check the length otherwise."
-    if len(values) == 1: return list(values) * n
-    cfg.check(len(values) == n, name, f"has {len(values)} entries but there are {n} levels (level_dims); give one value or {n}.")
-    return list(values)
-
 @dataclass
-class WuBuConfig(ModelConfig):
+class WuBuConfig(WuBuStackConfig, ModelConfig):
     "WuBu token LM: a decoder whose blocks are causal attention (Euclidean or hyperbolic) + a WuBu Nesting block."
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    attention: Literal['euclidean', 'hyperbolic'] = 'euclidean'
-    attn_curvature: float = 1.0                 # initial curvature of hyperbolic attention (learnable)
-    attn_aggregation: Literal['einstein', 'gyromidpoint'] = 'einstein'
-    level_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
-    boundary_points: list[int] = field(default_factory=lambda: [4])    # per level (one value: every level)
-    curvature_init: list[float] = field(default_factory=lambda: [1.0])
-    scale_init: Optional[list[float]] = None    # null: 1/sqrt(n_i) per level
-    spread_init: list[float] = field(default_factory=lambda: [1.0])
-    curvature_min: float = 1e-3
-    scale_min: float = 1e-3
-    spread_min: float = 1e-2
-    learnable_curvature: bool = True
-    learnable_scale: bool = True
-    learnable_spread: bool = True
-    rotation: Literal['so', 'quaternion', 'identity'] = 'so'
-    intra: Literal['tangent_flow', 'mobius', 'poincare'] = 'tangent_flow'
-    level_mlp_ratio: float = 2.0
-    aggregation: Literal['concat', 'sum'] = 'concat'
-    share_level_weights: bool = False
-    dropout: float = 0.0
-    embedding: Literal['euclidean', 'hyperbolic'] = 'euclidean'
-    embedding_curvature: float = 1.0            # ball of the hyperbolic token embeddings (fixed)
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-
-    def validate(self) -> None:
-        super().validate()
-        self.check(self.n_layer >= 1, 'n_layer', f"must be at least 1, got {self.n_layer}.")
-        self.check(self.n_head >= 1 and self.n_embd % self.n_head == 0, 'n_embd',
-                   f"{self.n_embd} is not divisible by n_head={self.n_head}; choose a multiple of n_head.")
-        self.check((self.n_embd // self.n_head) % 2 == 0, 'n_embd', f"RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}.")
-        self.check(len(self.level_dims) >= 1 and all(d >= 1 for d in self.level_dims), 'level_dims',
-                   f"must list at least one positive dimension, got {self.level_dims}.")
-        L = len(self.level_dims)
-        nb = _per_level(self.boundary_points, L, 'boundary_points', self)
-        self.check(all(k >= 1 for k in nb), 'boundary_points', f"every level needs at least one boundary point, got {nb}.")
-        for name, floor in (('curvature_init', self.curvature_min), ('spread_init', self.spread_min)):
-            vals = _per_level(getattr(self, name), L, name, self)
-            self.check(all(v > floor for v in vals), name, f"every value must exceed its floor {floor}, got {vals}.")
-        if self.scale_init is not None:
-            vals = _per_level(self.scale_init, L, 'scale_init', self)
-            self.check(all(v > self.scale_min for v in vals), 'scale_init', f"every value must exceed scale_min={self.scale_min}, got {vals}.")
-        for name in ('curvature_min', 'scale_min', 'spread_min'):
-            self.check(getattr(self, name) > 0, name, f"must be positive (it keeps the parameter away from 0), got {getattr(self, name)}.")
-        if self.rotation == 'quaternion':
-            self.check(all(d % 4 == 0 for d in self.level_dims), 'rotation',
-                       f"'quaternion' needs every level dimension divisible by 4, got level_dims={self.level_dims}; use 'so'.")
-        if self.share_level_weights:
-            self.check(len(set(self.level_dims)) == 1 and len(set(nb)) == 1, 'share_level_weights',
-                       f"shared level weights need equal level_dims and boundary_points, got {self.level_dims} and {nb}.")
-        self.check(self.attn_curvature > 0, 'attn_curvature', f"must be positive, got {self.attn_curvature}.")
-        self.check(self.embedding_curvature > 0, 'embedding_curvature', f"must be positive, got {self.embedding_curvature}.")
-        self.check(self.level_mlp_ratio > 0, 'level_mlp_ratio', f"must be positive, got {self.level_mlp_ratio}.")
-        self.check(0.0 <= self.dropout < 1.0, 'dropout', f"must be in [0, 1), got {self.dropout}.")
-        self.check(self.init_std > 0, 'init_std', f"must be positive, got {self.init_std}.")
-
-    @property
-    def head_dim(self) -> int: return self.n_embd // self.n_head
-
-    def levels(self) -> list[dict]:
-        "Per-level settings: dim, boundary points, initial curvature, scale and spread."
-        L = len(self.level_dims)
-        nb = _per_level(self.boundary_points, L, 'boundary_points', self)
-        ci = _per_level(self.curvature_init, L, 'curvature_init', self)
-        si = _per_level(self.scale_init, L, 'scale_init', self) if self.scale_init is not None else [d ** -0.5 for d in self.level_dims]
-        sg = _per_level(self.spread_init, L, 'spread_init', self)
-        return [dict(dim=d, n_boundary=k, c=c, s=s, sigma=g) for d, k, c, s, g in zip(self.level_dims, nb, ci, si, sg)]
-
-# %% ../../nbs/25_wubu.ipynb #f40915bb
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-class PositiveScalar(nn.Module):
-    "A scalar $v = v_{\\min} + \\operatorname{softplus}(\\rho) > v_{\\min}$, learnable or fixed."
-    def __init__(self, init: float, floor: float, learnable: bool = True):
-        super().__init__()
-        if not init > floor > 0: raise ConfigError(f"PositiveScalar needs init > floor > 0, got init={init}, floor={floor}.")
-        self.floor = floor
-        self.raw = nn.Parameter(torch.tensor(_inv_softplus(init - floor)), requires_grad=learnable)
-
-    @property
-    def value(self) -> Tensor:
-        return self.floor + F.softplus(upcast(self.raw))   # float32 at least: positivity survives half-precision weights
-
-    def forward(self) -> Tensor: return self.value
-    def extra_repr(self) -> str: return f"value={self.value.item():.4g}, floor={self.floor}, learnable={self.raw.requires_grad}"
-
-class LevelGeometry(nn.Module):
-    "Curvature, scale, spread, tangent-parametrised boundary points and descriptor of one WuBu level."
-    def __init__(self, dim: int, n_boundary: int, c: float = 1.0, s: float = 1.0, sigma: float = 1.0,
-                 c_min: float = 1e-3, s_min: float = 1e-3, sigma_min: float = 1e-2, learnable_c: bool = True,
-                 learnable_s: bool = True, learnable_sigma: bool = True, init_std: float = 1.0, descriptor: bool = True):
-        super().__init__()
-        self.dim, self.n_boundary = dim, n_boundary
-        self.curvature = PositiveScalar(c, c_min, learnable_c)
-        self.scale = PositiveScalar(s, s_min, learnable_s)
-        self.spread = PositiveScalar(sigma, sigma_min, learnable_sigma)
-        # landmarks spread over the level's ball: tangent vectors of about the norm of a typical input (s * |u| ~ 1)
-        self.boundary = nn.Parameter(torch.randn(n_boundary, dim) * init_std / math.sqrt(dim))
-        # the descriptor travels to the next level: the last level has none
-        self.descriptor = nn.Parameter(torch.randn(dim) * init_std / math.sqrt(dim)) if descriptor else None
-
-    @property
-    def c(self) -> Tensor: return self.curvature.value
-    @property
-    def s(self) -> Tensor: return self.scale.value
-    @property
-    def sigma(self) -> Tensor: return self.spread.value
-
-    def boundary_points(self) -> Tensor:
-        "The boundary points $b_{ij} = \\exp^{c_i}_0(\\beta_{ij})$ on the level's ball (n_boundary, dim)."
-        return expmap0(self.boundary, self.c)
-
-    def ball(self) -> PoincareBall:
-        "A fixed `PoincareBall` with the level's current curvature (detached), e.g. for plotting or geoopt."
-        return PoincareBall(float(self.c.detach()))
-
-    def extra_repr(self) -> str: return f"dim={self.dim}, boundary_points={self.n_boundary}"
-
-# %% ../../nbs/25_wubu.ipynb #b0b9acc6
-class TangentFlow(nn.Module):
-    "$g(x) = \\exp^c_0(F(\\log^c_0 x))$ with a GELU MLP $F$ (the 'tangent_flow' intra-level map)."
-    def __init__(self, dim: int, hidden: int, out_std: float = 0.02):
-        super().__init__()
-        self.mlp = GELUMLP(dim, hidden)
-        self.out_std = out_std
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.mlp.fc.weight, 0.0, self.mlp.fc.in_features ** -0.5); nn.init.zeros_(self.mlp.fc.bias)
-        nn.init.normal_(self.mlp.proj.weight, 0.0, self.out_std); nn.init.zeros_(self.mlp.proj.bias)
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return expmap0(self.mlp(logmap0(x, c)), c)
-
-class IntraLevel(nn.Module):
-    "The Möbius residual step $y = x\\oplus_c g(x)$ with $g$ a tangent flow or a hyperbolic MLP."
-    def __init__(self, dim: int, kind: str = 'tangent_flow', mlp_ratio: float = 2.0, out_std: float = 0.02):
-        super().__init__()
-        hidden = max(1, round(mlp_ratio * dim))
-        self.kind = kind
-        if kind == 'tangent_flow': self.g = TangentFlow(dim, hidden, out_std)
-        elif kind in ('mobius', 'poincare'): self.g = HyperbolicMLP(dim, hidden, kind=kind, c=None, out_std=out_std)
-        else: raise ConfigError(f"Unknown intra-level map `{kind}`; use 'tangent_flow', 'mobius' or 'poincare'.")
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return mobius_add(x, self.g(x, c), c)
-
-class LevelWeights(nn.Module):
-    "Learned maps of a level: context map (if `ctx_dim`), intra-level step, rotation and transfer (if `next_dim`)."
-    def __init__(self, dim: int, ctx_dim: int = 0, next_dim: int = 0, intra: str = 'tangent_flow', mlp_ratio: float = 2.0,
-                 rotation: str = 'so', init_std: float = 0.02):
-        super().__init__()
-        self.dim, self.init_std = dim, init_std
-        self.ctx = nn.Linear(ctx_dim, dim) if ctx_dim else None
-        self.intra = IntraLevel(dim, intra, mlp_ratio, out_std=init_std)
-        self.rotation: Rotation | None = make_rotation(rotation, dim, init_std=init_std) if next_dim else None
-        self.transfer = nn.Linear(dim, next_dim) if next_dim else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.ctx is not None: nn.init.normal_(self.ctx.weight, 0.0, self.init_std); nn.init.zeros_(self.ctx.bias)
-        if self.transfer is not None:
-            nn.init.normal_(self.transfer.weight, 0.0, self.dim ** -0.5); nn.init.zeros_(self.transfer.bias)
-        if isinstance(self.intra.g, TangentFlow): self.intra.g.reset_parameters()
-
-# %% ../../nbs/25_wubu.ipynb #ca3f2fa6
-class WuBuBlock(nn.Module):
-    "WuBu Nesting block: `x` (..., d_in) → (..., d_out) through nested Poincaré balls (see the steps above)."
-    def __init__(self, d_in: int, levels: list[dict], d_out: int | None = None, intra: str = 'tangent_flow',
-                 mlp_ratio: float = 2.0, rotation: str = 'so', aggregation: str = 'concat', share_weights: bool = False,
-                 c_min: float = 1e-3, s_min: float = 1e-3, sigma_min: float = 1e-2, learnable_c: bool = True,
-                 learnable_s: bool = True, learnable_sigma: bool = True, init_std: float = 0.02):
-        super().__init__()
-        if not levels: raise ConfigError("A WuBu block needs at least one level.")
-        if aggregation not in ('concat', 'sum'): raise ConfigError(f"aggregation must be 'concat' or 'sum', got {aggregation!r}.")
-        d_out = d_out or d_in
-        self.dims = [l['dim'] for l in levels]
-        self.nb = [l['n_boundary'] for l in levels]
-        L = len(levels)
-        self.aggregation, self.share_weights = aggregation, share_weights
-        self.geo = nn.ModuleList(LevelGeometry(l['dim'], l['n_boundary'], l['c'], l['s'], l['sigma'], c_min, s_min, sigma_min,
-                                               learnable_c, learnable_s, learnable_sigma, descriptor=i + 1 < L)
-                                 for i, l in enumerate(levels))
-        def ctx_dim(i): return 0 if i == 0 else self.nb[i - 1] * (self.dims[i] + 1) + self.dims[i] + 1
-        kw = dict(intra=intra, mlp_ratio=mlp_ratio, rotation=rotation, init_std=init_std)
-        if share_weights:
-            if len(set(self.dims)) != 1 or len(set(self.nb)) != 1:
-                raise ConfigError(f"Shared level weights need equal level dims and boundary counts, got {self.dims} and {self.nb}.")
-            self.shared = LevelWeights(self.dims[0], ctx_dim(1) if L > 1 else 0, self.dims[0] if L > 1 else 0, **kw)
-            self.level_weights = None
-        else:
-            self.shared = None
-            self.level_weights = nn.ModuleList(LevelWeights(self.dims[i], ctx_dim(i), self.dims[i + 1] if i + 1 < L else 0, **kw)
-                                               for i in range(L))
-        self.in_proj = nn.Linear(d_in, self.dims[0], bias=False)
-        agg = [d + k for d, k in zip(self.dims, self.nb)]     # each level's tangent output and memberships
-        if aggregation == 'concat': self.out_proj = nn.Linear(sum(agg), d_out, bias=False)
-        else: self.out_proj = nn.ModuleList(nn.Linear(a, d_out, bias=False) for a in agg)
-        for m in (self.out_proj if aggregation == 'sum' else [self.out_proj]): m.residual_projection = True
-        self.gradient_checkpointing = False
-        self.init_std = init_std
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        "Norm-preserving input and transfer maps; small output projection (see *Init* above)."
-        nn.init.normal_(self.in_proj.weight, 0.0, self.in_proj.in_features ** -0.5)
-        for m in (self.out_proj if self.aggregation == 'sum' else [self.out_proj]): nn.init.normal_(m.weight, 0.0, self.init_std)
-        for w in ([self.shared] if self.shared is not None else self.level_weights): w.reset_parameters()
-
-    @property
-    def n_levels(self) -> int: return len(self.geo)
-
-    def weights(self, i: int) -> LevelWeights:
-        return self.shared if self.shared is not None else self.level_weights[i]
-
-    def _level(self, i: int, u: Tensor, ctx: tuple | None, trace: list | None = None):
-        geo, W = self.geo[i], self.weights(i)
-        c, s, sigma = geo.c, geo.s, geo.sigma
-        if ctx is not None:                                     # step 1: fold in the previous level's context
-            rel, memb, desc, sig_prev = ctx
-            feats = torch.cat([rel.flatten(-2), memb.to(rel.dtype), desc.expand(*rel.shape[:-2], -1),
-                               sig_prev.to(rel.dtype).expand(*rel.shape[:-2], 1)], dim=-1)
-            u = u + W.ctx(feats)
-        x = expmap0(s * u, c)                                   # into the level
-        y = W.intra(x, c)                                       # step 2: Möbius residual step
-        t = logmap0(y, c) / s                                   # step 3: out of the level
-        b = geo.boundary_points()
-        tb = logmap0(b, c) / s
-        d = dist(y.unsqueeze(-2), b.to(y.dtype), c)             # (..., k) distances to the landmarks
-        memb = torch.exp(-upcast(d).square() / (2 * sigma * sigma))
-        if trace is not None:
-            trace.append(dict(level=i, c=c.detach(), s=s.detach(), sigma=sigma.detach(), points=y.detach(),
-                              boundary=b.detach(), memberships=memb.detach(),
-                              descriptor=None if geo.descriptor is None else geo.descriptor.detach()))
-        out = torch.cat([t, memb.to(t.dtype)], dim=-1)         # what the aggregation sees of this level
-        if i + 1 == self.n_levels: return out, None
-        rt, rtb, rld = W.rotation(t, tb.to(t.dtype), geo.descriptor.to(t.dtype))  # step 4: one rotation for all three
-        nxt, tbn, descn = W.transfer(rt), W.transfer(rtb), W.transfer(rld)
-        return out, (nxt, (nxt.unsqueeze(-2) - tbn, memb, descn, sigma))
-
-    def forward(self, x: Tensor, trace: list | None = None) -> Tensor:
-        u, ctx, outs = self.in_proj(x), None, []
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and trace is None
-        for i in range(self.n_levels):
-            if ckpt: t, nxt = checkpoint(self._level, i, u, ctx, use_reentrant=False)
-            else: t, nxt = self._level(i, u, ctx, trace)
-            outs.append(t)
-            if nxt is not None: u, ctx = nxt
-        if self.aggregation == 'concat': return self.out_proj(torch.cat(outs, dim=-1))   # step 5
-        return sum(p(t) for p, t in zip(self.out_proj, outs))
-
-    def geometry(self) -> dict[str, list[Tensor]]:
-        "Current curvatures, scales and spreads per level (0-dim tensors)."
-        return {'curvature': [g.c for g in self.geo], 'scale': [g.s for g in self.geo], 'spread': [g.sigma for g in self.geo]}
-
-    def extra_repr(self) -> str:
-        return f"dims={self.dims}, boundary_points={self.nb}, aggregation={self.aggregation}, shared={self.share_weights}"
 
 # %% ../../nbs/25_wubu.ipynb #0b2566f6
-class WuBuDecoderBlock(nn.Module):
-    "Pre-norm `x + attn(norm(x))`, `x + wubu(norm(x))`."
-    def __init__(self, config: WuBuConfig, rope: RotaryEmbedding | None = None):
-        super().__init__()
-        c = config
-        self.ln1 = RMSNorm(c.n_embd, eps=c.norm_eps)
-        if c.attention == 'euclidean':
-            self.attn = SelfAttention(c.n_embd, c.n_head, dropout=c.dropout, rope=rope)
-        else:
-            self.attn = HyperbolicAttention(c.n_embd, c.n_head, c=c.attn_curvature, learnable_c=True,
-                                            aggregation=c.attn_aggregation, dropout=c.dropout, rope=rope)
-        self.ln2 = RMSNorm(c.n_embd, eps=c.norm_eps)
-        self.wubu = WuBuBlock(c.n_embd, c.levels(), intra=c.intra, mlp_ratio=c.level_mlp_ratio, rotation=c.rotation,
-                              aggregation=c.aggregation, share_weights=c.share_level_weights, c_min=c.curvature_min,
-                              s_min=c.scale_min, sigma_min=c.spread_min, learnable_c=c.learnable_curvature,
-                              learnable_s=c.learnable_scale, learnable_sigma=c.learnable_spread, init_std=c.init_std)
-        self.drop = nn.Dropout(c.dropout)
-
-    def forward(self, x: Tensor, cache: KVCache | None = None, trace: list | None = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), cache)
-        return x + self.drop(self.wubu(self.ln2(x), trace))
-
-def wubu_aux(blocks: list[WuBuDecoderBlock] | nn.ModuleList, prefix: str = 'wubu') -> dict[str, Tensor]:
-    "The geometry scalars of a stack of WuBu decoder blocks, per layer and averaged over layers (detached)."
-    aux: dict[str, Tensor] = {}
-    with torch.no_grad():
-        per: dict[str, list[Tensor]] = {}
-        for l, b in enumerate(blocks):
-            for kind, vals in b.wubu.geometry().items():
-                for i, v in enumerate(vals):
-                    aux[f"{prefix}/{kind}/layer{l}/level{i}"] = v.detach()
-                    per.setdefault(f"{prefix}/{kind}/level{i}", []).append(v.detach())
-            if isinstance(b.attn, HyperbolicAttention):
-                aux[f"{prefix}/attn_curvature/layer{l}"] = b.attn.ball.c.detach()
-        for k, vs in per.items(): aux[k] = torch.stack(vs).mean()
-    return aux
-
-@dataclass
-class WuBuState:
-    "Incremental decoding state of a `WuBuLM`: one KV cache per layer."
-    caches: list[KVCache]
-
-    @property
-    def pos(self) -> int: return self.caches[0].pos
-
 @register_model('wubu')
 class WuBuLM(BytropixModel):
     "WuBu Nesting token language model: attention + WuBu blocks, KV-cached incremental decoding."
@@ -375,8 +58,7 @@ class WuBuLM(BytropixModel):
         init_gpt_weights(self, c.n_layer, c.init_std)
         for b in self.blocks: b.wubu.reset_parameters()
         for b in self.blocks:  # residual output projections: GPT-2's 1/sqrt(2 n_layer)
-            for m in (b.wubu.out_proj if b.wubu.aggregation == 'sum' else [b.wubu.out_proj]):
-                nn.init.normal_(m.weight, 0.0, c.init_std / math.sqrt(2 * c.n_layer))
+            for m in b.wubu.out_projs(): nn.init.normal_(m.weight, 0.0, c.init_std / math.sqrt(2 * c.n_layer))
         if c.tie_embeddings and c.embedding == 'euclidean': self.lm_head.weight = self.wte.weight
 
     # -- gradient checkpointing: one checkpoint per WuBu level --
@@ -402,41 +84,47 @@ class WuBuLM(BytropixModel):
         w = logmap0(self.wte.points(), self.wte.c)                 # tied through log_0 of the hyperbolic embeddings
         return F.linear(x, w.to(x.dtype))
 
-    def forward(self, ids: Tensor, targets: Tensor | None = None, trace: list | None = None) -> ModelOutput:
-        "Logits (B, T, V) for ids (B, T); mean cross-entropy against `targets` when given; geometry scalars in `aux`."
-        x = self._embed(ids)
-        for l, block in enumerate(self.blocks):
-            tl = None
-            if trace is not None: tl = []; trace.append(tl)
-            x = block(x, None, tl)
-        logits = self._head(x)
-        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), wubu_aux(self.blocks))
+# %% ../../nbs/25_wubu.ipynb #de4fbe4c
+@patch
+def forward(self: WuBuLM, ids: Tensor, targets: Tensor | None = None, trace: list | None = None) -> ModelOutput:
+    "Logits (B, T, V) for ids (B, T); mean cross-entropy against `targets` when given; geometry scalars in `aux`."
+    x = self._embed(ids)
+    for l, block in enumerate(self.blocks):
+        tl = None
+        if trace is not None: tl = []; trace.append(tl)
+        x = block(x, None, tl)
+    logits = self._head(x)
+    return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), wubu_aux(self.blocks))
 
-    def init_state(self, batch_size: int, device=None, dtype=None, max_len: int | None = None) -> WuBuState:
-        "Empty KV caches for `batch_size` sequences (`max_len` tokens, default `block_size`)."
-        p = self.ln_f.weight
-        n = max_len or self.config.block_size
-        return WuBuState([b.attn.new_cache(batch_size, n, device or p.device, dtype or p.dtype) for b in self.blocks])
+# %% ../../nbs/25_wubu.ipynb #23c52084
+@patch
+def init_state(self: WuBuLM, batch_size: int, device=None, dtype=None, max_len: int | None = None) -> DecoderState:
+    "Empty KV caches for `batch_size` sequences (`max_len` tokens, default `block_size`)."
+    p = self.ln_f.weight
+    return DecoderState.empty(self.blocks, batch_size, max_len or self.config.block_size, device or p.device, dtype or p.dtype)
 
-    def step(self, ids: Tensor, state: WuBuState) -> tuple[Tensor, WuBuState]:
-        "Consume the next tokens `ids` (B, T_new) after those in `state`; their logits (B, T_new, V) and the state."
-        x = self._embed(ids)
-        for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
-        return self._head(x), state
+@patch
+def step(self: WuBuLM, ids: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+    "Consume the next tokens `ids` (B, T_new) after those in `state`; their logits (B, T_new, V) and the state."
+    x = self._embed(ids)
+    for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
+    return self._head(x), state
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        "AdamW groups as the base class, but no decay for the geometry (levels, rotations, attention balls)."
-        geo = {id(p) for m in self.modules() if isinstance(m, (LevelGeometry, Rotation, PoincareBall))
-               for p in m.parameters()}
-        groups = super().param_groups(weight_decay)
-        moved = [p for g in groups if g['weight_decay'] > 0 for p in g['params'] if id(p) in geo]
-        out = []
-        for g in groups:
-            ps = [p for p in g['params'] if not (g['weight_decay'] > 0 and id(p) in geo)]
-            if g['weight_decay'] == 0: ps = ps + moved; moved = []
-            if ps: out.append({**g, 'params': ps})
-        if moved: out.append({'params': moved, 'weight_decay': 0.0})
-        return out
+# %% ../../nbs/25_wubu.ipynb #f1d21c47
+@patch
+def param_groups(self: WuBuLM, weight_decay: float) -> list[dict]:
+    "AdamW groups as the base class, but no decay for the geometry (levels, rotations, attention balls)."
+    geo = {id(p) for m in self.modules() if isinstance(m, (LevelGeometry, Rotation, PoincareBall))
+           for p in m.parameters()}
+    groups = super(WuBuLM, self).param_groups(weight_decay)
+    moved = [p for g in groups if g['weight_decay'] > 0 for p in g['params'] if id(p) in geo]
+    out = []
+    for g in groups:
+        ps = [p for p in g['params'] if not (g['weight_decay'] > 0 and id(p) in geo)]
+        if g['weight_decay'] == 0: ps = ps + moved; moved = []
+        if ps: out.append({**g, 'params': ps})
+    if moved: out.append({'params': moved, 'weight_decay': 0.0})
+    return out
 
 # %% ../../nbs/25_wubu.ipynb #4035e2fa
 def disk_coordinates(tangent: Tensor, c: float, basis: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -476,6 +164,7 @@ def _labels(ids: Tensor, tokenizer: Any = None, row: int = 0) -> list[str]:
     if tokenizer is None: return [str(t) for t in toks]
     return [tokenizer.decode([t]) for t in toks]
 
+# %% ../../nbs/25_wubu.ipynb #f576983e
 def plot_wubu_levels(model: WuBuLM, ids: Tensor, layer: int = 0, tokenizer: Any = None, row: int = 0,
                      annotate: int = 24, size: float = 4.0):
     "A matplotlib figure: one Poincaré disk per WuBu level of decoder layer `layer` (tokens of `ids[row]`)."

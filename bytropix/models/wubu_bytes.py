@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional  # Optional: annotations of the inherited WuBuConfig fields
+from typing import Literal, Optional  # Optional: annotations of the inherited config fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
 
 from ..core import ConfigError, DataError
+from ..layers.blocks import BlockConfig, TransformerBlock, init_gpt_weights
 from ..layers.norms import RMSNorm
 from ..layers.rope import RotaryEmbedding
-from .base import BytropixModel, ModelOutput, lm_loss, register_model
-from .gpt import GPT, GPTConfig, TransformerBlock, init_gpt_weights
-from .wubu import WuBuConfig, WuBuDecoderBlock, wubu_aux
+from ..layers.wubu import WuBuDecoderBlock, WuBuStackConfig, wubu_aux
+from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
 
 # %% auto #0
 __all__ = ['byte_entropy', 'patch_starts', 'fixed_patch_starts', 'patch_ids', 'completed_patch', 'pool_patches', 'gather_context',
-           'LocalDecoder', 'WuBuBytesConfig', 'WuBuBytesLM']
+           'LocalDecoder', 'ByteEntropyModel', 'WuBuBytesConfig', 'WuBuBytesLM']
 
 # %% ../../nbs/26_wubu_bytes.ipynb #d47875cc
 def byte_entropy(logits: Tensor) -> Tensor:
@@ -76,9 +77,9 @@ def pool_patches(h: Tensor, pid: Tensor, n_patches: int) -> tuple[Tensor, Tensor
     return mean, last * (lastpos >= 0).unsqueeze(-1).to(h.dtype)
 
 # %% ../../nbs/26_wubu_bytes.ipynb #307b0485
-def _local_config(dim: int, n_head: int, window: int, n_layer: int, block_size: int, vocab_size: int = 256) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=dim,
-                     sliding_window=window, multiple_of=16)
+def _local_block(dim: int, n_head: int, window: int) -> BlockConfig:
+    "The shape of the local byte models' blocks: Llama style, sliding window."
+    return BlockConfig(n_embd=dim, n_head=n_head, sliding_window=window, multiple_of=16)
 
 def gather_context(g: Tensor, bos: Tensor, completed: Tensor) -> Tensor:
     "Context vectors (B, T, D): `g[b, completed[b, t]]`, or `bos` (D,) where `completed` is -1."
@@ -90,7 +91,7 @@ class LocalDecoder(nn.Module):
     "Byte states (B, T, local_dim) + context vectors (B, T, global_dim) → causal local blocks → normalised states."
     def __init__(self, local_dim: int, global_dim: int, n_layer: int, n_head: int, window: int, block_size: int):
         super().__init__()
-        cfg = _local_config(local_dim, n_head, window, n_layer, block_size)
+        cfg = _local_block(local_dim, n_head, window)
         self.ctx_proj = nn.Linear(global_dim, local_dim, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, block_size)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, self.rope) for _ in range(n_layer))
@@ -101,9 +102,31 @@ class LocalDecoder(nn.Module):
         for b in self.blocks: z = b(z)
         return self.norm(z)
 
+# %% ../../nbs/26_wubu_bytes.ipynb #4d0cd830
+class ByteEntropyModel(nn.Module):
+    "Causal byte LM whose next-byte entropy places the patch boundaries: embedding, sliding-window blocks, tied head."
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, dim: int, window: int,
+                 init_std: float = 0.02):
+        super().__init__()
+        blk = _local_block(dim, n_head, window)
+        self.wte = nn.Embedding(vocab_size, dim)
+        self.rope = RotaryEmbedding(blk.head_dim, block_size)
+        self.blocks = nn.ModuleList(TransformerBlock(blk, self.rope) for _ in range(n_layer))
+        self.ln_f = RMSNorm(dim, eps=blk.norm_eps)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        init_gpt_weights(self, n_layer, init_std)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, ids: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        "Next-byte logits (B, T, V) of `ids` (B, T), and the mean loss against `targets` when given."
+        x = self.wte(ids)
+        for b in self.blocks: x = b(x)
+        logits = self.lm_head(self.ln_f(x))
+        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
+
 # %% ../../nbs/26_wubu_bytes.ipynb #37a4cd5b
 @dataclass
-class WuBuBytesConfig(WuBuConfig):
+class WuBuBytesConfig(WuBuStackConfig, ModelConfig):
     """WuBu byte-latent LM. The WuBu fields (n_layer, n_head, n_embd, level_dims, ...) configure the global stack over
     patches; the fields below the local byte models and the patching."""
     vocab_size: int = 256
@@ -142,10 +165,9 @@ class WuBuBytesLM(BytropixModel):
     def __init__(self, config: WuBuBytesConfig):
         super().__init__(config)
         c = config
-        self.entropy_model = GPT(GPTConfig(vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.entropy_layers,
-                                           n_head=c.entropy_heads, n_embd=c.entropy_dim, sliding_window=c.entropy_window,
-                                           multiple_of=16))
-        enc = _local_config(c.local_dim, c.local_heads, c.local_window, c.encoder_layers, c.block_size, c.vocab_size)
+        self.entropy_model = ByteEntropyModel(c.vocab_size, c.block_size, c.entropy_layers, c.entropy_heads, c.entropy_dim,
+                                              c.entropy_window)
+        enc = _local_block(c.local_dim, c.local_heads, c.local_window)
         self.byte_emb = nn.Embedding(c.vocab_size, c.local_dim)
         self.local_rope = RotaryEmbedding(enc.head_dim, c.block_size)
         self.encoder = nn.ModuleList(TransformerBlock(enc, self.local_rope) for _ in range(c.encoder_layers))
@@ -160,8 +182,7 @@ class WuBuBytesLM(BytropixModel):
             init_gpt_weights(mod, c.n_layer + c.encoder_layers + c.decoder_layers, c.init_std)
         for b in self.blocks:
             b.wubu.reset_parameters()
-            for m in (b.wubu.out_proj if b.wubu.aggregation == 'sum' else [b.wubu.out_proj]):
-                nn.init.normal_(m.weight, 0.0, c.init_std / math.sqrt(2 * c.n_layer))
+            for m in b.wubu.out_projs(): nn.init.normal_(m.weight, 0.0, c.init_std / math.sqrt(2 * c.n_layer))
         if c.tie_embeddings: self.lm_head.weight = self.byte_emb.weight
 
     @property
@@ -180,31 +201,33 @@ class WuBuBytesLM(BytropixModel):
             with torch.no_grad(): entropy_logits = self.entropy_model(ids).logits
         return patch_starts(byte_entropy(entropy_logits.detach()), c.entropy_threshold, c.max_patch_len, c.entropy_rule)
 
-    def forward(self, ids: Tensor, targets: Tensor | None = None) -> ModelOutput:
-        "Next-byte logits (B, T, V); training loss = byte loss + entropy_loss_weight · entropy-model loss (eval: byte loss)."
-        if ids.ndim != 2: raise DataError(f"WuBuBytesLM expects byte ids of shape (batch, time), got {tuple(ids.shape)}.")
-        c = self.config
-        B, T = ids.shape
-        if T > c.block_size:
-            raise DataError(f"{T} bytes exceed block_size={c.block_size}; crop the input to its last block_size bytes "
-                            "(the generator does this by recomputing over a sliding window).")
-        ent = self.entropy_model(ids, targets if (targets is not None and self.training) else None)
-        starts = self.patches(ids, ent.logits)
-        pid, n_patches = patch_ids(starts)
-        P = int(n_patches.max())
-        h = self.byte_emb(ids)
-        for b in self.encoder: h = b(h)
-        mean, last = pool_patches(h, pid, P)
-        x = self.patch_proj(torch.cat([mean, last], -1))
-        for b in self.blocks: x = b(x)
-        ctx = gather_context(self.ln_g(x), self.bos, completed_patch(starts))
-        logits = self.lm_head(self.decoder(h, ctx))
-        aux = {**wubu_aux(self.blocks), 'wubu_bytes/bytes_per_patch': (T / n_patches.float()).mean()}
-        loss = None
-        if targets is not None:
-            loss = lm_loss(logits, targets)
-            aux['wubu_bytes/byte_loss'] = loss.detach()
-            if ent.loss is not None:
-                aux['wubu_bytes/entropy_loss'] = ent.loss.detach()
-                if c.entropy_loss_weight > 0 and c.patching == 'entropy': loss = loss + c.entropy_loss_weight * ent.loss
-        return ModelOutput(logits, loss, aux)
+# %% ../../nbs/26_wubu_bytes.ipynb #1c3538ce
+@patch
+def forward(self: WuBuBytesLM, ids: Tensor, targets: Tensor | None = None) -> ModelOutput:
+    "Next-byte logits (B, T, V); training loss = byte loss + entropy_loss_weight · entropy-model loss (eval: byte loss)."
+    if ids.ndim != 2: raise DataError(f"WuBuBytesLM expects byte ids of shape (batch, time), got {tuple(ids.shape)}.")
+    c = self.config
+    B, T = ids.shape
+    if T > c.block_size:
+        raise DataError(f"{T} bytes exceed block_size={c.block_size}; crop the input to its last block_size bytes "
+                        "(the generator does this by recomputing over a sliding window).")
+    ent = self.entropy_model(ids, targets if (targets is not None and self.training) else None)
+    starts = self.patches(ids, ent.logits)
+    pid, n_patches = patch_ids(starts)
+    P = int(n_patches.max())
+    h = self.byte_emb(ids)
+    for b in self.encoder: h = b(h)
+    mean, last = pool_patches(h, pid, P)
+    x = self.patch_proj(torch.cat([mean, last], -1))
+    for b in self.blocks: x = b(x)
+    ctx = gather_context(self.ln_g(x), self.bos, completed_patch(starts))
+    logits = self.lm_head(self.decoder(h, ctx))
+    aux = {**wubu_aux(self.blocks), 'wubu_bytes/bytes_per_patch': (T / n_patches.float()).mean()}
+    loss = None
+    if targets is not None:
+        loss = lm_loss(logits, targets)
+        aux['wubu_bytes/byte_loss'] = loss.detach()
+        if ent.loss is not None:
+            aux['wubu_bytes/entropy_loss'] = ent.loss.detach()
+            if c.entropy_loss_weight > 0 and c.patching == 'entropy': loss = loss + c.entropy_loss_weight * ent.loss
+    return ModelOutput(logits, loss, aux)
