@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional  # Optional: annotations of the inherited config fields
+from typing import Any, Literal, Optional  # Literal, Optional: annotations of the inherited config fields
 
 import torch
 import torch.nn as nn
