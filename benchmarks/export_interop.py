@@ -118,7 +118,7 @@ def main(argv=None):
     print('|---|---|---:|---:|---:|')
     for label, what, e, o, r in onnx: print(f'| {label} | {what} | {e:.1f} | {o:.1f} | {r:.2f}× |')
     if hf:
-        print(f'\n| model | bytropix generate, tokens/s | transformers generate, tokens/s | bytropix / transformers |')
+        print('\n| model | bytropix generate, tokens/s | transformers generate, tokens/s | bytropix / transformers |')
         print('|---|---:|---:|---:|')
         for label, o, t, r in hf: print(f'| {label} | {o:.0f} | {t:.0f} | {r:.2f}× |')
     return 0

@@ -8,11 +8,13 @@ Docs: https://bytropix.github.io/bytropix/export_graphs.html.md"""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
+import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -194,16 +196,19 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 def trace(model: Any, spec: GraphSpec) -> torch.export.ExportedProgram:
     "`torch.export` of one graph of `model` (eval mode, no gradients); a `ConfigError` saying why when it cannot be traced."
-    was = model.training
+    was, printed = model.training, io.StringIO()
     model.eval()
     try:
-        with traceable(), torch.no_grad(), spec.context(), warnings.catch_warnings(), _quiet_loggers('torch.fx.experimental.symbolic_shapes'):
+        with traceable(), torch.no_grad(), spec.context(), warnings.catch_warnings(),              _quiet_loggers('torch.fx.experimental.symbolic_shapes'), contextlib.redirect_stderr(printed):
             # BDH caches its RoPE frequencies per device in a dict; torch.export notes the attribute and moves on
             warnings.filterwarnings('ignore', message='The tensor attribute .* was assigned during export')
-            return torch.export.export(spec.module, spec.args, dynamic_shapes=spec.dynamic_shapes)
-    except Exception as e:
+            warnings.filterwarnings('ignore', message=r'.*isinstance\(treespec, LeafSpec\)')  # torch's own pytree code
+            ep = torch.export.export(spec.module, spec.args, dynamic_shapes=spec.dynamic_shapes)
+    except Exception as e:  # torch prints the whole partial graph when it gives up: our one line replaces it
         raise ConfigError(f"torch.export cannot trace the {spec.name} graph of `{model.arch}`: {_why_untraceable(e)}") from None
     finally: model.train(was)
+    sys.stderr.write(printed.getvalue())
+    return ep
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0018
 def empty_state(manifest: dict, batch: int) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, TextIO
 import torch
 
 from ..core import COMMANDS, CheckpointError, ConfigError, DataError
-from .core import (ATOL, ExportFormat, ExportResult, check_close, check_out_dir, register_format,
+from .core import (ExportFormat, ExportResult, check_close, check_out_dir, register_format,
                                   staged_directory)
 
 # %% auto #0
@@ -168,11 +168,11 @@ def tensor_map(family: str, n_layer: int) -> list[tuple[str, list[str], bool]]:
 # %% ../../nbs/57_export_hf.ipynb #e57h0019
 def to_hf_state_dict(state: dict[str, torch.Tensor], family: str, n_layer: int,
                      shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    "bytropix `gpt` tensors → transformers names, cut row-wise into the pieces of `shapes` (the target's tensor shapes)."
+    "bytropix `gpt` tensors → transformers names (new tensors), cut row-wise into the pieces of `shapes` (the target's shapes)."
     out = {}
     for ours, theirs, t in tensor_map(family, n_layer):
         sizes = [shapes[n][1 if t else 0] for n in theirs]
-        for n, piece in zip(theirs, state[ours].split(sizes, 0)): out[n] = (piece.T if t else piece).contiguous()
+        for n, piece in zip(theirs, state[ours].split(sizes, 0)): out[n] = (piece.T if t else piece).contiguous().clone()
     return out
 
 def from_hf_state_dict(state: dict[str, torch.Tensor], family: str, n_layer: int, tied: bool,
@@ -203,7 +203,10 @@ def hf_tokenizer(tokenizer: Any, max_length: int) -> Any:
 
 def save_hf_tokenizer(tokenizer: Any, directory: Path, max_length: int) -> None:
     "Write `tokenizer.json` and `tokenizer_config.json` for transformers into `directory`."
-    hf_tokenizer(tokenizer, max_length).save_pretrained(str(directory))
+    try: hf_tokenizer(tokenizer, max_length).save_pretrained(str(directory))
+    except Exception as e:
+        raise DataError(f"The tokenizer cannot be converted for transformers ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); export without it (pass tokenizer=None).") from None
     p = directory/'tokenizer_config.json'
     cfg = json.loads(p.read_text())
     cfg['tokenizer_class'] = 'PreTrainedTokenizerFast'  # the name transformers 4 and 5 both resolve

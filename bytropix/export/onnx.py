@@ -7,7 +7,6 @@ Docs: https://bytropix.github.io/bytropix/export_onnx.html.md"""
 # %% ../../nbs/59_export_onnx.ipynb #e59o0003
 from __future__ import annotations
 
-import collections
 import copy
 import json
 import logging
@@ -19,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..core import CheckpointError, ConfigError
+from ..core import ConfigError
 from .core import ExportFormat, ExportResult, register_format
 from .graphs import (GRAPH_ARCHS, GRAPH_REFUSED, MANIFEST, GraphGenerator, GraphSpec, graph_manifest,
                                     graph_specs, read_manifest, select_graphs, trace, verify_graphs)
@@ -44,7 +43,9 @@ def freeze_rotations(model: nn.Module) -> nn.Module:
     from bytropix.layers.rotations import IdentityRotation, Rotation
     found = [n for n, m in model.named_modules() if isinstance(m, Rotation) and not isinstance(m, IdentityRotation)]
     if not found: return model
-    model = copy.deepcopy(model)
+    with warnings.catch_warnings():  # copying a model that was traced before meets torch's deprecated pytree specs
+        warnings.filterwarnings('ignore', message=r'.*isinstance\(treespec, LeafSpec\)')
+        model = copy.deepcopy(model)
     with torch.no_grad():
         for name in found:
             parent, _, child = name.rpartition('.')
@@ -72,11 +73,11 @@ def to_onnx(model: nn.Module, spec: GraphSpec) -> Any:
     try: import onnxscript  # noqa: F401 (the dynamo exporter's translation library)
     except ImportError: raise ConfigError("ONNX export needs `onnx` and `onnxscript`: pip install onnx onnxscript onnxruntime") from None
     ep = trace(model, spec)
-    if any(n.target in ONNX_DECOMPOSITIONS for n in ep.graph.nodes): ep = ep.run_decompositions(ONNX_DECOMPOSITIONS)
     restore = _quiet_onnx()
     try:
         with warnings.catch_warnings():  # deprecation notices from torch's own pytree code, nothing to act on
-            warnings.simplefilter('ignore', FutureWarning)
+            warnings.filterwarnings('ignore', message=r'.*isinstance\(treespec, LeafSpec\)')
+            if any(n.target in ONNX_DECOMPOSITIONS for n in ep.graph.nodes): ep = ep.run_decompositions(ONNX_DECOMPOSITIONS)
             prog = torch.onnx.export(ep, spec.args, dynamo=True, input_names=spec.inputs, output_names=spec.outputs,
                                      optimize=True, verbose=False)
     except Exception as e:
