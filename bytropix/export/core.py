@@ -1,4 +1,4 @@
-"""Write a trained model in another ecosystem's format (transformers, ONNX, torch.export) without ever leaving a half-written directory: the format registry, the `export_model` API and the `bytropix export` command.
+"""Write a model for transformers, ONNX or torch.export, never leaving a half-written directory: formats, `export_model`, `bytropix export`.
 
 Docs: https://bytropix.github.io/bytropix/export.html.md"""
 

@@ -1,4 +1,4 @@
-"""Every generative model as graphs a compiler can read: the full-sequence forward pass, the KV-cache decoding step (`gpt`, `wubu`), the recurrent step (`bdh`), the puzzle solver (`hrm`, `trm`); `.pt2` programs that `torch.export.load` restores; a generator that decodes with exported graphs in any runtime.
+"""Models as traced graphs (forward pass, KV-cache and recurrent decoding steps, puzzle solvers), `.pt2` programs, and a generator for any runtime.
 
 Docs: https://bytropix.github.io/bytropix/export_graphs.html.md"""
 

@@ -1,4 +1,4 @@
-"""A `gpt` run as a transformers `LlamaForCausalLM`, `MistralForCausalLM` or `GPT2LMHeadModel` directory (weights, config, tokenizer, generation config) with the same logits; and the way back: Llama, Mistral and GPT-2 directories and nanoGPT checkpoints imported as bytropix models.
+"""A `gpt` run as a transformers Llama, Mistral or GPT-2 directory with the same logits, and back: transformers and nanoGPT checkpoints imported.
 
 Docs: https://bytropix.github.io/bytropix/export_hf.html.md"""
 

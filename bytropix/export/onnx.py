@@ -1,4 +1,4 @@
-"""Every generative model as ONNX graphs for onnxruntime (`torch.onnx.export(..., dynamo=True)`): full-sequence logits with dynamic batch and sequence axes, the KV-cache and recurrent decoding steps, the hyperbolic operations lowered to standard ONNX operators; and `OnnxGenerator`, whose greedy tokens are bytropix's.
+"""Every generative model as ONNX graphs for onnxruntime, hyperbolic operations included, and `OnnxGenerator`, whose greedy tokens are bytropix's.
 
 Docs: https://bytropix.github.io/bytropix/export_onnx.html.md"""
 
