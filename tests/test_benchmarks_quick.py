@@ -1,0 +1,22 @@
+"Every benchmark's `--quick` mode runs and prints its table (never a timing check: timings belong to benchmarks)."
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 'PYTHONPATH': str(ROOT)}
+
+
+def run_quick(script: str) -> str:
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), '--quick'], capture_output=True, text=True,
+                       env=ENV, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_export_interop_quick():
+    out = run_quick('export_interop.py')
+    assert '| model | measure | PyTorch eager | onnxruntime | onnxruntime speed-up |' in out
+    assert 'decode 8 tokens, tokens/s' in out and 'full sequence 2×16, ms' in out
+    assert '| model | bytropix generate, tokens/s | transformers generate, tokens/s | bytropix / transformers |' in out
