@@ -54,7 +54,7 @@ class PruneReport:
         s = f"{self.pattern} ({self.scope}): {len(self.per_weight)} weight matrices at {self.sparsity:.1%} sparsity (per matrix {lo:.1%}–{hi:.1%})"
         return s + (f"; {len(self.skipped)} kept dense" if self.skipped else '')
 
-# %% ../nbs/59_compression.ipynb #31aab2a5
+# %% ../nbs/59_compression.ipynb #357374de
 def _check_sparsity(sparsity: float) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
         raise ConfigError(f"sparsity must be a fraction in (0, 1) (the share of weights set to zero), got {sparsity!r}.")
@@ -65,13 +65,12 @@ def is_pruning(model: nn.Module) -> bool:
     return any(prune.is_pruned(m) for m in model.modules() if m is not model) or prune.is_pruned(model)
 
 def prune_model(model: nn.Module, sparsity: float | None = 0.5, pattern: str = 'unstructured', scope: str = 'global') -> PruneReport:
-    "Magnitude-prune `model`'s weight matrices in place (masks attached; see `make_permanent`)."
+    "Magnitude-prune `model`'s weight matrices in place to `sparsity` (None: 0.5; 2:4 is always 0.5); masks attached, see `make_permanent`."
     if pattern not in PRUNE_PATTERNS: raise ConfigError(f"pattern must be one of {', '.join(PRUNE_PATTERNS)}, got `{pattern}`.")
     if scope not in PRUNE_SCOPES: raise ConfigError(f"scope must be one of {', '.join(PRUNE_SCOPES)}, got `{scope}`.")
     if pattern == '2:4':
         if sparsity not in (None, 0.5): raise ConfigError(f"2:4 sparsity zeroes exactly half of the weights; drop --sparsity or use 0.5, not {sparsity}.")
-        sparsity = 0.5
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _check_sparsity(0.5 if sparsity is None else sparsity)
     if getattr(model, 'quantization', None) or is_pruning(model):
         raise ConfigError("This model is already quantized or being pruned: prune the float model (before quantizing it).")
     targets, skipped = quantization_targets(model)
@@ -117,12 +116,11 @@ def finetune_pruned(model: nn.Module, batches: Iterator, steps: int, lr: float =
     model.eval()
     return losses
 
-# %% ../nbs/59_compression.ipynb #5f5df597
+# %% ../nbs/59_compression.ipynb #a637b6bb
 def prune_path(path: str | os.PathLike, sparsity: float | None, out: str | os.PathLike, pattern: str = 'unstructured',
                scope: str = 'global', finetune_steps: int = 0, lr: float | None = None, checkpoint: str = 'best',
                eval_batches: int | None = 20, log: Callable[[str], Any] = print) -> dict:
     "Prune a run's checkpoint or an export into the export `out` (optionally fine-tuned on the run's data); returns the metrics."
-    if pattern == '2:4' and sparsity is None: sparsity = 0.5
     _check_sparsity(0.5 if sparsity is None else sparsity)
     dest = Path(out)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):

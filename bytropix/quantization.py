@@ -350,17 +350,15 @@ def load_quantized(directory: str | os.PathLike, meta: dict | None = None, map_l
     model.quantization = q
     return model.to(map_location).eval()
 
-# %% ../nbs/58_quantization.ipynb #f3d3d78e
+# %% ../nbs/58_quantization.ipynb #7e32653e
 INFERENCE_DTYPES = ('fp32', 'bf16', 'fp16')
 
 def cast_for_inference(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
-    "Cast `model` for inference in `dtype` (fp32, bf16 or fp16) in place; geometry (ball points, curvatures) and buffers stay float32."
+    "Cast `model` for inference in `dtype` (fp32, bf16 or fp16) in place; scalar parameters (curvatures) and buffers stay float32."
     dt = as_dtype(dtype)
     if dt not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"Inference dtype must be one of {', '.join(INFERENCE_DTYPES)}, got `{dtype}`.")
-    try: from geoopt import ManifoldParameter
-    except ImportError: ManifoldParameter = ()
-    keep = {id(p): p.detach().clone() for p in model.parameters() if (ManifoldParameter and isinstance(p, ManifoldParameter)) or p.ndim == 0}
+    keep = {id(p): p.detach().clone() for p in model.parameters() if p.ndim == 0}
     bufs = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
     model.to(dt)
     with torch.no_grad():
