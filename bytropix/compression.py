@@ -1,4 +1,4 @@
-"""Magnitude pruning (unstructured, global or per layer, and 2:4 semi-structured) with an optional fine-tune that keeps the mask, `bytropix prune`, and knowledge distillation as a task (`task: distill`, `teacher: RUN`).
+"""Magnitude pruning (unstructured or 2:4) with a mask-keeping fine-tune, `bytropix prune`, and knowledge distillation (`task: distill`).
 
 Docs: https://bytropix.github.io/bytropix/compression.html.md"""
 

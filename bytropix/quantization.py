@@ -1,4 +1,4 @@
-"""Post-training quantization of every architecture (torchao's int8 and int4 kernels on linear layers, the low-bit formats on every other weight matrix), quantized exports that load without re-quantizing, quantization-aware training, fp16/bf16 inference and `bytropix quantize`.
+"""Post-training quantization of every architecture (torchao int8/int4, NVFP4, MXFP4, NF4), quantized exports, QAT, fp16/bf16 inference and `bytropix quantize`.
 
 Docs: https://bytropix.github.io/bytropix/quantization.html.md"""
 
@@ -30,8 +30,8 @@ from .models.base import (CARD_FILE, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, 
 # %% auto #0
 __all__ = ['METHODS', 'RAW_WEIGHTS', 'FORMAT_VERSION', 'INFERENCE_DTYPES', 'QAT_SCHEMES', 'import_torchao', 'QuantMethod',
            'get_method', 'register_raw_weights', 'Target', 'quantization_targets', 'is_quantized', 'QuantizationReport',
-           'quantize_model', 'save_quantized', 'load_quantized', 'cast_for_inference', 'prepare_qat', 'convert_qat',
-           'quantize_path', 'cmd_quantize']
+           'quantize_model', 'save_quantized', 'load_quantized', 'cast_for_inference', 'prepare_for_inference',
+           'prepare_qat', 'convert_qat', 'quantize_path', 'cmd_quantize']
 
 # %% ../nbs/58_quantization.ipynb #ba4779a6
 def import_torchao():
@@ -222,7 +222,7 @@ def _stored_bytes(model: nn.Module, key: str, entry: dict) -> int:
     packed = getattr(m.weight, 'target_dtype', None) == torch.int4
     return sum(v.numel() * v.element_size() // (2 if packed and k == 'qdata' else 1) for k, v in parts.items())
 
-# %% ../nbs/58_quantization.ipynb #003c442e
+# %% ../nbs/58_quantization.ipynb #6ac3afa2
 _PACKED = '.int4_packed'   # a torchao int4 `qdata` stored two codes per byte
 
 def _flatten_for_export(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -236,10 +236,12 @@ def _flatten_for_export(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict
         import_torchao()
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
         flat, meta = flatten_tensor_state_dict(ao)
-        for k, v in flat.items():
-            if k.endswith('_qdata') and '"int4"' in meta[k[:-len('_qdata')].replace('._', '.', 1)]:
-                k, v = k + _PACKED, pack_nibbles((v.to(torch.int16) + 8).to(torch.uint8))
-            tensors[k] = v.contiguous()
+        for key, w in ao.items():            # int4 codes: one per byte in torchao's tensor, two per byte on disk
+            if getattr(w, 'target_dtype', None) == torch.int4:
+                mod, _, name = key.rpartition('.')
+                q = flat.pop(f"{mod}._{name}_qdata")
+                flat[f"{mod}._{name}_qdata{_PACKED}"] = pack_nibbles((q.to(torch.int16) + 8).to(torch.uint8))
+        tensors = {k: v.contiguous() for k, v in flat.items()}
         header = {f"torchao:{k}": v for k, v in meta.items()}
     seen: dict[tuple, str] = {}
     for k, v in sd.items():                    # one copy per storage (a tied head is the embedding's tensor)
@@ -369,6 +371,16 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype) -> nn.Module:
                 mod, _, bn = n.rpartition('.')
                 _get(model, mod)._buffers[bn] = bufs[n]
     return model
+
+# %% ../nbs/58_quantization.ipynb #beec563e
+def prepare_for_inference(model: nn.Module, dtype: str | torch.dtype = 'fp32', quant: str | None = None) -> nn.Module:
+    "Quantize `model` with method `quant` (None: as it is), then cast it to `dtype` for inference; in place."
+    if quant is not None:
+        if is_quantized(model):
+            have = (getattr(model, 'quantization', None) or {}).get('method', 'some method')
+            if have != quant: raise ConfigError(f"The model is already quantized with {have}; drop --quant {quant} (or load the float model).")
+        else: quantize_model(model, quant)
+    return cast_for_inference(model, dtype).eval()
 
 # %% ../nbs/58_quantization.ipynb #d777eb33
 QAT_SCHEMES = ('int8', 'int4')

@@ -1,4 +1,4 @@
-"""int8, int4, NF4, NVFP4 and MXFP4: the arithmetic of each format, derived and checked against torchao and bitsandbytes, and one frozen weight-only layer that stores any of them.
+"""int8, int4, NF4, NVFP4 and MXFP4: each format's arithmetic, checked against torchao and bitsandbytes, and a frozen quantized linear layer.
 
 Docs: https://bytropix.github.io/bytropix/quantized_layers.html.md"""
 
@@ -322,13 +322,13 @@ def quantized_parameters(model: nn.Module) -> dict[str, QuantizedWeight]:
             if len(plist) == 1 and isinstance(plist[0], QuantizedWeight): out[f"{mname}.{pname}" if mname else pname] = plist[0]
     return out
 
-# %% ../../nbs/19_quantized_layers.ipynb #973d18d3
+# %% ../../nbs/19_quantized_layers.ipynb #99790e41
 def fake_quantize(x: Tensor, fmt: str) -> Tensor:
     "`x` rounded through format `fmt` along its last dimension (quantize, then dequantize), in `x`'s dtype."
     f = get_format(fmt)
     why = f.unsupported(tuple(x.shape) if x.dim() >= 2 else (1,) + tuple(x.shape))
     if why: raise ConfigError(f"Cannot round a {tuple(x.shape)} tensor to {fmt}: {why}.")
-    return f.dequantize(f.quantize(x.detach() if not x.requires_grad else x), tuple(x.shape)).to(x.dtype)
+    return f.dequantize(f.quantize(x.detach()), tuple(x.shape)).to(x.dtype)
 
 class QuantizedLinear(nn.Module):
     "A frozen `nn.Linear` whose weight is stored in format `fmt` (weight-only); `act_format` also rounds the input (emulated W4A4)."
