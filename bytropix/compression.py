@@ -151,7 +151,7 @@ def prune_path(path: str | os.PathLike, sparsity: float | None, out: str | os.Pa
         shutil.rmtree(tmp, ignore_errors=True); raise
     return result
 
-# %% ../nbs/59_compression.ipynb #c9935334
+# %% ../nbs/59_compression.ipynb #7e68c67f
 def cmd_prune(args, out) -> int:
     "`bytropix prune`: magnitude-prune a run or export (optionally fine-tune) into an export."
     r = prune_path(args.path, args.sparsity, args.out, args.pattern, args.scope, args.finetune_steps, args.lr, args.checkpoint,
@@ -165,6 +165,7 @@ def cmd_prune(args, out) -> int:
     out.write('\n'.join(lines) + '\n')
     return 0
 
+@COMMANDS.register('prune')
 def _add_prune(sub) -> None:
     from bytropix.cli import _number
     p = sub.add_parser('prune', help="magnitude-prune a trained model (unstructured or 2:4)",
@@ -181,8 +182,6 @@ def _add_prune(sub) -> None:
     p.add_argument('--eval-batches', type=_number(int, 1), default=20)
     p.add_argument('--no-eval', action='store_true')
     p.set_defaults(func=cmd_prune)
-
-COMMANDS.register('prune', _add_prune)
 
 # %% ../nbs/59_compression.ipynb #45003ea8
 @dataclass
@@ -263,7 +262,7 @@ class _NeedsTeacher:
     def state_dict(self): return self._loader.state_dict()
     def load_state_dict(self, s): return self._loader.load_state_dict(s)
 
-# %% ../nbs/59_compression.ipynb #77affb9c
+# %% ../nbs/59_compression.ipynb #1b37b483
 def prepare_distill(run, tokenizer=None):
     "The `distill` task: the `lm` task's data, with the teacher loaded and its tokenizer checked against the student's."
     from bytropix.data.datasets import prepare_lm
@@ -287,5 +286,5 @@ def setup_distill(model: nn.Module, data: Any, run) -> None:
     attach_teacher(model, data.teacher, o.temperature, o.alpha)
     data.teacher_attached = True
 
-prepare_distill.options_class, prepare_distill.needs_tokenizer, prepare_distill.setup_model = DistillOptions, True, setup_distill
 TASKS.register('distill', prepare_distill, overwrite=True)
+prepare_distill.options_class, prepare_distill.needs_tokenizer, prepare_distill.setup_model = DistillOptions, True, setup_distill

@@ -470,7 +470,7 @@ def quantize_path(path: str | os.PathLike, method: str, out: str | os.PathLike, 
     result['export_bytes'] = (dest/WEIGHTS_FILE).stat().st_size
     return result
 
-# %% ../nbs/58_quantization.ipynb #ea73a268
+# %% ../nbs/58_quantization.ipynb #28bac650
 def _fmt_bytes(b: float) -> str: return f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 2**10:.1f} KiB"
 
 def cmd_quantize(args, out) -> int:
@@ -488,6 +488,7 @@ def cmd_quantize(args, out) -> int:
     out.write('\n'.join(lines) + '\n')
     return 0
 
+@COMMANDS.register('quantize')
 def _add_quantize(sub) -> None:
     from bytropix.cli import _number
     q = sub.add_parser('quantize', help="quantize a trained model (int8, int4, NVFP4, MXFP4, NF4)",
@@ -501,5 +502,3 @@ def _add_quantize(sub) -> None:
     q.add_argument('--eval-batches', type=_number(int, 1), default=20, help="validation batches for the before/after check (runs only)")
     q.add_argument('--no-eval', action='store_true', help="skip the before/after evaluation")
     q.set_defaults(func=cmd_quantize)
-
-COMMANDS.register('quantize', _add_quantize)

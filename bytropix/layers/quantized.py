@@ -179,7 +179,7 @@ def nf4_dequantize(packed: Tensor, absmax_codes: Tensor, absmax_scale: Tensor, a
     v = levels[unpack_nibbles(packed).long()]
     return (v.reshape(nb, -1) * amax.unsqueeze(-1)).reshape(-1)
 
-# %% ../../nbs/19_quantized_layers.ipynb #9a997343
+# %% ../../nbs/19_quantized_layers.ipynb #f190d0f1
 @dataclass(frozen=True)
 class WeightFormat:
     "A low-bit storage format: quantize a tensor into named tensors, and back."
@@ -201,10 +201,9 @@ class WeightFormat:
 
 FORMATS: dict[str, WeightFormat] = {}
 
-def register_format(fmt: WeightFormat) -> WeightFormat:
+def register_format(fmt: WeightFormat) -> None:
     "Add `fmt` to `FORMATS` under its name."
     FORMATS[fmt.name] = fmt
-    return fmt
 
 def get_format(name: str) -> WeightFormat:
     "The `WeightFormat` called `name` (a `ConfigError` naming the valid ones otherwise)."
