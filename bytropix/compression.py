@@ -96,12 +96,11 @@ def make_permanent(model: nn.Module) -> nn.Module:
             if isinstance(h, prune.BasePruningMethod): prune.remove(m, h._tensor_name)
     return model
 
-# %% ../nbs/59_compression.ipynb #d21bc65e
+# %% ../nbs/59_compression.ipynb #f9c85e66
 def finetune_pruned(model: nn.Module, batches: Iterator, steps: int, lr: float = 2e-4, clip: float = 1.0,
                     log: Callable[[str], Any] | None = None) -> list[float]:
-    "Train a pruned `model` (masks attached) for `steps` on `(x, y)` batches; returns the losses. The masks keep pruned weights at zero."
+    "Train `model` for `steps` on `(x, y)` batches; returns the losses. Pruning masks, when attached, keep pruned weights at zero."
     if steps < 1: raise ConfigError(f"fine-tuning needs at least 1 step, got {steps}.")
-    if not is_pruning(model): raise ConfigError("finetune_pruned expects a model pruned by prune_model (masks attached).")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
