@@ -11,7 +11,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 
 def run_quick(script: str) -> str:
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), '--quick'], capture_output=True, text=True,
                        env=ENV, timeout=600, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
 
@@ -20,3 +20,9 @@ def test_export_interop_quick():
     assert '| model | measure | PyTorch eager | onnxruntime | onnxruntime speed-up |' in out
     assert 'decode 8 tokens, tokens/s' in out and 'full sequence 2×16, ms' in out
     assert '| model | bytropix generate, tokens/s | transformers generate, tokens/s | bytropix / transformers |' in out
+
+
+def test_export_quant_quick():
+    out = run_quick('export_quant.py')
+    for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
+    assert 'tok/s b16' in out and 'targets (int8' in out
