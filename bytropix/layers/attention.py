@@ -8,6 +8,7 @@ Docs: https://bytropix.github.io/bytropix/attention.html.md"""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ from ..core import ConfigError
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['attention_mask', 'reference_attention', 'attend', 'KVCache', 'SelfAttention']
+__all__ = ['attention_mask', 'reference_attention', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention']
 
 # %% ../../nbs/12_attention.ipynb #a165aa39
 def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
@@ -43,12 +44,14 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     return (s.softmax(-1) @ v).to(q.dtype)
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, window: int | None = None,
-           dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
-    "Attention of `q` (B, H, Tq, D) over `k`, `v` (B, H_kv, Tk, D) with Tk ≥ Tq and H_kv dividing H (GQA). → (B, H, Tq, D)."
+           dropout_p: float = 0.0, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of `q` (B, H, Tq, D) over `k`, `v` (B, H_kv, Tk, D) with Tk ≥ Tq and H_kv dividing H (GQA). → (B, H, Tq, D).
+    An explicit boolean `mask` (True = may attend, broadcastable to (B, H, Tq, Tk)) replaces the causal/window one."""
     h, hkv = q.shape[1], k.shape[1]
     if h % hkv: raise ConfigError(f"{hkv} key/value heads cannot serve {h} query heads: n_kv_head must divide n_head.")
     t_q, t_k = q.shape[2], k.shape[2]
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
+    if mask is not None: return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
     if causal and window is None and t_q == t_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=t_q > 1, **kw)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(t_q, t_k, causal, window, q.device), **kw)
@@ -106,6 +109,54 @@ class KVCache:
     def __repr__(self) -> str:
         return f"KVCache(shape={tuple(self.k.shape)}, window={self.window}, stored={self.length}, pos={self.pos})"
 
+# %% ../../nbs/12_attention.ipynb #f1714bc0
+class RaggedKVCache:
+    "Keys/values of a batch of sequences at different positions: row b stores `lengths[b]` entries, its next token is at `pos[b]`."
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, pos: torch.Tensor, window: int | None = None):
+        self.k, self.v, self.lengths, self.pos, self.window = k, v, lengths, pos, window
+        self.mask: torch.Tensor | None = None  # set by `update` for the attention that follows
+
+    @classmethod
+    def merge(cls, caches: Sequence[KVCache | RaggedKVCache]) -> RaggedKVCache:
+        "One ragged cache holding the rows of `caches` (plain or ragged, same layer) in order, left-aligned."
+        rows = []  # (keys, values, position) of each row
+        for c in caches:
+            for b in range(c.k.shape[0]):
+                if isinstance(c, RaggedKVCache): s, n, p = 0, int(c.lengths[b]), int(c.pos[b])
+                else: s, n, p = c.start, c.length, c.pos
+                rows.append((c.k[b, :, s:s + n], c.v[b, :, s:s + n], p))
+        k0, window = caches[0].k, caches[0].window
+        cap = max(r[0].shape[1] for r in rows) + 16  # room for a few decode steps before growing
+        k = k0.new_zeros(len(rows), k0.shape[1], cap, k0.shape[3]); v = torch.zeros_like(k)
+        for b, (kb, vb, _) in enumerate(rows): k[b, :, :kb.shape[1]] = kb; v[b, :, :vb.shape[1]] = vb
+        lengths = torch.tensor([r[0].shape[1] for r in rows], device=k.device)
+        return cls(k, v, lengths, torch.tensor([r[2] for r in rows], device=k.device), window)
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> RaggedKVCache:
+        "The cache of the given rows only (in that order)."
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        return RaggedKVCache(self.k[idx], self.v[idx], self.lengths[idx], self.pos[idx], self.window)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Append T keys/values (B, H_kv, T, D) to every row; return the keys/values and set `mask` (B, 1, T, T_k)."
+        B, H, T, D = k.shape
+        need = int(self.lengths.max()) + T
+        if need > self.k.shape[2]:  # grow geometrically: amortised O(1) copies per token
+            grow = lambda buf: torch.cat([buf, buf.new_zeros(B, H, max(need, 2 * buf.shape[2]) - buf.shape[2], D)], 2)
+            self.k, self.v = grow(self.k), grow(self.v)
+        slot = self.lengths[:, None] + torch.arange(T, device=k.device)          # (B, T) slot of each new token
+        ix = slot[:, None, :, None].expand(B, H, T, D)
+        self.k.scatter_(2, ix, k.to(self.k.dtype)); self.v.scatter_(2, ix, v.to(self.v.dtype))
+        rel = slot[:, :, None] - torch.arange(need, device=k.device)             # (B, T, T_k): > 0 key in the past
+        m = rel >= 0
+        if self.window is not None: m &= rel < self.window
+        self.mask = m[:, None]
+        self.lengths = self.lengths + T; self.pos = self.pos + T
+        return self.k[:, :, :need], self.v[:, :, :need]
+
+    def __repr__(self) -> str:
+        return f"RaggedKVCache(rows={self.k.shape[0]}, lengths={self.lengths.tolist()}, pos={self.pos.tolist()})"
+
 # %% ../../nbs/12_attention.ipynb #8bf68b66
 class SelfAttention(nn.Module):
     "Multi-head self-attention: causal or bidirectional, GQA (`n_kv_head`), sliding `window`, optional RoPE, KV cache."
@@ -147,7 +198,8 @@ class SelfAttention(nn.Module):
         if self.rope is not None: qk = self.rope(qk, cache.pos if cache is not None else 0)  # q and k in one call
         q, k = qk[:, :H], qk[:, H:]
         if cache is not None: k, v = cache.update(k, v)
-        y = attend(q, k, v, self.causal, self.window, self.dropout if self.training else 0.0)
+        mask = cache.mask if isinstance(cache, RaggedKVCache) else None  # rows of different lengths
+        y = attend(q, k, v, self.causal, self.window, self.dropout if self.training else 0.0, mask=mask)
         return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
 
     def extra_repr(self) -> str:

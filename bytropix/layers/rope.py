@@ -86,9 +86,11 @@ class RotaryEmbedding(nn.Module):
         return self.cos[:length], self.sin[:length]
 
     def forward(self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
-        "Rotate `x` (B, H, T, D) at positions `offset..offset+T-1`, or at `positions` (T,) / (B, T)."
+        "Rotate `x` (B, H, T, D) at positions `offset..offset+T-1` (`offset` an int or one per row), or at `positions` (T,) / (B, T)."
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"RotaryEmbedding(head_dim={self.head_dim}) got input of shape {tuple(x.shape)}.")
+        if isinstance(offset, torch.Tensor):  # one offset per row (B,): sequences at different positions in one batch
+            positions, offset = offset.reshape(-1, 1) + torch.arange(x.shape[-2], device=offset.device), 0
         n = offset + x.shape[-2] if positions is None else int(positions.max()) + 1
         if n > self.max_seq_len or self.cos.dtype != torch.float32: self.cos_sin(n)
         if positions is None:

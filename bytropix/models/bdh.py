@@ -191,10 +191,14 @@ class BDH(BytropixModel):
         return self.ln(self.embed(ids))                                   # (B, T, D)
 
     def rope_tables(self, start: int, length: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        "cos/sin tables (float32, (length, N/2)) of positions start..start+length-1."
+        "cos/sin tables (float32, (length, N/2)) of positions start..start+length-1 (`start`: an int, or a tensor of one per row)."
         device = torch.device(device) if device is not None else self.lm_head.device
         f = self._freqs_on.get(device)
         if f is None: f = self._freqs_on[device] = self._pair_freqs.to(device)
+        if isinstance(start, torch.Tensor):  # one start per row (sequences at different positions): (B, 1, length, N/2)
+            pos = start.to(device, torch.float32).reshape(-1, 1) + torch.arange(length, device=device, dtype=torch.float32)
+            cos, sin = bdh_rope_cos_sin(pos.reshape(-1), f)
+            return cos.view(len(start), 1, length, -1), sin.view(len(start), 1, length, -1)
         return bdh_rope_cos_sin(torch.arange(start, start + length, device=device, dtype=torch.float32), f)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

@@ -107,11 +107,12 @@ class GPT(BytropixModel):
         x = self.wte(ids)
         if self.wpe is not None:
             T = ids.shape[1]
-            if offset + T > self.config.block_size:
+            last = int(offset.max()) if isinstance(offset, torch.Tensor) else offset  # per-row offsets when batching
+            if last + T > self.config.block_size:
                 raise DataError(f"Positions {offset}..{offset + T - 1} exceed block_size={self.config.block_size}: a gpt2-style "
                                 "model has learned positions for block_size tokens only. Crop the input to its last "
                                 "block_size tokens (the generator does this by recomputing over a sliding window).")
-            x = x + self.wpe(torch.arange(offset, offset + T, device=ids.device))
+            x = x + self.wpe(torch.arange(T, device=ids.device) + (offset.reshape(-1, 1) if isinstance(offset, torch.Tensor) else offset))
         return self.drop(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
