@@ -1,0 +1,161 @@
+"The OpenAI-compatible server end to end: a real uvicorn on 127.0.0.1, the official `openai` client, raw HTTP for the edges."
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+
+from bytropix.cli import main
+from bytropix.data.tokenizers import byte_tokenizer
+from bytropix.models.base import build_model
+from bytropix.serving.server import BackgroundServer, ServedModel, ServerSettings, create_app, load_served
+
+KEY = 'sk-test'
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp('exports')
+    build_model('gpt', vocab_size=256, block_size=64, n_layer=2, n_embd=32, n_head=4).save_pretrained(d/'gpt', tokenizer=byte_tokenizer())
+    bdh = build_model('bdh', vocab_size=256, block_size=64, n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4)
+    trm = build_model('trm', vocab_size=6, block_size=16, n_embd=32, n_head=2, multiple_of=16, halt_max_steps=3)
+    models = [load_served('gpt', d/'gpt'), ServedModel.build('bdh', bdh.eval(), byte_tokenizer()),
+              ServedModel.build('trm', trm, byte_tokenizer())]
+    app = create_app(models, ServerSettings(api_keys=(KEY,), max_body_bytes=8192, max_tokens=128))
+    with BackgroundServer(app) as s: yield s
+
+
+@pytest.fixture(scope='module')
+def client(server): return openai.OpenAI(base_url=server.url + '/v1', api_key=KEY, max_retries=0, timeout=60)
+
+
+def post(server, path, body, key=KEY, **kw):
+    return httpx.post(server.url + path, headers={'Authorization': f'Bearer {key}'}, timeout=60, **kw,
+                      **({'json': body} if body is not None else {}))
+
+
+def metric(server, name, model) -> float:
+    text = httpx.get(server.url + '/metrics').text
+    line = next(l for l in text.splitlines() if l.startswith(f'{name}{{model="{model}"}}'))
+    return float(line.split()[-1])
+
+
+def test_models_health_playground(server, client):
+    assert [m.id for m in client.models.list().data] == ['gpt', 'bdh', 'trm']
+    assert httpx.get(server.url + '/health').json()['status'] == 'ok'
+    page = httpx.get(server.url + '/')
+    assert page.status_code == 200 and '/v1/chat/completions' in page.text and 'https://' not in page.text
+
+
+@pytest.mark.parametrize('model', ['gpt', 'bdh'])
+def test_completions_n_logprobs_seed(client, model):
+    r = client.completions.create(model=model, prompt=['Hello', 'A longer prompt'], max_tokens=5, n=2, temperature=1.0,
+                                  seed=3, logprobs=2, extra_body={'top_k': 20, 'repetition_penalty': 1.1})
+    assert [c.index for c in r.choices] == [0, 1, 2, 3] and r.object == 'text_completion'
+    assert all(c.finish_reason == 'length' and len(c.logprobs.token_logprobs) == 5 for c in r.choices)
+    assert all(len(t) <= 2 and all(v <= 0 for v in t.values()) for c in r.choices for t in c.logprobs.top_logprobs)
+    assert r.usage.prompt_tokens == 5 + 15 and r.usage.completion_tokens == 20 and r.usage.total_tokens == 40
+    again = client.completions.create(model=model, prompt=['Hello', 'A longer prompt'], max_tokens=5, n=2, temperature=1.0,
+                                      seed=3, logprobs=2, extra_body={'top_k': 20, 'repetition_penalty': 1.1})
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]  # a seed reproduces the sample
+
+
+def test_chat_stream_equals_plain(client):
+    msgs = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi there'}]
+    plain = client.chat.completions.create(model='gpt', messages=msgs, max_tokens=12, temperature=0, logprobs=True, top_logprobs=1)
+    assert plain.object == 'chat.completion' and plain.choices[0].message.role == 'assistant'
+    assert len(plain.choices[0].logprobs.content) >= 1
+    chunks = list(client.chat.completions.create(model='gpt', messages=msgs, max_tokens=12, temperature=0, stream=True,
+                                                 stream_options={'include_usage': True}))
+    assert chunks[0].choices[0].delta.role == 'assistant'
+    text = ''.join(c.choices[0].delta.content or '' for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [plain.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens and chunks[-1].choices == []
+
+
+def test_raw_sse_wire_format(server):
+    with httpx.stream('POST', server.url + '/v1/completions', headers={'Authorization': f'Bearer {KEY}'}, timeout=60,
+                      json={'model': 'gpt', 'prompt': 'ab', 'max_tokens': 3, 'stream': True}) as r:
+        body = r.read().decode()
+    events = body.split('\n\n')
+    assert events[-2] == 'data: [DONE]' and events[-1] == ''
+    assert all(e.startswith('data: ') for e in events[:-1])
+    assert json.loads(events[0][6:])['object'] == 'text_completion'
+
+
+def test_stop_string_cuts_text(client):
+    full = client.completions.create(model='gpt', prompt='Once', max_tokens=24, temperature=0).choices[0].text
+    stop = full[5:8]
+    cut = client.completions.create(model='gpt', prompt='Once', max_tokens=24, temperature=0, stop=[stop]).choices[0]
+    assert cut.text == full[:full.index(stop)] and cut.finish_reason == 'stop'
+    streamed = client.completions.create(model='gpt', prompt='Once', max_tokens=24, temperature=0, stop=stop, stream=True)
+    assert ''.join(c.choices[0].text for c in streamed if c.choices) == cut.text
+
+
+def test_errors_in_openai_schema(server, client):
+    with pytest.raises(openai.AuthenticationError): openai.OpenAI(base_url=server.url + '/v1', api_key='bad', max_retries=0).models.list()
+    r = httpx.get(server.url + '/v1/models')
+    assert r.status_code == 401 and r.json()['error']['code'] == 'invalid_api_key'
+    with pytest.raises(openai.NotFoundError): client.completions.create(model='nope', prompt='x')
+    with pytest.raises(openai.BadRequestError) as e: client.completions.create(model='gpt', prompt='x' * 65, max_tokens=2)
+    assert e.value.code == 'context_length_exceeded'
+    with pytest.raises(openai.BadRequestError, match='128'): client.completions.create(model='gpt', prompt='x', max_tokens=129)
+    with pytest.raises(openai.BadRequestError, match='puzzle'): client.completions.create(model='trm', prompt='x')
+    bad = post(server, '/v1/completions', {'model': 'gpt', 'prompt': 'x', 'temperature': 'hot'})
+    assert bad.status_code == 400 and bad.json()['error']['param'] == 'temperature'
+    broken = httpx.post(server.url + '/v1/chat/completions', content=b'{"model": "gpt", "messages": [',
+                                 headers={'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'})
+    assert broken.status_code == 400 and 'not valid JSON' in broken.json()['error']['message']
+    assert post(server, '/v1/chat/completions', {'model': 'gpt', 'messages': []}).status_code == 400
+    big = post(server, '/v1/completions', {'model': 'gpt', 'prompt': 'x' * 10_000})
+    assert big.status_code == 413 and set(big.json()['error']) == {'message', 'type', 'param', 'code'}
+    assert httpx.get(server.url + '/nowhere').json()['error']['message'] == 'Not Found'
+
+
+def test_greedy_alone_equals_busy(client):
+    prompts = ['x' * n + 'Hello' for n in range(16)]
+    ask = lambda p: client.completions.create(model='gpt', prompt=p, max_tokens=10, temperature=0).choices[0].text
+    alone = [ask(p) for p in prompts]
+    with ThreadPoolExecutor(16) as pool: busy = list(pool.map(ask, prompts))
+    assert busy == alone
+
+
+def test_queue_full_disconnect_rate_limit(tmp_path):
+    sm = ServedModel.build('one', build_model('gpt', vocab_size=256, block_size=16, n_layer=1, n_embd=16, n_head=2),
+                           byte_tokenizer(), max_batch=1, max_queue=0)
+    step = sm.engine.step
+    def slow_step():  # 10 ms per token: the long request is surely still running while the test acts
+        time.sleep(0.01); step()
+    sm.engine.step = slow_step
+    app = create_app([sm],
+                     ServerSettings(api_keys=('a', 'b'), rate_limit=4, max_tokens=2000))
+    with BackgroundServer(app) as s:
+        with httpx.stream('POST', s.url + '/v1/completions', headers={'Authorization': 'Bearer a'}, timeout=60,
+                          json={'model': 'one', 'prompt': 'a', 'max_tokens': 2000, 'stream': True}) as r:
+            lines = r.iter_lines(); next(lines)  # keep the iterator: dropping it closes the response
+            busy = post(s, '/v1/completions', {'model': 'one', 'prompt': 'b', 'max_tokens': 1}, key='a')
+            assert busy.status_code == 429 and busy.headers['Retry-After'] == '1' and busy.json()['error']['code'] == 'queue_full'
+            assert metric(s, 'bytropix_running_sequences', 'one') == 1
+        t0 = time.monotonic()   # the client went away mid-stream: its sequence is cancelled and the slot freed
+        while metric(s, 'bytropix_running_sequences', 'one') != 0:
+            assert time.monotonic() - t0 < 30, 'the abandoned sequence still runs'
+            time.sleep(0.05)
+        assert metric(s, 'bytropix_generation_tokens_total', 'one') < 2000
+        assert post(s, '/v1/completions', {'model': 'one', 'prompt': 'b', 'max_tokens': 1}, key='a').status_code == 200
+        codes = [httpx.get(s.url + '/v1/models', headers={'Authorization': 'Bearer b'}).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 200, 429]   # key b's bucket; key a's is its own
+        limited = httpx.get(s.url + '/v1/models', headers={'Authorization': 'Bearer b'})
+        assert int(limited.headers['Retry-After']) >= 1 and limited.json()['error']['code'] == 'rate_limit_exceeded'
+
+
+def test_cli_serve_errors(capsys, tmp_path):
+    assert main(['serve', str(tmp_path/'missing')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('bytropix serve: error:') and 'does not exist' in err and 'Traceback' not in err
+    assert main(['serve', 'a=x', 'a=y']) == 2 and 'Two models' in capsys.readouterr().err
