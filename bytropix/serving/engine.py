@@ -130,7 +130,8 @@ class Request:
 
     def __post_init__(self):
         self.generator = torch.Generator()
-        self.generator.manual_seed(self.params.seed if self.params.seed is not None else torch.seed())
+        if self.params.seed is not None: self.generator.manual_seed(self.params.seed)
+        else: self.generator.seed()  # a fresh non-deterministic seed (the global RNG is left alone)
         self.counts: dict[int, int] = {}
 
     @property
@@ -321,6 +322,7 @@ def _loop(self: Engine) -> None:
             if self._stop: return
         try: self.step()
         except Exception as e: self._fail_all(e)
+        time.sleep(0)  # let the server's event loop take the GIL and send what this step produced
 
 @patch
 def start(self: Engine) -> Engine:
