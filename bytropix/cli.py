@@ -279,13 +279,18 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
 
 # %% ../nbs/55_cli.ipynb #a647644e
 def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
-    """An interactive session: each line you type joins a running transcript (`User: …`/`Assistant: …` turns),
-    the model continues it until it starts a new user turn. `/reset` clears the transcript, `/quit` (or EOF) ends."""
+    """An interactive session: each line you type joins a running transcript (`User: …`/`Assistant: …` turns, the
+    model's chat template, the one `bytropix serve` uses), the model continues it until it starts a new user turn.
+    `/reset` clears the transcript, `/quit` (or EOF) ends."""
+    from dataclasses import replace
     from bytropix.generation import stream_text
-    user, bot = args.user_prefix, args.assistant_prefix
-    stop = (kw.pop('stop') or []) + [tok.encode('\n' + user.strip())]
+    from bytropix.serving.server import ChatTemplate
+    t = ChatTemplate.for_tokenizer(tok)
+    t = replace(t, **{k: v for k, v in (('user', args.user_prefix), ('assistant', args.assistant_prefix)) if v is not None})
+    user, bot = t.user, t.assistant
+    stop = (kw.pop('stop') or []) + [tok.encode(s) for s in t.stop]
     block = int(model.config.block_size)
-    transcript = ''
+    messages: list[dict] = []
     _emit(out, f"chatting with {args.path} ({model.arch}); /reset clears the context, /quit ends.")
     while True:
         out.write(user); out.flush()
@@ -293,15 +298,15 @@ def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
         if not line: _emit(out); return 0
         line = line.rstrip('\n')
         if line.strip() == '/quit': return 0
-        if line.strip() == '/reset': transcript = ''; _emit(out, '(context cleared)'); continue
-        transcript += f"{user}{line}\n{bot}"
-        ids = tok.encode(transcript)[-(block - 1):]  # keep the newest context the model can attend to
+        if line.strip() == '/reset': messages = []; _emit(out, '(context cleared)'); continue
+        messages.append({'role': 'user', 'content': line})
+        ids = tok.encode(t.render(messages))[-(block - 1):]  # keep the newest context the model can attend to
         out.write(bot); out.flush()
         reply = ''
         for piece in stream_text(model, tok, ids, args.max_new_tokens, stop=stop, **kw):
             reply += piece; out.write(piece); out.flush()
         out.write('\n'); out.flush()
-        transcript += reply.rstrip('\n') + '\n'
+        messages.append({'role': 'assistant', 'content': reply.rstrip('\n')})
 
 def _add_generate(sub) -> None:
     g = sub.add_parser('generate', help="generate text from a trained model",
@@ -319,8 +324,8 @@ def _add_generate(sub) -> None:
     g.add_argument('--stream', action='store_true', help="print tokens as they are generated")
     g.add_argument('--escapes', action='store_true', help="interpret backslash escapes (\\n, \\t, \\u00e9) in --prompt")
     g.add_argument('--chat', action='store_true', help="interactive session on stdin")
-    g.add_argument('--user-prefix', default='User: ')
-    g.add_argument('--assistant-prefix', default='Assistant: ')
+    g.add_argument('--user-prefix', default=None, help="override the chat template's user prefix ('User: ')")
+    g.add_argument('--assistant-prefix', default=None, help="override the chat template's assistant prefix ('Assistant: ')")
     g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
     g.add_argument('--device', default='auto')
     g.set_defaults(func=cmd_generate)

@@ -26,3 +26,10 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_serving_quick():
+    out = run_quick('serving.py')
+    assert '| server | tokens/s | TTFT p50 (s) | TTFT p99 (s) | inter-token p50 (ms) | inter-token p99 (ms) |' in out
+    assert 'continuous batching (--max-batch 4)' in out and 'one at a time (--max-batch 1)' in out
+    assert 'throughput ratio' in out and '| requests served | server RSS (MiB) |' in out

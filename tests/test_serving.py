@@ -159,3 +159,22 @@ def test_cli_serve_errors(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith('bytropix serve: error:') and 'does not exist' in err and 'Traceback' not in err
     assert main(['serve', 'a=x', 'a=y']) == 2 and 'Two models' in capsys.readouterr().err
+
+
+def test_chat_template_stored_with_tokenizer_and_shared_with_cli(tmp_path):
+    import io
+    from bytropix.cli import build_parser, cmd_generate
+    from bytropix.data.tokenizers import Tokenizer
+    from bytropix.serving.server import ChatTemplate
+    tok = byte_tokenizer(); tok.chat_template = {'user': 'Q: ', 'assistant': 'A: '}
+    build_model('gpt', vocab_size=256, block_size=32, n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path/'m', tokenizer=tok)
+    back = Tokenizer.load(tmp_path/'m')
+    t = ChatTemplate.for_tokenizer(back)
+    assert back.chat_template == tok.chat_template and t.render([{'role': 'user', 'content': 'hi'}]) == 'Q: hi\nA: '
+    assert t.stop == ['\nQ:']
+    args = build_parser().parse_args(['generate', str(tmp_path/'m'), '--chat', '--max-new-tokens', '3', '--temperature', '0'])
+    buf = io.StringIO()
+    assert cmd_generate(args, buf, inp=io.StringIO('hello\n/quit\n')) == 0
+    assert 'Q: ' in buf.getvalue() and 'A: ' in buf.getvalue() and 'User: ' not in buf.getvalue()
+    (tmp_path/'m'/'tokenizer.chat_template.json').write_text('{"user": 3}')
+    with pytest.raises(Exception, match='JSON object of strings'): Tokenizer.load(tmp_path/'m')

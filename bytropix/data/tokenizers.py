@@ -23,7 +23,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TOKENIZER_KINDS', 'EOS_TOKEN', 'EOS_CANDIDATES', 'TRAINED_KINDS', 'byte_symbols', 'Tokenizer', 'byte_tokenizer',
-           'min_vocab_size', 'train_tokenizer', 'TokenizerConfig', 'build_tokenizer']
+           'chat_template_file', 'min_vocab_size', 'train_tokenizer', 'TokenizerConfig', 'build_tokenizer']
 
 # %% ../../nbs/31_tokenizers.ipynb #7be894f2
 TOKENIZER_KINDS = ('byte', 'bpe', 'wordpiece', 'unigram')
@@ -90,6 +90,7 @@ class Tokenizer:
         self.eos_token = next((t for t in EOS_CANDIDATES if t in added or (t in vocab and t.startswith('<'))), None)
         self._eos_id = vocab[self.eos_token] if self.eos_token is not None else None
         self._vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self.chat_template: dict | None = None  # role prefixes for chat (bytropix.serving.server.ChatTemplate); None: default
 
     # -- properties
     @property
@@ -183,7 +184,14 @@ def save(self: Tokenizer, path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir() or str(path).endswith(('/', os.sep)): p = p / TOKENIZER_FILE
     atomic_write_text(p, self.to_str())
+    if self.chat_template is not None:  # tokenizer.json admits no extra keys: the template goes beside it
+        atomic_write_text(chat_template_file(p), json.dumps(self.chat_template, indent=2) + '\n')
     return p
+
+def chat_template_file(tokenizer_file: str | os.PathLike) -> Path:
+    "Where the chat template of the tokenizer saved at `tokenizer_file` lives (`tokenizer.chat_template.json`)."
+    p = Path(tokenizer_file)
+    return p.with_name(p.stem + '.chat_template.json')
 
 @patch(cls_method=True)
 def from_str(cls: Tokenizer, text: str, source: str = 'the tokenizer JSON') -> Tokenizer:
@@ -210,7 +218,15 @@ def load(cls: Tokenizer, path: str | os.PathLike) -> Tokenizer:
     except UnicodeDecodeError as e:
         raise DataError(f"{p} is not a tokenizer.json: it is not UTF-8 text (an invalid byte at offset {e.start:,}); "
                         "the file is damaged: save or train the tokenizer again.") from None
-    return cls.from_str(text, source=str(p))
+    tok = cls.from_str(text, source=str(p))
+    t = chat_template_file(p)
+    if t.is_file():
+        try: tok.chat_template = json.loads(t.read_text(encoding='utf-8'))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{t} is not valid JSON ({e}); fix or delete it (the default chat template then applies).") from None
+        if not isinstance(tok.chat_template, dict) or not all(isinstance(v, str) for v in tok.chat_template.values()):
+            raise DataError(f"{t} must hold a JSON object of strings (system, user, assistant, separator).")
+    return tok
 
 # %% ../../nbs/31_tokenizers.ipynb #b2f0cf0c
 TRAINED_KINDS = ('bpe', 'wordpiece', 'unigram')
