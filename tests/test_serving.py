@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     trm = build_model('trm', vocab_size=6, block_size=16, n_embd=32, n_head=2, multiple_of=16, halt_max_steps=3)
     models = [load_served('gpt', d/'gpt'), ServedModel.build('bdh', bdh.eval(), byte_tokenizer()),
               ServedModel.build('trm', trm, byte_tokenizer())]
-    app = create_app(models, ServerSettings(api_keys=(KEY,), max_body_bytes=8192, max_tokens=128))
+    app = create_app(models, ServerSettings(api_keys=(KEY,), max_body_bytes=8192, max_tokens=128, cors=('http://allowed.example',)))
     with BackgroundServer(app) as s: yield s
 
 
@@ -48,6 +48,10 @@ def metric(server, name, model) -> float:
 def test_models_health_playground(server, client):
     assert [m.id for m in client.models.list().data] == ['gpt', 'bdh', 'trm']
     assert httpx.get(server.url + '/health').json()['status'] == 'ok'
+    pre = httpx.options(server.url + '/v1/models', headers={'Origin': 'http://allowed.example', 'Access-Control-Request-Method': 'GET'})
+    assert pre.headers.get('access-control-allow-origin') == 'http://allowed.example'
+    other = httpx.options(server.url + '/v1/models', headers={'Origin': 'http://evil.example', 'Access-Control-Request-Method': 'GET'})
+    assert 'access-control-allow-origin' not in other.headers
     page = httpx.get(server.url + '/')
     assert page.status_code == 200 and '/v1/chat/completions' in page.text and 'https://' not in page.text
 
@@ -77,6 +81,17 @@ def test_chat_stream_equals_plain(client):
     assert text == plain.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [plain.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens and chunks[-1].choices == []
+
+
+def test_metrics_histograms(server, client):
+    client.completions.create(model='bdh', prompt='metrics', max_tokens=3, temperature=0, stream=True).close()
+    client.completions.create(model='bdh', prompt='metrics', max_tokens=3, temperature=0)
+    text = httpx.get(server.url + '/metrics').text
+    for name in ('bytropix_time_to_first_token_seconds_count', 'bytropix_inter_token_latency_seconds_count',
+                 'bytropix_generation_tokens_total', 'bytropix_prompt_tokens_total'):
+        assert metric(server, name, 'bdh') > 0, name
+    assert 'bytropix_queue_depth{model="bdh"} 0.0' in text
+    assert 'bytropix_requests_total{path="/v1/completions",status="200"}' in text
 
 
 def test_raw_sse_wire_format(server):
@@ -148,6 +163,8 @@ def test_queue_full_disconnect_rate_limit(tmp_path):
             time.sleep(0.05)
         assert metric(s, 'bytropix_generation_tokens_total', 'one') < 2000
         assert post(s, '/v1/completions', {'model': 'one', 'prompt': 'b', 'max_tokens': 1}, key='a').status_code == 200
+        pre = httpx.options(s.url + '/v1/models', headers={'Origin': 'http://a.example', 'Access-Control-Request-Method': 'GET'})
+        assert 'access-control-allow-origin' not in pre.headers        # CORS is off unless --cors
         codes = [httpx.get(s.url + '/v1/models', headers={'Authorization': 'Bearer b'}).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 200, 429]   # key b's bucket; key a's is its own
         limited = httpx.get(s.url + '/v1/models', headers={'Authorization': 'Bearer b'})
