@@ -94,6 +94,33 @@ def test_metrics_histograms(server, client):
     assert 'bytropix_requests_total{path="/v1/completions",status="200"}' in text
 
 
+def test_echo(client):
+    r = client.completions.create(model='gpt', prompt='Echo me', max_tokens=3, temperature=0, echo=True)
+    plain = client.completions.create(model='gpt', prompt='Echo me', max_tokens=3, temperature=0)
+    assert r.choices[0].text == 'Echo me' + plain.choices[0].text
+    streamed = client.completions.create(model='gpt', prompt='Echo me', max_tokens=3, temperature=0, echo=True, stream=True)
+    assert ''.join(c.choices[0].text for c in streamed if c.choices) == r.choices[0].text
+
+
+def test_request_timeout():
+    sm = ServedModel.build('t', build_model('gpt', vocab_size=256, block_size=16, n_layer=1, n_embd=16, n_head=2), byte_tokenizer())
+    step = sm.engine.step
+    def slow_step():
+        time.sleep(0.01); step()
+    sm.engine.step = slow_step
+    with BackgroundServer(create_app([sm], ServerSettings(request_timeout=0.3, max_tokens=1000))) as s:
+        r = httpx.post(s.url + '/v1/completions', json={'model': 't', 'prompt': 'a', 'max_tokens': 1000}, timeout=60)
+        assert r.status_code == 504 and r.json()['error']['code'] == 'timeout'
+        with httpx.stream('POST', s.url + '/v1/completions', timeout=60,
+                          json={'model': 't', 'prompt': 'a', 'max_tokens': 1000, 'stream': True}) as r:
+            events = [l for l in r.iter_lines() if l]
+        assert '"code": "timeout"' in events[-2] and events[-1] == 'data: [DONE]'
+        t0 = time.monotonic()
+        while sm.engine.num_running:   # the timed-out sequences were cancelled
+            assert time.monotonic() - t0 < 20
+            time.sleep(0.05)
+
+
 def test_raw_sse_wire_format(server):
     with httpx.stream('POST', server.url + '/v1/completions', headers={'Authorization': f'Bearer {KEY}'}, timeout=60,
                       json={'model': 'gpt', 'prompt': 'ab', 'max_tokens': 3, 'stream': True}) as r:

@@ -339,9 +339,10 @@ async def _respond(app, req: _Sampling, kind: str, prompts: list[list[int]], log
     head = {'id': rid, 'object': 'chat.completion' if kind == 'chat' else 'text_completion', 'created': int(time.time()),
             'model': sm.name}
     n_prompt = sum(len(p) for p in prompts)
-    if req.stream: return StreamingResponse(_stream(job, head, kind, logprobs, req, n_prompt, settings),
+    echo = [sm.tokenizer.decode(p) for p in prompts for _ in range(n)] if getattr(req, 'echo', False) else None
+    if req.stream: return StreamingResponse(_stream(job, head, kind, logprobs, req, n_prompt, settings, echo),
                                             media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
-    texts, lps, reasons = [''] * len(params), [[] for _ in params], [None] * len(params)
+    texts, lps, reasons = list(echo or [''] * len(params)), [[] for _ in params], [None] * len(params)
     try:
         async for i, text, ev, reason in job.events(settings.request_timeout):
             texts[i] += text
@@ -368,7 +369,7 @@ def _choice(kind: str, i: int, text: str, lps: list[TokenEvent], reason: str | N
 
 # %% ../../nbs/53_serving.ipynb #1c9ce0bb
 async def _stream(job: _Job, head: dict, kind: str, logprobs: int | None, req: _Sampling, n_prompt: int,
-                  settings: ServerSettings) -> AsyncIterator[str]:
+                  settings: ServerSettings, echo: list[str] | None = None) -> AsyncIterator[str]:
     "The SSE body: a chunk per text delta, one with each finish reason, the usage if asked, then [DONE]."
     head = {**head, 'object': 'chat.completion.chunk' if kind == 'chat' else 'text_completion'}
     try:
@@ -376,6 +377,8 @@ async def _stream(job: _Job, head: dict, kind: str, logprobs: int | None, req: _
             for i in range(len(job.seqs)):
                 yield _sse({**head, 'choices': [{'index': i, 'delta': {'role': 'assistant', 'content': ''},
                                                  'logprobs': None, 'finish_reason': None}]})
+        for i, text in enumerate(echo or []):   # completions with echo: the prompt first
+            yield _sse({**head, 'choices': [_choice(kind, i, text, [], None, job.sm, None, delta=True)]})
         try:
             async for i, text, ev, reason in job.events(settings.request_timeout):
                 lps = [ev] if ev is not None and logprobs is not None else []
