@@ -155,6 +155,10 @@ def test_errors_in_openai_schema(server, client):
                                  headers={'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'})
     assert broken.status_code == 400 and 'not valid JSON' in broken.json()['error']['message']
     assert post(server, '/v1/chat/completions', {'model': 'gpt', 'messages': []}).status_code == 400
+    assert post(server, '/v1/completions', {'model': 'gpt', 'prompt': []}).status_code == 400
+    ids = post(server, '/v1/completions', {'model': 'gpt', 'prompt': [72, 105], 'max_tokens': 2})   # token ids work too
+    assert ids.status_code == 200 and ids.json()['usage']['prompt_tokens'] == 2
+    assert post(server, '/v1/completions', {'model': 'gpt', 'prompt': [72, 999]}).status_code == 400
     big = post(server, '/v1/completions', {'model': 'gpt', 'prompt': 'x' * 10_000})
     assert big.status_code == 413 and set(big.json()['error']) == {'message', 'type', 'param', 'code'}
     assert httpx.get(server.url + '/nowhere').json()['error']['message'] == 'Not Found'
@@ -196,6 +200,32 @@ def test_queue_full_disconnect_rate_limit(tmp_path):
         assert codes == [200, 200, 200, 200, 429]   # key b's bucket; key a's is its own
         limited = httpx.get(s.url + '/v1/models', headers={'Authorization': 'Bearer b'})
         assert int(limited.headers['Retry-After']) >= 1 and limited.json()['error']['code'] == 'rate_limit_exceeded'
+
+
+def test_cli_serve_end_to_end(tmp_path):
+    import os, socket, subprocess, sys
+    from pathlib import Path
+    build_model('gpt', vocab_size=256, block_size=32, n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path/'small', tokenizer=byte_tokenizer())
+    with socket.socket() as sock: sock.bind(('127.0.0.1', 0)); port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, 'PYTHONPATH': str(root), 'OMP_NUM_THREADS': '1', 'BYTROPIX_API_KEYS': 'k1,k2'}
+    proc = subprocess.Popen([sys.executable, '-c', 'import sys; from bytropix.cli import main; sys.exit(main())', 'serve',
+                             str(tmp_path/'small'), '--port', str(port), '--dtype', 'bf16', '--log-level', 'warning'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        c = openai.OpenAI(base_url=f'http://127.0.0.1:{port}/v1', api_key='k2', max_retries=0)
+        t0 = time.monotonic()
+        while True:
+            try: models = c.models.list(); break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.poll() is not None else 'no start'
+                time.sleep(0.2)
+        assert [m.id for m in models.data] == ['small']
+        r = c.chat.completions.create(model='small', messages=[{'role': 'user', 'content': 'hi'}], max_tokens=4)
+        assert r.choices[0].finish_reason in ('length', 'stop') and r.usage.completion_tokens >= 1
+    finally:
+        proc.terminate(); out = proc.communicate(timeout=30)[0]
+    assert "serving `small` (gpt" in out and 'http://127.0.0.1:' in out
 
 
 def test_cli_serve_errors(capsys, tmp_path):

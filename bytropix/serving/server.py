@@ -537,6 +537,7 @@ def create_app(models: dict[str, ServedModel] | list[ServedModel], settings: Ser
         _authorize(app, request)
         sm, p = served(req.model), req.prompt
         texts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+        if not texts: raise APIError(400, "prompt is an empty list: send a string, strings or token ids.", param='prompt')
         prompts = [_check_prompt(sm.tokenizer.encode(t) if isinstance(t, str) else list(t), sm) for t in texts]
         return await _respond(app, req, 'text', prompts, req.logprobs, sm)
 
