@@ -66,6 +66,7 @@ class ChatTemplate:
 
 # %% ../../nbs/53_serving.ipynb #45273dad
 class StreamOptions(BaseModel):
+    "`stream_options` of a request: `include_usage` adds a last chunk with the token counts."
     include_usage: bool = False
 
 class _Sampling(BaseModel):
@@ -93,6 +94,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
 
 class ChatMessage(BaseModel):
+    "One message of a chat request: a role and its text (a string or a list of `{'type': 'text', 'text'}` parts)."
     model_config = ConfigDict(extra='ignore')
     role: Literal['system', 'developer', 'user', 'assistant']
     content: Union[str, list[dict]]
