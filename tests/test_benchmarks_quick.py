@@ -26,3 +26,9 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_speculative_quick():
+    out = run_quick('speculative.py')
+    assert '| decoding | tokens/s | speed-up | acceptance | tokens per target call | identical to target |' in out
+    assert '| target alone |' in out and '| draft, k = 2 |' in out and 'best speed-up' in out
