@@ -77,15 +77,15 @@ def main(argv=None) -> int:
     ap.add_argument('--block', type=int, default=128)
     ap.add_argument('--k', default='2,3,4,6', help='numbers of draft tokens per round to measure')
     ap.add_argument('--prompts', type=int, default=4)
-    ap.add_argument('--prompt-len', type=int, default=64)
-    ap.add_argument('--new-tokens', type=int, default=128)
+    ap.add_argument('--prompt-len', type=int, default=32)
+    ap.add_argument('--new-tokens', type=int, default=96)
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--target', type=float, default=1.5, help='the speed-up to reach')
     a = ap.parse_args(argv)
     if a.quick:
         a.target_shape, a.draft_shape, a.steps, a.batch, a.block = '2x32x2', '1x16x2', 3, 2, 32
-        a.k, a.prompts, a.prompt_len, a.new_tokens = '2,4', 1, 8, 12
+        a.k, a.prompts, a.prompt_len, a.new_tokens = '2,4', 1, 8, 12  # within block 32
         if a.out_dir == ap.get_default('out_dir'):
             import tempfile; a.out_dir = tempfile.mkdtemp(prefix='bench-speculative-')
     log = lambda s: print(s, flush=True)
@@ -98,6 +98,10 @@ def main(argv=None) -> int:
     target, tok, _ = load_trained(tpath, 'best', 'cpu')
     draft, dtok, _ = load_trained(dpath, 'best', 'cpu')
     if dtok != tok: print('ERROR: target and draft use different tokenizers', file=sys.stderr); return 2
+    if a.prompt_len + a.new_tokens > min(target.config.block_size, draft.config.block_size):
+        # past block_size each position is recomputed over its own window (exactness): speculation cannot help there
+        ap.error(f"prompt-len + new-tokens = {a.prompt_len + a.new_tokens} exceeds the models' block_size "
+                 f"({target.config.block_size}, {draft.config.block_size}): decode within the context the KV cache serves")
     ft, fd = flops_per_token(target), flops_per_token(draft)
     tc, dc = target.config, draft.config
     log(f"target: {tc.n_layer}×{tc.n_embd} GPT, {target.num_parameters() / 1e6:.2f}M parameters, {ft / 1e6:.1f} MFLOP/token; "
