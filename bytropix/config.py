@@ -91,6 +91,8 @@ class TrainConfig(ConfigBase):
         c(0 <= self.label_smoothing < 1, 'label_smoothing', f"must be in [0, 1) (0: off; 0.1 is usual), got {self.label_smoothing}.")
         c(self.monitor_interval >= 0, 'monitor_interval', f"must be ≥ 0 (0: off), got {self.monitor_interval}.")
         c(self.wandb is None or bool(self.wandb.strip()), 'wandb', "is empty; give a W&B project name or null (off).")
+        c(not self.monitor_interval or self.tensorboard or self.wandb, 'monitor_interval',
+          "per-layer statistics go to TensorBoard or W&B: set train.tensorboard: true or train.wandb, or 0 (off).")
         c(self.sample_top_k is None or self.sample_top_k >= 1, 'sample_top_k', f"must be at least 1 or null, got {self.sample_top_k}.")
         if self.device != 'auto':
             try: torch.device(self.device)
