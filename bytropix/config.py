@@ -150,8 +150,10 @@ class RunConfig(ConfigBase):
         for m in self.data.mixture:
             if isinstance(m, dict) and isinstance(m.get('source'), str): m['source'] = absolute_source(m['source'])
         self.data.cache_dir, self.tokenizer.path = fix(self.data.cache_dir), fix(self.tokenizer.path)
-        if isinstance(self.task_options, dict) and 'cache_dir' in self.task_options:
-            self.task_options['cache_dir'] = fix(self.task_options['cache_dir'])
+        try: keys = ('cache_dir', *getattr(getattr(get_task(self.task), 'options_class', None), 'path_fields', ()))
+        except ConfigError: keys = ('cache_dir',)   # an unknown task: validate() says so
+        for k in keys:   # the task's options that are paths (an options class lists them in `path_fields`)
+            if isinstance(self.task_options, dict) and k in self.task_options: self.task_options[k] = fix(self.task_options[k])
 
     @property
     def model_config(self) -> ModelConfig:

@@ -38,6 +38,7 @@ class DPOOptions(ConfigBase):
     checkpoint: str = 'best'           # of a reference run directory: best, latest, a step or a checkpoint path
     max_batch_tokens: int = 4096       # padded tokens per batch (chosen + rejected sequences)
     validation_fraction: float = 0.1   # share of pairs held out for validation (by hash of the prompt)
+    path_fields = ('data', 'reference')   # made absolute when the run config is read (see RunConfig)
 
     def validate(self) -> None:
         self.check(bool(self.data.strip()), 'data', "is required: a JSONL file of {prompt, chosen, rejected} lines.")
