@@ -26,3 +26,9 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_lr_find_quick():
+    out = run_quick('lr_find.py')
+    assert '| lr | from | final val bpb | / best grid bpb |' in out and '| lr-find |' in out
+    assert 'sweep cost:' in out and 'suggested lr' in out
