@@ -256,7 +256,7 @@ def _add_lr_find(sub) -> None:
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help="config override, e.g. --set train.batch_size=8 (repeatable)")
     p.set_defaults(func=cmd_lr_find)
 
-# %% ../../nbs/48_recipes.ipynb #02322eec
+# %% ../../nbs/48_recipes.ipynb #6ffae5c1
 def layer_of(name: str) -> str:
     "The layer a parameter belongs to: its path up to the first numeric index (`blocks.3`), else its top module."
     parts = name.split('.')
@@ -316,7 +316,7 @@ class LayerMonitor:
             tb.add_histogram('layers/update_ratio', torch.tensor(list(self._ratios.values())), step)
         record.update(st)   # later callbacks (W&B) see them
 
-# %% ../../nbs/48_recipes.ipynb #c476001e
+# %% ../../nbs/48_recipes.ipynb #1fd07a29
 class WandbLogger:
     "A trainer callback logging metrics records to a Weights & Biases run (`train.wandb`)."
     def __init__(self, trainer: Trainer):
