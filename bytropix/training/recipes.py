@@ -20,15 +20,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core import COMMANDS, ConfigError, DataError, atomic_path, resolve_device, seed_everything
+from ..core import COMMANDS, TASKS, ConfigBase, ConfigError, DataError, atomic_path, resolve_device, seed_everything
 from ..config import RunConfig, get_task, load_config, prepare_task
 from ..models.base import IGNORE_INDEX, label_smoothing, lm_loss
 from .optim import build_optimizer
 from .trainer import Trainer
 
 # %% auto #0
-__all__ = ['TokenBudgetBatcher', 'pad_sequences', 'LRFindResult', 'lr_range', 'suggest_lr', 'lr_find', 'plot_lr_find',
-           'ascii_curve', 'cmd_lr_find', 'layer_of', 'LayerMonitor', 'WandbLogger', 'attach_monitoring']
+__all__ = ['TokenBudgetBatcher', 'pad_sequences', 'DocumentLMOptions', 'VariableLengthLoader', 'collate_sequences',
+           'fixed_batches', 'DocumentData', 'prepare_lm_documents', 'LRFindResult', 'lr_range', 'suggest_lr', 'lr_find',
+           'plot_lr_find', 'ascii_curve', 'cmd_lr_find', 'layer_of', 'LayerMonitor', 'WandbLogger', 'attach_monitoring']
 
 # %% ../../nbs/48_recipes.ipynb #f8132352
 class TokenBudgetBatcher:
@@ -82,7 +83,88 @@ def pad_sequences(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     for i, s in enumerate(seqs): out[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
     return out
 
-# %% ../../nbs/48_recipes.ipynb #0c1a92ad
+# %% ../../nbs/48_recipes.ipynb #4aff2634
+@dataclass
+class DocumentLMOptions(ConfigBase):
+    "Options of the `lm_documents` task (`task_options:`)."
+    max_batch_tokens: int = 4096       # padded tokens per batch
+    min_tokens: int = 2                # pieces shorter than this (in tokens) are dropped
+
+    def validate(self) -> None:
+        self.check(self.max_batch_tokens >= 2, 'max_batch_tokens', f"must be at least 2, got {self.max_batch_tokens}.")
+        self.check(self.min_tokens >= 2, 'min_tokens', f"must be at least 2 (an input and a target), got {self.min_tokens}.")
+
+class VariableLengthLoader:
+    "Endless `(x, y)` batches of variable-length token sequences under a token budget (padding targets ignored); resumable."
+    def __init__(self, seqs: list, max_tokens: int, seed: int = 0, field: str = 'task_options.max_batch_tokens'):
+        self.seqs = seqs
+        self.batcher = TokenBudgetBatcher([len(s) - 1 for s in seqs], max_tokens, seed, what='sequence', field=field)
+    def __iter__(self) -> VariableLengthLoader: return self
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: return collate_sequences([self.seqs[i] for i in next(self.batcher)])
+    def state_dict(self) -> dict: return self.batcher.state_dict()
+    def load_state_dict(self, state: dict) -> None: self.batcher.load_state_dict(state)
+
+def collate_sequences(seqs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    "Inputs (padded with 0) and targets (padded with `IGNORE_INDEX`) of next-token prediction on each sequence."
+    return pad_sequences([s[:-1] for s in seqs], 0), pad_sequences([s[1:] for s in seqs], IGNORE_INDEX)
+
+def fixed_batches(seqs: list, max_tokens: int, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    "Deterministic batches of `seqs` (in order of length) under the token budget."
+    order, batch, n = sorted(range(len(seqs)), key=lambda i: len(seqs[i])), [], 0
+    for i in order:
+        if batch and (len(batch) + 1) * (len(seqs[i]) - 1) > max_tokens:
+            yield collate_sequences([seqs[j] for j in batch]); batch, n = [], n + 1
+            if max_batches is not None and n >= max_batches: return
+        batch.append(i)
+    if batch: yield collate_sequences([seqs[j] for j in batch])
+
+# %% ../../nbs/48_recipes.ipynb #6626dc8a
+@dataclass
+class DocumentData:
+    "The data of an `lm_documents` run."
+    train: VariableLengthLoader
+    val_seqs: list
+    block_size: int
+    batch_size: int
+    vocab_size: int
+    bytes_per_token: float
+    train_tokens: int
+    max_tokens: int
+    description: str = ''
+
+    def val_batches(self, max_batches: int | None = None): return fixed_batches(self.val_seqs, self.max_tokens, max_batches)
+
+def _document_sequences(texts: list[str], tok, T: int, min_tokens: int) -> tuple[list, int, int]:
+    "(pieces of ≤ T + 1 tokens, tokens, bytes) of the documents `texts` (each followed by the document separator)."
+    from bytropix.data.datasets import document_separator
+    sep, sep_text = document_separator(tok)
+    seqs, n_tok, n_bytes = [], 0, 0
+    for t, ids in zip(texts, tok.encode_batch(texts) if texts else []):
+        ids = ids + sep
+        n_tok += len(ids); n_bytes += len(t.encode('utf-8', 'replace')) + len(sep_text.encode())
+        seqs += [ids[i:i + T + 1] for i in range(0, len(ids), T + 1) if len(ids[i:i + T + 1]) >= min_tokens]
+    return seqs, n_tok, n_bytes
+
+def prepare_lm_documents(run, tokenizer=None) -> DocumentData:
+    "The `lm_documents` task: documents as sequences, batched by token count (see above)."
+    from bytropix.data.datasets import iter_texts, load_text_dataset, run_tokenizer
+    if run.data.streaming: raise ConfigError("task `lm_documents` reads every document up front; set data.streaming to false (or use task lm).")
+    o, T, tok = run.task_config, run.train.block_size, tokenizer or run_tokenizer(run)
+    dd = load_text_dataset(run.data)
+    split = {s: _document_sequences([t for t in iter_texts(dd[s], run.data.text_column) if t], tok, T, o.min_tokens)
+             for s in ('train', 'validation')}
+    for s, (seqs, _, _) in split.items():
+        if not seqs: raise DataError(f"The {s} split of data.source `{run.data.source}` has no document of at least {o.min_tokens} tokens.")
+    (tr, ntr, _), (val, nval, bval) = split['train'], split['validation']
+    desc = (f"`{run.data.source}` as whole documents: {len(tr):,} train / {len(val):,} validation sequences, {ntr:,} train tokens, "
+            f"batches ≤ {o.max_batch_tokens} tokens ({tok.kind} tokenizer, vocab {tok.vocab_size})")
+    return DocumentData(VariableLengthLoader(tr, o.max_batch_tokens, run.train.seed), val, T, run.train.batch_size,
+                        tok.vocab_size, bval / max(nval, 1), ntr, o.max_batch_tokens, desc)
+
+TASKS.register('lm_documents', prepare_lm_documents, overwrite=True)
+prepare_lm_documents.options_class, prepare_lm_documents.needs_tokenizer = DocumentLMOptions, True
+
+# %% ../../nbs/48_recipes.ipynb #a8938caf
 @dataclass
 class LRFindResult:
     "The sweep: learning rates, raw and smoothed losses, the suggested lr and why the sweep stopped."
@@ -127,7 +209,7 @@ class _Sweep:
     def step(self) -> None: self.i += 1; self.apply()
     def get_last_lr(self) -> list[float]: return [g['lr'] for g in self.opt.param_groups]
 
-# %% ../../nbs/48_recipes.ipynb #b89f7a8d
+# %% ../../nbs/48_recipes.ipynb #f2086d3e
 def _sweep_trainer(run: RunConfig, model: nn.Module | None, data: Any, tokenizer: Any, lrs: np.ndarray) -> Trainer:
     "A trainer set up like `Trainer.setup` for a fresh run, without touching the run directory; the schedule is the sweep."
     tc = run.train
@@ -181,7 +263,7 @@ def lr_find(run: RunConfig, start: float = 1e-6, end: float = 1.0, steps: int = 
     sugg, lowest = suggest_lr(lrs[:len(smoothed)], smoothed)
     return LRFindResult([float(x) for x in lrs[:len(losses)]], losses, smoothed, sugg, lowest, stopped)
 
-# %% ../../nbs/48_recipes.ipynb #2b05144b
+# %% ../../nbs/48_recipes.ipynb #7047a013
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     "Save the loss-vs-lr curve as a PNG (written atomically)."
     import matplotlib
@@ -222,7 +304,7 @@ def ascii_curve(result: LRFindResult, width: int = 64, height: int = 12) -> str:
     lines.append(' ' * 10 + left + ' ' * max(1, width - len(left) - len(right)) + right + '  (lr, log scale)')
     return '\n'.join(lines)
 
-# %% ../../nbs/48_recipes.ipynb #6c87e388
+# %% ../../nbs/48_recipes.ipynb #fdf03e87
 def cmd_lr_find(args, out) -> int:
     "`bytropix lr-find`: the learning-rate range test of a run config."
     from bytropix.cli import parse_overrides
@@ -256,7 +338,7 @@ def _add_lr_find(sub) -> None:
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help="config override, e.g. --set train.batch_size=8 (repeatable)")
     p.set_defaults(func=cmd_lr_find)
 
-# %% ../../nbs/48_recipes.ipynb #6ffae5c1
+# %% ../../nbs/48_recipes.ipynb #49f03d3a
 def layer_of(name: str) -> str:
     "The layer a parameter belongs to: its path up to the first numeric index (`blocks.3`), else its top module."
     parts = name.split('.')
@@ -316,7 +398,7 @@ class LayerMonitor:
             tb.add_histogram('layers/update_ratio', torch.tensor(list(self._ratios.values())), step)
         record.update(st)   # later callbacks (W&B) see them
 
-# %% ../../nbs/48_recipes.ipynb #1fd07a29
+# %% ../../nbs/48_recipes.ipynb #89dbf95b
 class WandbLogger:
     "A trainer callback logging metrics records to a Weights & Biases run (`train.wandb`)."
     def __init__(self, trainer: Trainer):
