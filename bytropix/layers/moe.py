@@ -137,7 +137,8 @@ def check_moe_settings(n_experts: int, top_k: int, capacity_factor: float | None
 
 def collect_moe_aux(model: nn.Module, prefix: str = 'moe') -> tuple[Tensor | None, dict[str, Tensor]]:
     """The summed auxiliary loss of every `MoE` layer in `model` after a training forward pass (None if none ran) and
-    scalars to log: per layer the load of each expert, the imbalance (max load · E), the dropped fraction, both losses."""
+    scalars to log: per layer the load of each expert, the imbalance (max load · E), the dropped fraction, both losses
+    (and curvature experts' curvatures)."""
     total, aux = None, {}
     for l, m in enumerate(m for m in model.modules() if isinstance(m, MoE)):
         if m.aux_loss is None: continue
@@ -145,6 +146,8 @@ def collect_moe_aux(model: nn.Module, prefix: str = 'moe') -> tuple[Tensor | Non
         s = m.stats
         for e, v in enumerate(s['load']): aux[f'{prefix}/layer{l}/expert{e}'] = v
         for k in ('imbalance', 'dropped', 'balance_loss', 'z_loss'): aux[f'{prefix}/layer{l}/{k}'] = s[k]
+        for e, ex in enumerate(m.experts):                  # curvature experts: their learned curvatures
+            if isinstance(c := getattr(ex, 'c', None), Tensor): aux[f'{prefix}/layer{l}/curvature{e}'] = c.detach()
         m.aux_loss, m.stats = None, {}
     if total is not None: aux[f'loss/{prefix}'] = total.detach()
     return total, aux
