@@ -26,3 +26,15 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_moe_quick():
+    out = run_quick('moe.py')
+    assert '| model | total params | active params | val bpb | bpb / dense | train tok/s | tok/s / dense |' in out
+    for name in ('dense', 'moe top-2', 'moe top-1', 'dense wide'): assert f'\n| {name} |' in out, out
+
+
+def test_mamba_quick():
+    out = run_quick('mamba.py')
+    assert '| model | layers | params | val bpb | bpb / gpt | train tok/s | tok/s / gpt | ms/token @ 8 | ms/token @ 64 |' in out
+    assert '\n| gpt |' in out and '\n| mamba |' in out
