@@ -180,7 +180,7 @@ def curvature_moe(dim: int, n_experts: int, hidden: int, top_k: int = 2, curvatu
 
 def moe_curvatures(model: nn.Module) -> list[list[float]]:
     "Per MoE layer of `model`, the current curvature of each curvature expert."
-    return [[float(e.c) for e in m.experts] for m in model.modules()
+    return [[float(e.c.detach()) for e in m.experts] for m in model.modules()
             if isinstance(m, MoE) and all(isinstance(e, CurvatureExpert) for e in m.experts)]
 
 # %% ../../nbs/18_moe.ipynb #3b2789fe
