@@ -28,6 +28,18 @@ def test_export_quant_quick():
     assert 'tok/s b16' in out and 'targets (int8' in out
 
 
+def test_moe_quick():
+    out = run_quick('moe.py')
+    assert '| model | total params | active params | val bpb | bpb / dense | train tok/s | tok/s / dense |' in out
+    for name in ('dense', 'moe top-2', 'moe top-1', 'dense wide'): assert f'\n| {name} |' in out, out
+
+
+def test_mamba_quick():
+    out = run_quick('mamba.py')
+    assert '| model | layers | params | val bpb | bpb / gpt | train tok/s | tok/s / gpt | ms/token @ 8 | ms/token @ 64 |' in out
+    assert '\n| gpt |' in out and '\n| mamba |' in out
+
+
 def test_generation_quick():
     out = run_quick('generation.py')
     assert 'KV cache  :' in out and 'recompute :' in out and 'speed-up (KV cache / recompute)' in out

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bytropix.cli import main
+from bytropix.core import ConfigError
 from bytropix.data.tokenizers import byte_tokenizer
 from bytropix.models.base import BytropixModel, build_model
 
@@ -140,8 +141,6 @@ def test_a_failing_check_leaves_nothing(monkeypatch, tmp_path):
     assert not (tmp_path/'a').exists()
 
 
-@pytest.mark.xfail(strict=True, reason="GPTConfig has no exact-GELU option yet: nanoGPT's nn.GELU() is imported as "
-                                       "GPT-2's tanh approximation (remove this mark when gelu_approximate lands)")
 def test_nanogpt_import_matches_nanogpt_exactly(tmp_path):
     from bytropix.export.hf import import_checkpoint, quiet_transformers
     g = torch.Generator().manual_seed(0)
@@ -181,12 +180,14 @@ def test_wubu_bytes_traces():
     ('gpt', dict(n_kv_head=2, sliding_window=4)), ('gpt', dict(style='gpt2')), ('bdh', {}),
     ('wubu', dict(attention='hyperbolic', embedding='hyperbolic', intra='poincare', rotation='so')),
     ('wubu', dict(aggregation='sum', share_level_weights=True, level_dims=[8, 8], boundary_points=[2])),
+    ('mamba', {}), ('gpt', dict(mlp='moe', n_experts=4, moe_top_k=2)), ('wubu', dict(mlp='moe', n_experts=3)),
 ])
 def test_every_generative_variant_exports(tmp_path, fmt, arch, extra):
     from bytropix.export.core import export_model
     from bytropix.export.graphs import GraphGenerator, read_manifest
     base = {'gpt': dict(n_layer=2, n_head=4, n_embd=32), 'bdh': dict(n_layer=2, n_head=2, n_embd=16,
-            mlp_internal_dim_multiplier=8, dropout=0.0), 'wubu': dict(n_layer=1, n_head=2, n_embd=16, level_dims=[8, 4])}[arch]
+            mlp_internal_dim_multiplier=8, dropout=0.0), 'wubu': dict(n_layer=1, n_head=2, n_embd=16, level_dims=[8, 4]),
+            'mamba': dict(n_layer=2, n_embd=16, d_state=4)}[arch]
     torch.manual_seed(0)
     m = build_model(arch, dict(vocab_size=64, block_size=16, **{**base, **extra})).eval()
     if fmt == 'pt2' and extra.get('sliding_window'):  # its traced step would refuse caches shorter than the window
@@ -200,3 +201,19 @@ def test_every_generative_variant_exports(tmp_path, fmt, arch, extra):
     prompt = torch.randint(0, 64, (2, 4))
     n = 12 if extra.get('sliding_window') else 20  # past block_size bytropix keeps decoding a windowed model incrementally
     assert torch.equal(gen.generate(prompt, n, temperature=0), m.generate(prompt, n, temperature=0))
+
+
+def test_mixture_of_experts_gpt_is_refused_by_hf_with_one_line(tmp_path):
+    from bytropix.export.core import export_model
+    m = build_model('gpt', dict(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, mlp='moe', n_experts=2))
+    with pytest.raises(ConfigError, match='mixture-of-experts gpt .* export it as onnx or pt2'):
+        export_model(m, 'hf', tmp_path/'x')
+    assert not (tmp_path/'x').exists()
+
+
+def test_mamba_exports_a_recurrent_step_graph():
+    from bytropix.export.graphs import graph_specs
+    m = build_model('mamba', dict(vocab_size=64, block_size=16, n_layer=2, n_embd=16, d_state=4)).eval()
+    specs = graph_specs(m)
+    assert [(s.name, s.kind) for s in specs] == [('model', 'logits'), ('step', 'recurrent')]
+    assert len(specs[1].args) == 2 + 2 * 2      # ids, position, then per layer the convolution and SSM states

@@ -163,7 +163,7 @@ def graph_specs(model: Any, batch: int = 2) -> list[GraphSpec]:
         names = [f'state_{i}' for i in range(len(rho))]
         specs.append(GraphSpec('step', 'recurrent', RecurrentStepGraph(model), (ids(batch, 1), torch.tensor(3), *rho),
                                ['ids', 'position', *names], ['logits', 'next_position', *[f'next_{n}' for n in names]],
-                               [{0: 'batch'}, {}] + [{0: 'batch'}] * len(rho), context=lambda: _tensor_position_rope(model)))
+                               [{0: 'batch'}, {}] + [{0: 'batch'}] * len(rho), context=lambda: _tensor_position_rope(model) if model.arch == 'bdh' else contextlib.nullcontext()))
     return specs
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0014
@@ -239,7 +239,7 @@ def verify_graphs(model: Any, manifest: dict, run: Callable[[str, list], list], 
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0020
 MANIFEST = 'export.json'  # what an exported-graphs directory holds, for the runtimes and the generator
-GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'hrm', 'trm', 'puzzle_transformer')
+GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'hrm', 'trm', 'puzzle_transformer', 'mamba')
 GRAPH_REFUSED = {'wubu_bytes': "its forward pass sizes the patch sequence from the data (`P = int(n_patches.max())` in "
                                "WuBuBytesLM.forward), which torch.export cannot trace"}
 

@@ -52,6 +52,9 @@ HF_CLASSES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'gpt
 
 def hf_family(config: Any) -> str:
     "'llama', 'mistral' or 'gpt2': the transformers family a `GPTConfig` maps to; a `ConfigError` naming the feature otherwise."
+    if getattr(config, 'mlp', 'dense') == 'moe':
+        raise ConfigError("A mixture-of-experts gpt (mlp: moe) has no Llama/Mistral/GPT-2 equivalent in transformers; export it "
+                          "as onnx or pt2.")
     if config.style == 'llama': return 'llama' if config.sliding_window is None else 'mistral'
     if config.n_kv_head not in (None, config.n_head):
         raise ConfigError(f"GPT-2 style with grouped-query attention (n_kv_head={config.n_kv_head}, n_head={config.n_head}) "

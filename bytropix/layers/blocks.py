@@ -18,11 +18,12 @@ import torch.nn as nn
 
 from .attention import KVCache, SelfAttention
 from .mlp import make_mlp
+from .moe import MoE
 from .norms import make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['BlockConfig', 'TransformerBlock', 'init_gpt_weights', 'DecoderState']
+__all__ = ['BlockConfig', 'TransformerBlock', 'block_mlp', 'init_gpt_weights', 'DecoderState']
 
 # %% ../../nbs/14_blocks.ipynb #b531590e
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class BlockConfig:
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
     norm_eps: float = 1e-5
+    gelu_approximate: Literal['tanh', 'none'] = 'tanh'  # gpt2 style: GPT-2's tanh GELU or the exact (erf) one
+    mlp: Literal['dense', 'moe'] = 'dense'  # moe: a mixture of n_experts MLPs, moe_top_k per token (chapter moe)
+    n_experts: int = 8
+    moe_top_k: int = 2
+    moe_capacity_factor: Optional[float] = None  # None: dropless; else each expert takes ⌈f·k·N/E⌉ tokens in training
+    moe_balance_coef: float = 0.01          # weight of the Switch load-balancing loss
+    moe_z_coef: float = 1e-3                # weight of the router z-loss
+    moe_mlp_ratio: Optional[float] = None   # an expert's hidden size ratio (None: mlp_ratio)
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -44,7 +53,7 @@ class BlockConfig:
     @classmethod
     def from_config(cls, config: Any) -> BlockConfig:
         "The block shape of any config that has these fields (e.g. a `GPTConfig`)."
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 class TransformerBlock(nn.Module):
     "Pre-norm block `x + attn(norm(x))`, `x + mlp(norm(x))` of shape `config` (a RoPE module, if any, shared by the stack)."
@@ -56,12 +65,22 @@ class TransformerBlock(nn.Module):
         self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, window=c.sliding_window, bias=bias,
                                   dropout=c.dropout, rope=rope)
         self.ln2 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
-        self.mlp = make_mlp('swiglu' if llama else 'gelu', c.n_embd, mlp_ratio=c.mlp_ratio, bias=bias,
-                            dropout=c.dropout, multiple_of=c.multiple_of)
+        self.mlp = block_mlp(c)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
+
+def block_mlp(config: BlockConfig) -> nn.Module:
+    "The block's MLP: SwiGLU ('llama') or GELU ('gpt2'), or with `mlp='moe'` a mixture of such experts."
+    c = config
+    kind, bias = ('swiglu', False) if c.style == 'llama' else ('gelu', True)
+    def one(ratio: float) -> nn.Module:
+        return make_mlp(kind, c.n_embd, mlp_ratio=ratio, bias=bias, dropout=c.dropout, multiple_of=c.multiple_of,
+                        approximate=c.gelu_approximate)
+    if c.mlp == 'dense': return one(c.mlp_ratio)
+    return MoE(c.n_embd, c.n_experts, lambda: one(c.moe_mlp_ratio or c.mlp_ratio), top_k=c.moe_top_k,
+               capacity_factor=c.moe_capacity_factor, balance_coef=c.moe_balance_coef, z_coef=c.moe_z_coef)
 
 # %% ../../nbs/14_blocks.ipynb #4e90bed5
 def init_gpt_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:

@@ -61,9 +61,10 @@ class GELUMLP(nn.Module):
         return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 def make_mlp(kind: str, dim: int, mlp_ratio: float = 4.0, bias: bool | None = None, dropout: float = 0.0,
-             multiple_of: int = 64) -> nn.Module:
-    "An MLP by name: `'swiglu'` (no bias by default) or `'gelu'` (bias by default)."
+             multiple_of: int = 64, approximate: str = 'tanh') -> nn.Module:
+    "An MLP by name: `'swiglu'` (no bias by default) or `'gelu'` (bias by default; `approximate`: 'tanh' or 'none', exact)."
     if kind == 'swiglu':
         return SwiGLU(dim, mlp_ratio=mlp_ratio, multiple_of=multiple_of, bias=bool(bias), dropout=dropout)
-    if kind == 'gelu': return GELUMLP(dim, mlp_ratio=mlp_ratio, bias=True if bias is None else bias, dropout=dropout)
+    if kind == 'gelu': return GELUMLP(dim, mlp_ratio=mlp_ratio, bias=True if bias is None else bias, dropout=dropout,
+                                     approximate=approximate)
     raise ConfigError(f"Unknown MLP `{kind}`." + did_you_mean(kind, ['swiglu', 'gelu']))

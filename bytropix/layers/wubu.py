@@ -22,14 +22,15 @@ from ..core import ConfigBase, ConfigError, upcast
 from ..geometry import PoincareBall, dist, expmap0, floored_softplus, inv_softplus, logmap0, mobius_add
 from .attention import KVCache, SelfAttention
 from .hyperbolic import HyperbolicAttention, HyperbolicMLP
-from .mlp import GELUMLP
+from .mlp import GELUMLP, SwiGLU
+from .moe import MoE, check_moe_config, curvature_moe
 from .norms import RMSNorm
 from .rope import RotaryEmbedding
 from .rotations import Rotation, make_rotation
 
 # %% auto #0
 __all__ = ['LevelSpec', 'WuBuNestingConfig', 'WuBuDecoderConfig', 'WuBuStackConfig', 'PositiveScalar', 'LevelGeometry',
-           'TangentFlow', 'IntraLevel', 'LevelWeights', 'WuBuBlock', 'WuBuDecoderBlock', 'wubu_aux']
+           'TangentFlow', 'IntraLevel', 'LevelWeights', 'WuBuBlock', 'WuBuDecoderBlock', 'wubu_moe', 'wubu_aux']
 
 # %% ../../nbs/17_wubu_block.ipynb #3e6c515f
 def _per_level(values: list, n: int, name: str, cfg: ConfigBase) -> list:
@@ -119,6 +120,15 @@ class WuBuDecoderConfig(ConfigBase):
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    mlp: Literal['none', 'moe'] = 'none'        # moe: an expert sub-layer x + moe(norm(x)) after the WuBu block
+    moe_expert: Literal['curvature', 'swiglu'] = 'curvature'  # curvature: each expert in its own learnable ball
+    moe_curvature_range: list[float] = field(default_factory=lambda: [0.25, 4.0])  # initial curvatures, log-spaced
+    n_experts: int = 4
+    moe_top_k: int = 2
+    moe_capacity_factor: Optional[float] = None
+    moe_balance_coef: float = 0.01
+    moe_z_coef: float = 1e-3
+    moe_mlp_ratio: Optional[float] = None       # expert hidden size / n_embd (None: level_mlp_ratio)
 
     def validate(self) -> None:
         super().validate()
@@ -129,6 +139,9 @@ class WuBuDecoderConfig(ConfigBase):
         self.check(self.attn_curvature > 0, 'attn_curvature', f"must be positive, got {self.attn_curvature}.")
         self.check(self.embedding_curvature > 0, 'embedding_curvature', f"must be positive, got {self.embedding_curvature}.")
         self.check(0.0 <= self.dropout < 1.0, 'dropout', f"must be in [0, 1), got {self.dropout}.")
+        check_moe_config(self)
+        r = self.moe_curvature_range
+        self.check(len(r) == 2 and 0 < r[0] <= r[1], 'moe_curvature_range', f"must be [lo, hi] with 0 < lo ≤ hi, got {r}.")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -343,10 +356,20 @@ class WuBuDecoderBlock(nn.Module):
         self.ln2 = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.wubu = WuBuBlock(c.n_embd, c)
         self.drop = nn.Dropout(c.dropout)
+        if c.mlp == 'moe': self.ln3, self.moe = RMSNorm(c.n_embd, eps=c.norm_eps), wubu_moe(c)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, trace: list | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x), cache)
-        return x + self.drop(self.wubu(self.ln2(x), trace))
+        x = x + self.drop(self.wubu(self.ln2(x), trace))
+        return x + self.drop(self.moe(self.ln3(x))) if hasattr(self, 'moe') else x
+
+def wubu_moe(c: WuBuStackConfig) -> MoE:
+    "The expert sub-layer of a WuBu decoder block: curvature experts (hyperbolic) or SwiGLU experts, `moe_top_k` per token."
+    ratio = c.moe_mlp_ratio or c.level_mlp_ratio
+    opts = dict(top_k=c.moe_top_k, capacity_factor=c.moe_capacity_factor, balance_coef=c.moe_balance_coef, z_coef=c.moe_z_coef)
+    if c.moe_expert == 'curvature':
+        return curvature_moe(c.n_embd, c.n_experts, max(1, round(ratio * c.n_embd)), curvature_range=c.moe_curvature_range, **opts)
+    return MoE(c.n_embd, c.n_experts, lambda: SwiGLU(c.n_embd, mlp_ratio=ratio, multiple_of=8), **opts)
 
 def wubu_aux(blocks: list[WuBuDecoderBlock] | nn.ModuleList, prefix: str = 'wubu') -> dict[str, Tensor]:
     "The geometry scalars of a stack of WuBu decoder blocks, per layer and averaged over layers (detached)."

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..core import DataError
 from ..layers.blocks import BlockConfig, DecoderState, TransformerBlock, init_gpt_weights
+from ..layers.moe import check_moe_config, collect_moe_aux
 from ..layers.norms import make_norm
 from ..layers.rope import RotaryEmbedding
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
@@ -41,6 +42,14 @@ class GPTConfig(ModelConfig):
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    gelu_approximate: Literal['tanh', 'none'] = 'tanh'  # gpt2 style: GPT-2's tanh GELU or the exact (erf) one (nanoGPT)
+    mlp: Literal['dense', 'moe'] = 'dense'  # moe: a mixture of n_experts MLPs per block, moe_top_k per token
+    n_experts: int = 8
+    moe_top_k: int = 2                      # 1: Switch, 2: GShard/Mixtral
+    moe_capacity_factor: Optional[float] = None  # None: dropless; else each expert takes ⌈f·k·N/E⌉ tokens in training
+    moe_balance_coef: float = 0.01          # weight of the Switch load-balancing loss
+    moe_z_coef: float = 1e-3                # weight of the router z-loss
+    moe_mlp_ratio: Optional[float] = None   # an expert's hidden size ratio (None: mlp_ratio)
 
     def validate(self) -> None:
         super().validate()
@@ -64,6 +73,7 @@ class GPTConfig(ModelConfig):
         self.check(self.multiple_of >= 1, 'multiple_of', f"must be at least 1, got {self.multiple_of}.")
         self.check(self.norm_eps > 0, 'norm_eps', f"must be positive, got {self.norm_eps}.")
         self.check(self.init_std > 0, 'init_std', f"must be positive, got {self.init_std}.")
+        check_moe_config(self)
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -125,7 +135,10 @@ class GPT(BytropixModel):
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
         logits = self._head(x)
-        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
+        loss = None if targets is None else lm_loss(logits, targets)
+        moe_loss, aux = collect_moe_aux(self)           # MoE blocks in training: balance + z losses join the loss
+        if moe_loss is not None and loss is not None: aux['loss/lm'] = loss.detach(); loss = loss + moe_loss
+        return ModelOutput(logits, loss, aux)
 
 # %% ../../nbs/21_gpt.ipynb #1d84b341
 @patch

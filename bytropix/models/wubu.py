@@ -22,6 +22,7 @@ from ..core import DataError
 from ..geometry import PoincareBall, expmap0, logmap0
 from ..layers.blocks import DecoderState, init_gpt_weights
 from ..layers.hyperbolic import HyperbolicEmbedding
+from ..layers.moe import collect_moe_aux
 from ..layers.norms import RMSNorm
 from ..layers.rope import RotaryEmbedding
 from ..layers.rotations import Rotation
@@ -94,7 +95,11 @@ def forward(self: WuBuLM, ids: Tensor, targets: Tensor | None = None, trace: lis
         if trace is not None: tl = []; trace.append(tl)
         x = block(x, None, tl)
     logits = self._head(x)
-    return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), wubu_aux(self.blocks))
+    loss, aux = None if targets is None else lm_loss(logits, targets), wubu_aux(self.blocks)
+    moe_loss, moe_aux = collect_moe_aux(self)          # expert sub-layers in training: their losses join the loss
+    aux.update(moe_aux)
+    if moe_loss is not None and loss is not None: aux['loss/lm'] = loss.detach(); loss = loss + moe_loss
+    return ModelOutput(logits, loss, aux)
 
 # %% ../../nbs/25_wubu.ipynb #23c52084
 @patch
