@@ -65,6 +65,13 @@ class TrainConfig(ConfigBase):
     sample_top_k: Optional[int] = 50
     max_nonfinite: int = 10            # abort after this many consecutive steps with non-finite loss/gradients
     tensorboard: bool = True           # write TensorBoard event files to RUN/tb
+    parallel: Literal['auto', 'none', 'ddp', 'fsdp'] = 'auto'  # several processes (torchrun): auto is ddp there, none on one
+    fsdp_reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (less memory, one more all-gather)
+    fsdp_param_dtype: Optional[Literal['fp32', 'bf16', 'fp16']] = None   # fsdp mixed precision: compute dtype of the weights
+    fsdp_reduce_dtype: Optional[Literal['fp32', 'bf16', 'fp16']] = None  # fsdp mixed precision: dtype of the gradient reduction
+    fsdp_cpu_offload: bool = False     # fsdp: keep sharded weights, gradients and optimizer state in CPU memory
+    ddp_find_unused: bool = False      # ddp: allow parameters that get no gradient in a step (slower)
+    dist_timeout: float = 300.0        # seconds a collective may wait for the other ranks before the job fails
 
     def validate(self) -> None:
         c = self.check
@@ -84,6 +91,7 @@ class TrainConfig(ConfigBase):
         c(self.riemannian_lr is None or self.riemannian_lr > 0, 'riemannian_lr', f"must be positive or null, got {self.riemannian_lr}.")
         c(self.num_threads is None or 1 <= self.num_threads <= 4096, 'num_threads',
           f"must be between 1 and 4096, or null (torch's default), got {self.num_threads}.")
+        c(self.dist_timeout > 0, 'dist_timeout', f"must be positive (seconds), got {self.dist_timeout}.")
         c(self.sample_temperature >= 0, 'sample_temperature', f"must be ≥ 0 (0: greedy), got {self.sample_temperature}.")
         c(self.sample_top_k is None or self.sample_top_k >= 1, 'sample_top_k', f"must be at least 1 or null, got {self.sample_top_k}.")
         if self.device != 'auto':
