@@ -26,3 +26,9 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_distributed_quick():
+    out = run_quick('distributed.py')
+    assert '| ranks | step ms | tokens/s | speed-up vs 1 rank | communication share |' in out
+    assert '| mode | peak MB rank 0 | peak MB rank 1 | vs DDP |' in out and '| FSDP2 |' in out
