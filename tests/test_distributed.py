@@ -56,8 +56,8 @@ def data(tmp_path_factory) -> Path:
 def cfg(data: Path, arch: str = 'gpt', **train) -> list[str]:
     model = {'gpt': ['--model.n_layer', '2', '--model.n_head', '2', '--model.n_embd', '32'],
              'wubu': ['--model.n_layer', '1', '--model.n_head', '2', '--model.n_embd', '32', '--model.embedding', 'hyperbolic']}[arch]
-    t = dict(steps=20, batch_size=4, block_size=16, lr=3e-3, warmup_steps=0, eval_interval=0, eval_batches=2, log_interval=1,
-             save_interval=10, keep_last=0, sample_interval=0, tensorboard='false', device='cpu', seed=1, **train)
+    t = {**dict(steps=20, batch_size=4, block_size=16, lr=3e-3, warmup_steps=0, eval_interval=0, eval_batches=2, log_interval=1,
+                save_interval=10, keep_last=0, sample_interval=0, tensorboard='false', device='cpu', seed=1), **train}
     return ['--arch', arch, *model, '--data.source', str(data/'data.txt'), '--data.sample_by', 'line',
             '--data.validation_fraction', '0.1', *[a for k, v in t.items() for a in (f'--train.{k}', str(v))]]
 
