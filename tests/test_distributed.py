@@ -187,5 +187,9 @@ def test_resume_1_to_2(data, one_process, tmp_path):
     out = tmp_path/'u'
     shutil.copytree(one_process, out)
     shutil.rmtree(out/'checkpoints'/'step-20'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
+    fsdp = tmp_path/'uf'
+    shutil.copytree(out, fsdp)
     train(data, out, [*cfg(data), '--resume'], nproc=2)
     assert_close(weights(one_process), weights(out))
+    train(data, fsdp, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2)   # whole tensors → each rank's shards
+    assert_close(weights(one_process), weights(fsdp))

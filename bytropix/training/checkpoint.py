@@ -181,9 +181,14 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
         from bytropix.training.distributed import load_sharded
         if model is not None: load_sharded(path, model, optimizer)
     else:
+        from bytropix.training.distributed import is_sharded, load_whole_into_sharded
         if optimizer is not None: _check_optimizer(optimizer, training.get('optimizer'), path)
-        if model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
-        if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
+        if model is not None and is_sharded(model):   # FSDP2 ranks continuing a one-process run: each keeps its shards
+            from safetensors.torch import load_file
+            load_whole_into_sharded(load_file(str(path/MODEL_FILE)), training.get('optimizer'), model, optimizer)
+        else:
+            if model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
+            if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
     if scheduler is not None and training.get('scheduler') is not None: scheduler.load_state_dict(training['scheduler'])
     if scaler is not None and training.get('scaler') is not None and scaler.is_enabled(): scaler.load_state_dict(training['scaler'])
     return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': state.get('extra', {}),

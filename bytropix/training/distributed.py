@@ -26,7 +26,8 @@ from ..core import BytropixError, CheckpointError, ConfigError
 # %% auto #0
 __all__ = ['PARALLEL_MODES', 'PeerFailed', 'launched_world', 'resolve_parallel', 'Distributed', 'start_distributed',
            'check_parallel', 'fsdp_units', 'wrap_model', 'peer_error', 'rank_state', 'RankSlice', 'shard_loader',
-           'NullLog', 'sharded_state', 'save_sharded_checkpoint', 'load_sharded', 'setup_distributed', 'launch']
+           'NullLog', 'sharded_state', 'save_sharded_checkpoint', 'load_sharded', 'is_sharded',
+           'load_whole_into_sharded', 'setup_distributed', 'launch']
 
 # %% ../../nbs/47_distributed.ipynb #a47d0006
 PARALLEL_MODES = ('auto', 'none', 'ddp', 'fsdp')
@@ -320,6 +321,31 @@ def _quiet_dcp():
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(process group|torch.distributed).*')
         yield
+
+def is_sharded(model: nn.Module) -> bool:
+    "Does `model` hold DTensor parameters (sharded by FSDP2)?"
+    return any(hasattr(p, 'device_mesh') for p in model.parameters())
+
+def load_whole_into_sharded(weights: dict[str, torch.Tensor], optim_state: dict | None, model: nn.Module, optimizer: Any = None) -> None:
+    """Restore a one-process checkpoint (whole tensors; optimizer state keyed by position) into an FSDP2-sharded `model`
+    and its optimizer: every rank keeps its shards. This is how a run continues from 1 process on several with fsdp."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+    sd, tied = dict(weights), {}
+    for n, p in model.named_parameters(remove_duplicate=False): tied.setdefault(id(p), []).append(n)
+    for group in tied.values():   # tied weights are stored once, under one of their names
+        src = next((n for n in group if n in sd), None)
+        sd.update({n: sd[src] for n in group if n not in sd and src is not None})
+    opts = dict(zip(getattr(optimizer, 'optimizers', {'': optimizer}), _optimizers(optimizer)))
+    options = StateDictOptions(full_state_dict=True)
+    if optimizer is None or optim_state is None: set_model_state_dict(model, sd, options=options); return
+    names = {i: group[0] for i, group in tied.items()}
+    osd: dict = {'state': {}, 'param_groups': []}
+    for key, o in opts.items():
+        saved = optim_state[key] if key else optim_state
+        order = [names[id(p)] for g in o.param_groups for p in g['params']]   # saved ids count params in this order
+        osd['state'].update({order[i]: st for i, st in saved['state'].items()})
+        osd['param_groups'] += [{**g, 'params': [order[i] for i in g['params']]} for g in saved['param_groups']]
+    set_state_dict(model, list(opts.values()), model_state_dict=sd, optim_state_dict=osd, options=options)
 
 # %% ../../nbs/47_distributed.ipynb #a47d0023
 def setup_distributed(t: Any) -> None:
