@@ -193,3 +193,15 @@ def test_resume_1_to_2(data, one_process, tmp_path):
     assert_close(weights(one_process), weights(out))
     train(data, fsdp, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2)   # whole tensors → each rank's shards
     assert_close(weights(one_process), weights(fsdp))
+
+
+@slow
+def test_unreachable_rendezvous_one_line(data, tmp_path):
+    "A rank that cannot reach the rendezvous fails after `dist_timeout` with one line naming the address; nothing is written."
+    env = {**ENV, 'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': '9'}
+    r = subprocess.run([sys.executable, '-m', 'bytropix.cli', 'train', *cfg(data, dist_timeout=2), '--out_dir', str(tmp_path/'z')],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.startswith('bytropix train: error:')]
+    assert len(lines) == 1 and 'cannot join the process group at 127.0.0.1:9' in lines[0], r.stderr[-2000:]
+    assert not (tmp_path/'z').exists()
