@@ -4,8 +4,9 @@ nccl on CUDA), the same wrappers the trainer uses (`wrap_model`: DDP, FSDP2 `ful
 1. Scaling: tokens/s of 2 ranks vs 1 at equal per-rank batch (the default GPT, 4 × 128), and the communication share of
    a 2-rank step: 1 − (step time without the gradient all-reduce, `no_sync`) / (step time with it).
 2. Memory: peak memory per rank of DDP vs FSDP2 (and FSDP2 with CPU offload) for an 8-layer, 512-wide GPT, after a
-   few AdamW steps: peak resident set size on the CPU (includes the ~0.4 GB of the Python process and torch), peak
-   allocated memory on CUDA.
+   few AdamW steps: on the CPU the peak resident set size from the first step on (the high-water mark is reset after
+   the model is built and wrapped; it includes the ~0.4 GB of the Python process and torch), on CUDA the peak
+   allocated memory.
 
     OMP_NUM_THREADS=1 python benchmarks/distributed.py              # a few minutes on 2 CPU cores
     python benchmarks/distributed.py --quick                        # tiny sizes, seconds (the CI smoke test)
@@ -31,8 +32,22 @@ def _tc(parallel: str, offload: bool = False) -> SimpleNamespace:
                            fsdp_cpu_offload=offload, ddp_find_unused=False)
 
 
+def _reset_peak(device: torch.device) -> None:
+    "Start the peak-memory count now (after the full model was built and sharded): VmHWM on Linux, CUDA's peak stats."
+    import gc
+    gc.collect()
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device); return
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+    except OSError: pass
+
+
 def _peak_mb(device: torch.device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in open('/proc/self/status'):
+            if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024
+    except OSError: pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -60,6 +75,7 @@ def _worker(rank: int, world: int, store: str, job: dict, results) -> None:
         with ctx: wrapped(x, x).loss.backward()
         opt.step(); opt.zero_grad(set_to_none=True)
 
+    _reset_peak(d.device)
     for _ in range(2): step()
     modes = ['sync', 'nosync'] if job.get('comm') and world > 1 else ['sync']
     times: dict = {m: [] for m in modes}
@@ -87,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='tiny sizes, a few steps (smoke test)')
     ap.add_argument('--device', default='cpu')
+    ap.add_argument('--only', choices=['scaling', 'memory'], default=None, help='run one of the two parts')
     ap.add_argument('--steps', type=int, default=10, help='steps per timed round (5 rounds)')
     a = ap.parse_args()
     q = a.quick
@@ -94,6 +111,11 @@ def main() -> None:
     scale = dict(n_layer=2 if q else 4, n_embd=32 if q else 128, T=32 if q else 128, b=2 if q else 8, steps=steps, device=a.device, rounds=1 if q else 5)
     print(f"# distributed benchmark: device {a.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    if a.only != 'memory': scaling(scale)
+    if a.only != 'scaling': memory(q, a.device)
+
+
+def scaling(scale: dict) -> None:
     one = run(1, parallel='ddp', **scale)[0]
     two = run(2, parallel='ddp', comm=True, **scale)
     t2 = max(r['sync'] for r in two)
@@ -104,12 +126,15 @@ def main() -> None:
     print('|---|---|---|---|---|')
     print(f"| 1 | {one['sync'] * 1e3:.1f} | {tok1:,.0f} | 1.00 | – |")
     print(f"| 2 | {t2 * 1e3:.1f} | {tok2:,.0f} | {tok2 / tok1:.2f} | {comm:.0%} |")
-    mem = dict(n_layer=2 if q else 8, n_embd=64 if q else 512, T=32 if q else 128, b=2 if q else 4, steps=2, device=a.device)
+
+
+def memory(q: bool, device: str) -> None:
+    mem = dict(n_layer=2 if q else 8, n_embd=64 if q else 512, T=32 if q else 128, b=2 if q else 4, steps=2, device=device)
     n = 12 * mem['n_layer'] * mem['n_embd'] ** 2
     print(f"\n## Peak memory per rank: GPT {mem['n_layer']} × {mem['n_embd']} (≈{n / 1e6:.1f}M parameters in blocks), 2 ranks, AdamW\n")
     print('| mode | peak MB rank 0 | peak MB rank 1 | vs DDP |')
     print('|---|---|---|---|')
-    rows = [('DDP', dict(parallel='ddp')), ('FSDP2', dict(parallel='fsdp'))] + ([] if q else [('FSDP2 + CPU offload', dict(parallel='fsdp', offload=True))])
+    rows = [('DDP', dict(parallel='ddp')), ('FSDP2', dict(parallel='fsdp'))] + ([] if q or device == 'cpu' else [('FSDP2 + CPU offload', dict(parallel='fsdp', offload=True))])
     ref = None
     for name, kw in rows:
         try: r = run(2, **kw, **mem)
@@ -119,6 +144,7 @@ def main() -> None:
         peak = max(x['peak_mb'] for x in r)
         ref = ref or peak
         print(f"| {name} | {r[0]['peak_mb']:.0f} | {r[1]['peak_mb']:.0f} | {peak / ref:.2f} |")
+    if device == 'cpu': print("| FSDP2 + CPU offload | – | – | not run: offload moves accelerator memory to the CPU (run with --device cuda) |")
 
 
 if __name__ == '__main__':

@@ -153,8 +153,9 @@ def start_distributed(tc: Any, device: torch.device) -> Distributed | None:
     if parallel == 'none': return None
     return Distributed(parallel, device, tc.dist_timeout)
 
-def check_parallel(d: Distributed, model: nn.Module, batch_size: int) -> None:
-    "Refuse what cannot be split over the ranks: a batch the world size does not divide, FSDP of manifold parameters."
+def check_parallel(d: Distributed, model: nn.Module, batch_size: int, cpu_offload: bool = False) -> None:
+    """Refuse what cannot be split over the ranks: a batch the world size does not divide, FSDP of manifold parameters,
+    CPU offload without an accelerator to offload from."""
     if batch_size % d.world_size:
         near = max(d.world_size, batch_size // d.world_size * d.world_size)
         raise ConfigError(f"`train.batch_size` = {batch_size} is not divisible by the {d.world_size} processes (the batch is "
@@ -164,6 +165,9 @@ def check_parallel(d: Distributed, model: nn.Module, batch_size: int) -> None:
         raise ConfigError(f"`train.parallel: fsdp`: {getattr(model, 'arch', type(model).__name__)} keeps {len(manifold)} "
                           "parameter(s) on a manifold (Riemannian Adam), which FSDP2 cannot shard; use `train.parallel: ddp` "
                           "(or a Euclidean embedding).")
+    if d.parallel == 'fsdp' and cpu_offload and d.device.type == 'cpu':
+        raise ConfigError("`train.fsdp_cpu_offload` moves weights, gradients and optimizer state from GPU memory to the CPU; "
+                          "this run already trains on the CPU: set it to false.")
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
     "The submodules FSDP2 shards as units of their own (gathered one at a time): every block of the model's block lists."
@@ -359,7 +363,7 @@ def setup_distributed(t: Any) -> None:
     tok = d.broadcast(t.tokenizer if d.is_main else None)   # the others use rank 0's tokenizer (a trained one: the same)
     if t.tokenizer is None: t.tokenizer = tok
     d.agree(lambda: t._prepare(ckpt), on='others')
-    d.agree(lambda: check_parallel(d, t.model, t.tc.batch_size))
+    d.agree(lambda: check_parallel(d, t.model, t.tc.batch_size, t.tc.parallel == 'fsdp' and t.tc.fsdp_cpu_offload))
     d.agree(lambda: t._setup_training(ckpt))
 
 # %% ../../nbs/47_distributed.ipynb #a47d0025
