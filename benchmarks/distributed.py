@@ -88,6 +88,9 @@ def _worker(rank: int, world: int, store: str, job: dict, results) -> None:
             times[mode].append((time.perf_counter() - t0) / job['steps'])
     out = {m: sorted(v)[len(v) // 2] for m, v in times.items()}
     out['peak_mb'] = _peak_mb(d.device)
+    local = lambda t: t.to_local() if hasattr(t, 'to_local') else t   # a DTensor's own shard
+    held = [local(p) for p in model.parameters()] + [local(v) for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    out['state_mb'] = sum(t.numel() * t.element_size() for t in held) / 2**20
     results[rank] = out
     dist.destroy_process_group()
 
@@ -132,19 +135,19 @@ def memory(q: bool, device: str) -> None:
     mem = dict(n_layer=2 if q else 8, n_embd=64 if q else 512, T=32 if q else 128, b=2 if q else 4, steps=2, device=device)
     n = 12 * mem['n_layer'] * mem['n_embd'] ** 2
     print(f"\n## Peak memory per rank: GPT {mem['n_layer']} × {mem['n_embd']} (≈{n / 1e6:.1f}M parameters in blocks), 2 ranks, AdamW\n")
-    print('| mode | peak MB rank 0 | peak MB rank 1 | vs DDP |')
-    print('|---|---|---|---|')
+    print('| mode | weights + AdamW state per rank, MB | vs DDP | peak memory MB rank 0 | rank 1 | vs DDP |')
+    print('|---|---|---|---|---|---|')
     rows = [('DDP', dict(parallel='ddp')), ('FSDP2', dict(parallel='fsdp'))] + ([] if q or device == 'cpu' else [('FSDP2 + CPU offload', dict(parallel='fsdp', offload=True))])
     ref = None
     for name, kw in rows:
         try: r = run(2, **kw, **mem)
         except Exception as e:
             why = [l for l in str(e).splitlines() if l.strip()][-1:] or [type(e).__name__]
-            print(f"| {name} | – | – | not run: {why[0][:160]} |"); continue
-        peak = max(x['peak_mb'] for x in r)
-        ref = ref or peak
-        print(f"| {name} | {r[0]['peak_mb']:.0f} | {r[1]['peak_mb']:.0f} | {peak / ref:.2f} |")
-    if device == 'cpu': print("| FSDP2 + CPU offload | – | – | not run: offload moves accelerator memory to the CPU (run with --device cuda) |")
+            print(f"| {name} | – | – | – | – | not run: {why[0][:160]} |"); continue
+        peak, state = max(x['peak_mb'] for x in r), max(x['state_mb'] for x in r)
+        ref = ref or (state, peak)
+        print(f"| {name} | {state:.0f} | {state / ref[0]:.2f} | {r[0]['peak_mb']:.0f} | {r[1]['peak_mb']:.0f} | {peak / ref[1]:.2f} |")
+    if device == 'cpu': print("| FSDP2 + CPU offload | – | – | – | – | not run: offload moves accelerator memory to the CPU (--device cuda) |")
 
 
 if __name__ == '__main__':

@@ -31,4 +31,4 @@ def test_export_quant_quick():
 def test_distributed_quick():
     out = run_quick('distributed.py')
     assert '| ranks | step ms | tokens/s | speed-up vs 1 rank | communication share |' in out
-    assert '| mode | peak MB rank 0 | peak MB rank 1 | vs DDP |' in out and '| FSDP2 |' in out
+    assert '| mode | weights + AdamW state per rank, MB | vs DDP |' in out and '| FSDP2 |' in out
