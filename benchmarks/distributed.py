@@ -25,6 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bytropix.models.gpt  # noqa: E402,F401  (imported once: --quick's forked workers inherit it)
 
 
 def _tc(parallel: str, offload: bool = False) -> SimpleNamespace:
@@ -98,7 +99,9 @@ def _worker(rank: int, world: int, store: str, job: dict, results) -> None:
 def run(world: int, **job) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         results = mp.Manager().dict()
-        mp.spawn(_worker, args=(world, f'{tmp}/store', job, results), nprocs=world, join=True)
+        # --quick forks (no re-import per worker: seconds); measurements spawn fresh interpreters, as torchrun does
+        method = 'fork' if job.get('fork') and sys.platform == 'linux' else 'spawn'
+        mp.start_processes(_worker, args=(world, f'{tmp}/store', job, results), nprocs=world, join=True, start_method=method)
         return [results[r] for r in range(world)]
 
 
@@ -111,11 +114,12 @@ def main() -> None:
     a = ap.parse_args()
     q = a.quick
     steps = 3 if q else a.steps
-    scale = dict(n_layer=2 if q else 4, n_embd=32 if q else 128, T=32 if q else 128, b=2 if q else 8, steps=steps, device=a.device, rounds=1 if q else 5)
+    scale = dict(n_layer=2 if q else 4, n_embd=32 if q else 128, T=32 if q else 128, b=2 if q else 8, steps=steps, device=a.device, rounds=1 if q else 5, fork=q)
     print(f"# distributed benchmark: device {a.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     if a.only != 'memory': scaling(scale)
     if a.only != 'scaling': memory(q, a.device)
+
 
 
 def scaling(scale: dict) -> None:
@@ -132,7 +136,7 @@ def scaling(scale: dict) -> None:
 
 
 def memory(q: bool, device: str) -> None:
-    mem = dict(n_layer=2 if q else 8, n_embd=64 if q else 512, T=32 if q else 128, b=2 if q else 4, steps=2, device=device)
+    mem = dict(n_layer=2 if q else 8, n_embd=64 if q else 512, T=32 if q else 128, b=2 if q else 4, steps=2, device=device, fork=q)
     n = 12 * mem['n_layer'] * mem['n_embd'] ** 2
     print(f"\n## Peak memory per rank: GPT {mem['n_layer']} × {mem['n_embd']} (≈{n / 1e6:.1f}M parameters in blocks), 2 ranks, AdamW\n")
     print('| mode | weights + AdamW state per rank, MB | vs DDP | peak memory MB rank 0 | rank 1 | vs DDP |')
