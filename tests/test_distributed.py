@@ -205,3 +205,13 @@ def test_unreachable_rendezvous_one_line(data, tmp_path):
     lines = [l for l in r.stderr.splitlines() if l.startswith('bytropix train: error:')]
     assert len(lines) == 1 and 'cannot join the process group at 127.0.0.1:9' in lines[0], r.stderr[-2000:]
     assert not (tmp_path/'z').exists()
+
+
+@slow
+def test_ddp_with_grad_accum_equals_one_process(data, tmp_path):
+    "Accumulation composes: the all-reduce runs in the last micro-batch's backward only, the result is unchanged."
+    args = cfg(data, steps=6, grad_accum=2, save_interval=0)
+    train(data, tmp_path/'a1', args)
+    train(data, tmp_path/'a2', args, nproc=2)
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path/'a1'), losses(tmp_path/'a2'))) <= 1e-5
+    assert_close(weights(tmp_path/'a1'), weights(tmp_path/'a2'))
