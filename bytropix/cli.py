@@ -25,8 +25,8 @@ from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointErr
 
 # %% auto #0
 __all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',
-           'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval', 'cmd_generate', 'cmd_solve',
-           'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
+           'train_argv', 'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval', 'cmd_generate',
+           'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
 
 # %% ../nbs/55_cli.ipynb #4dc049b5
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     return out
 
 # %% ../nbs/55_cli.ipynb #ff07c532
-_TRAIN_FLAGS, _TRAIN_VALUED = ('-h', '--help', '--overwrite', '--no-progress'), ('--sample-tokens',)
+_TRAIN_FLAGS, _TRAIN_VALUED = ('-h', '--help', '--overwrite', '--no-progress'), ('--sample-tokens', '--nproc')
 _CONFIG_SUFFIXES = ('.yaml', '.yml', '.json')
 
 def split_train_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -174,16 +174,29 @@ def is_puzzle_model(model) -> bool:
     "True for models that solve fixed-size puzzles instead of generating text."
     return hasattr(model, 'solve')
 
+def train_argv(args) -> list[str]:
+    "The arguments of `bytropix train` that reproduce the parsed `args` (without `--nproc`)."
+    argv = ['train', *([args.config] if args.config else []), *args.overrides]
+    if args.resume is not None: argv += ['--resume', str(args.resume)]
+    if args.overwrite: argv.append('--overwrite')
+    if not args.progress: argv.append('--no-progress')
+    return argv + ['--sample-tokens', str(args.sample_tokens)]
+
 def cmd_train(args, out: TextIO) -> int:
     "Train a run config, evaluate, export, then print a sample (text) or a solved puzzle (reasoning tasks)."
     from bytropix.config import load_config
     from bytropix.training.trainer import Trainer, TrainingInterrupted
+    from bytropix.training.distributed import PeerFailed, launch, launched_world
+    if args.nproc is not None and args.nproc > 1 and launched_world()[1] == 1:   # start torchrun's workers, each runs this command
+        return launch(train_argv(args), args.nproc)
     run = load_config(args.config, parse_overrides(args.overrides))
     resume: bool | str = False if args.resume is None else (True if args.resume == 'latest' else args.resume)
     trainer = Trainer(run, resume=resume, overwrite=args.overwrite, log=lambda s: _emit(out, s),
                       progress=None if args.progress else False)
     try: trainer.fit()
+    except PeerFailed: return 2   # another rank failed and printed why
     except TrainingInterrupted as e:
+        if not trainer.is_main: return 128 + e.signum
         name = signal.Signals(e.signum).name
         if e.finished: _emit(out, f"\n{name} received as the run finished (step {e.step}); its export is complete.")
         else: _emit(out, f"\ninterrupted at step {e.step} ({name}); "
@@ -193,7 +206,7 @@ def cmd_train(args, out: TextIO) -> int:
         _emit(out, f"\naborted at step {trainer.step} (interrupted twice); the run directory is consistent: continue "
                    f"from its last checkpoint with: {resume_command(args)}")
         return 130
-    if args.sample_tokens > 0: _emit(out, _final_sample(trainer, args.sample_tokens))
+    if args.sample_tokens > 0 and trainer.is_main: _emit(out, _final_sample(trainer, args.sample_tokens))
     return 0
 
 # %% ../nbs/55_cli.ipynb #0693675e
@@ -224,6 +237,8 @@ def _add_train(sub) -> None:
                    help="continue the run in out_dir from its newest checkpoint (or 'best', a step, a path)")
     t.add_argument('--overwrite', action='store_true', help="delete a previous run's checkpoints and logs in out_dir first")
     t.add_argument('--no-progress', dest='progress', action='store_false', help="no live progress line")
+    t.add_argument('--nproc', type=_number(int, 1), default=None, metavar='N',
+                   help="train on N processes of this machine (launches torchrun; see train.parallel)")
     t.add_argument('--sample-tokens', type=_number(int, 0), default=_SAMPLE_TOKENS, help="tokens of the sample printed at the end (0: none)")
     t.set_defaults(func=cmd_train)
 

@@ -68,6 +68,13 @@ class TrainConfig(ConfigBase):
     label_smoothing: float = 0.0       # ε of label-smoothed cross-entropy on training forwards (validation stays plain)
     monitor_interval: int = 0          # every N steps: per-layer gradient norms and update/weight ratios (TensorBoard); 0: off
     wandb: Optional[str] = None        # a Weights & Biases project to log to (needs `wandb`); null: off
+    parallel: Literal['auto', 'none', 'ddp', 'fsdp'] = 'auto'  # several processes (torchrun): auto is ddp there, none on one
+    fsdp_reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (less memory, one more all-gather)
+    fsdp_param_dtype: Optional[Literal['fp32', 'bf16', 'fp16']] = None   # fsdp mixed precision: compute dtype of the weights
+    fsdp_reduce_dtype: Optional[Literal['fp32', 'bf16', 'fp16']] = None  # fsdp mixed precision: dtype of the gradient reduction
+    fsdp_cpu_offload: bool = False     # fsdp: keep sharded weights, gradients and optimizer state in CPU memory
+    ddp_find_unused: bool = False      # ddp: allow parameters that get no gradient in a step (slower)
+    dist_timeout: float = 300.0        # seconds a collective may wait for the other ranks before the job fails
 
     def validate(self) -> None:
         c = self.check
@@ -87,6 +94,7 @@ class TrainConfig(ConfigBase):
         c(self.riemannian_lr is None or self.riemannian_lr > 0, 'riemannian_lr', f"must be positive or null, got {self.riemannian_lr}.")
         c(self.num_threads is None or 1 <= self.num_threads <= 4096, 'num_threads',
           f"must be between 1 and 4096, or null (torch's default), got {self.num_threads}.")
+        c(self.dist_timeout > 0, 'dist_timeout', f"must be positive (seconds), got {self.dist_timeout}.")
         c(self.sample_temperature >= 0, 'sample_temperature', f"must be ≥ 0 (0: greedy), got {self.sample_temperature}.")
         c(0 <= self.label_smoothing < 1, 'label_smoothing', f"must be in [0, 1) (0: off; 0.1 is usual), got {self.label_smoothing}.")
         c(self.monitor_interval >= 0, 'monitor_interval', f"must be ≥ 0 (0: off), got {self.monitor_interval}.")

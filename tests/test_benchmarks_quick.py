@@ -100,3 +100,9 @@ def test_serving_quick():
     assert '| server | tokens/s | TTFT p50 (s) | TTFT p99 (s) | inter-token p50 (ms) | inter-token p99 (ms) |' in out
     assert 'continuous batching (--max-batch 4)' in out and 'one at a time (--max-batch 1)' in out
     assert 'throughput ratio' in out and '| requests served | server RSS (MiB) |' in out
+
+
+def test_distributed_quick():
+    out = run_quick('distributed.py')
+    assert '| ranks | step ms | tokens/s | speed-up vs 1 rank | communication share |' in out
+    assert '| mode | weights + AdamW state per rank, MB | vs DDP |' in out and '| FSDP2 |' in out

@@ -452,6 +452,7 @@ def _blocks_xy(tokens: np.ndarray, starts: np.ndarray, T: int) -> tuple[torch.Te
 class BlockLoader:
     """Endless random `(x, y)` batches of `block_size` tokens from a 1-D token array; resumable bit for bit through
     `state_dict()` / `load_state_dict()`."""
+    rows = slice(None)   # the rows of every batch this process takes (all; see `shard`)
 
     def __init__(self, tokens, block_size: int, batch_size: int, seed: int = 0, name: str = 'the training split'):
         self.tokens = _as_tokens(tokens)
@@ -492,7 +493,7 @@ class BlockLoader:
             starts.append(self.offset + self.order[self.pos:self.pos + take] * self.T)
             self.pos += take; need -= take
         self.batches += 1
-        return _blocks_xy(self.tokens, np.concatenate(starts), self.T)
+        return _blocks_xy(self.tokens, np.concatenate(starts)[self.rows], self.T)
 
     def state_dict(self) -> dict:
         "The position (plain ints: loadable with `torch.load(weights_only=True)`)."
@@ -529,6 +530,7 @@ def val_blocks(tokens, block_size: int, batch_size: int, max_batches: int | None
 class StreamingBlockLoader:
     """Endless `(x, y)` batches of consecutive blocks from an `IterableDataset`, tokenized on the fly; resumable bit
     for bit through `state_dict()` / `load_state_dict()`."""
+    rows = slice(None)   # the rows of every batch this process takes (all; see `shard`)
 
     def __init__(self, dataset, tokenizer: Tokenizer, block_size: int, batch_size: int, text_column: str = 'text',
                  max_tokens: int | None = None, encode_batch: int = 64, name: str = 'the training stream'):
@@ -591,7 +593,7 @@ def __iter__(self: StreamingBlockLoader) -> StreamingBlockLoader: return self
 def __next__(self: StreamingBlockLoader) -> tuple[torch.Tensor, torch.Tensor]:
     n = self.B * self.T + 1
     self._fill(n)
-    starts = np.arange(self.B, dtype=np.int64) * self.T
+    starts = (np.arange(self.B, dtype=np.int64) * self.T)[self.rows]
     out = _blocks_xy(self.buf, starts, self.T)
     self.buf = self.buf[self.B * self.T:]                  # the last target starts the next batch
     self.batches += 1
@@ -618,6 +620,27 @@ def load_state_dict(self: StreamingBlockLoader, state: dict) -> None:
 @patch
 def __repr__(self: StreamingBlockLoader) -> str:
     return f"StreamingBlockLoader(block_size={self.T}, batch_size={self.B}, epoch={self.epoch}, documents={self.examples})"
+
+# %% ../../nbs/32_datasets.ipynb #d15a7c02
+def _rank_rows(batch_size: int, rank: int, world_size: int) -> slice:
+    if not 0 <= rank < world_size: raise ConfigError(f"rank {rank} is outside the world of {world_size} processes.")
+    if batch_size % world_size:
+        raise ConfigError(f"`train.batch_size` = {batch_size} is not divisible by the {world_size} processes (the batch is "
+                          f"split evenly over the ranks); use a multiple of {world_size}.")
+    b = batch_size // world_size
+    return slice(rank * b, (rank + 1) * b)
+
+@patch
+def shard(self: BlockLoader, rank: int, world_size: int) -> BlockLoader:
+    "Yield only rank `rank`'s rows of every global batch (of `world_size` equal slices); the position stays global."
+    self.rows = _rank_rows(self.B, rank, world_size)
+    return self
+
+@patch
+def shard(self: StreamingBlockLoader, rank: int, world_size: int) -> StreamingBlockLoader:
+    "Yield only rank `rank`'s rows of every global batch (every rank reads the stream; each keeps its blocks)."
+    self.rows = _rank_rows(self.B, rank, world_size)
+    return self
 
 # %% ../../nbs/32_datasets.ipynb #135c616d
 def pack_stream(dataset, tokenizer: Tokenizer, text_column: str = 'text', max_tokens: int = STREAM_VAL_TOKENS,

@@ -24,13 +24,13 @@ from ..core import CheckpointError, atomic_dir, atomic_path
 from ..models.base import load_weights, save_weights
 
 # %% auto #0
-__all__ = ['MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'CHECKPOINT_FORMAT', 'to_safe', 'write_checkpoint',
+__all__ = ['MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'CHECKPOINT_FORMAT', 'to_safe', 'write_state', 'write_checkpoint',
            'link_checkpoint', 'read_state', 'read_checkpoint', 'is_resumable', 'load_checkpoint', 'average_checkpoints',
            'save_average']
 
 # %% ../../nbs/42_checkpoint.ipynb #c54198f9
 MODEL_FILE, TRAINING_STATE_FILE, STATE_FILE = 'model.safetensors', 'optimizer.pt', 'state.json'
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2   # 2: sharded (DCP) checkpoints of runs on several processes; plain ones stay 1
 
 # %% ../../nbs/42_checkpoint.ipynb #ca667231
 def to_safe(obj: Any, where: str = 'state') -> Any:
@@ -69,6 +69,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 # %% ../../nbs/42_checkpoint.ipynb #6804e5d6
+def write_state(tmp: Path, *, step: int, arch: str = '', metrics: dict | None = None, extra: dict | None = None,
+                resumable: bool = True, sharded: dict | None = None) -> None:
+    "Write `state.json` into checkpoint directory `tmp` (last: it marks a finished checkpoint), with every other file's size and SHA-256."
+    from bytropix import __version__
+    files = {f.name: {'bytes': f.stat().st_size, 'sha256': _sha256(f)} for f in sorted(tmp.iterdir())
+             if f.is_file() and f.name != STATE_FILE}
+    state = {'format': 2 if sharded else 1, 'step': int(step), 'metrics': _jsonable(metrics or {}), 'extra': _jsonable(extra or {}),
+             'files': files, 'arch': arch, 'resumable': resumable,
+             'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'bytropix_version': __version__}
+    if sharded: state['sharded'] = sharded   # how it was written: DCP, the parallel mode, the world size
+    (tmp/STATE_FILE).write_text(json.dumps(state, indent=2) + '\n', encoding='utf-8')
+
 def write_checkpoint(directory: str | os.PathLike, model: nn.Module, *, step: int, optimizer: Any = None,
                      scheduler: Any = None, scaler: Any = None, loader_state: dict | None = None,
                      rng_state: dict | None = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
@@ -83,14 +95,8 @@ def write_checkpoint(directory: str | os.PathLike, model: nn.Module, *, step: in
     with atomic_dir(final) as tmp:
         save_weights(model, tmp/MODEL_FILE, metadata={'step': str(step), 'arch': str(getattr(model, 'arch', ''))})
         (tmp/TRAINING_STATE_FILE).write_bytes(buf.getbuffer())
-        files = {n: {'bytes': (tmp/n).stat().st_size, 'sha256': _sha256(tmp/n)} for n in (MODEL_FILE, TRAINING_STATE_FILE)}
-        from bytropix import __version__
-        state = {'format': CHECKPOINT_FORMAT, 'step': int(step), 'metrics': _jsonable(metrics or {}),
-                 'extra': _jsonable(extra or {}), 'files': files, 'arch': getattr(model, 'arch', ''),
-                 'resumable': optimizer is not None and loader_state is not None,
-                 'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                 'bytropix_version': __version__}
-        (tmp/STATE_FILE).write_text(json.dumps(state, indent=2) + '\n', encoding='utf-8')  # last: marks a finished checkpoint
+        write_state(tmp, step=step, arch=getattr(model, 'arch', ''), metrics=metrics, extra=extra,
+                    resumable=optimizer is not None and loader_state is not None)
     return final
 
 # %% ../../nbs/42_checkpoint.ipynb #cde8fdc8
@@ -98,8 +104,9 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     "Copy checkpoint directory `src` to `dst` atomically, hard-linking files when possible."
     src, dst = Path(src), Path(dst)
     if not (src/STATE_FILE).is_file(): raise CheckpointError(f"{src} is not a finished checkpoint (no {STATE_FILE}).")
+    names = [*read_state(src)['files'], STATE_FILE]   # a sharded checkpoint has one file per rank
     with atomic_dir(dst) as tmp:
-        for name in (MODEL_FILE, TRAINING_STATE_FILE, STATE_FILE):
+        for name in names:
             try: os.link(src/name, tmp/name)
             except OSError: shutil.copy2(src/name, tmp/name)
     return dst
@@ -170,13 +177,23 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
     Returns `step`, `metrics`, `extra`, `loader` state, `rng` state and `path`."""
     ck = read_checkpoint(path, verify=verify, map_location='cpu')
     path, state, training = ck['path'], ck['state'], ck['training']
-    if optimizer is not None: _check_optimizer(optimizer, training.get('optimizer'), path)
-    if model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
-    if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
+    if state.get('sharded'):   # written by several processes with DCP: restored at any world size, or in one process
+        from bytropix.training.distributed import load_sharded
+        if model is not None: load_sharded(path, model, optimizer)
+    else:
+        from bytropix.training.distributed import is_sharded, load_whole_into_sharded
+        if optimizer is not None: _check_optimizer(optimizer, training.get('optimizer'), path)
+        if model is not None and is_sharded(model):   # FSDP2 ranks continuing a one-process run: each keeps its shards
+            from safetensors.torch import load_file
+            load_whole_into_sharded(load_file(str(path/MODEL_FILE)), training.get('optimizer'), model, optimizer)
+        else:
+            if model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
+            if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
     if scheduler is not None and training.get('scheduler') is not None: scheduler.load_state_dict(training['scheduler'])
     if scaler is not None and training.get('scaler') is not None and scaler.is_enabled(): scaler.load_state_dict(training['scaler'])
     return {'step': int(state['step']), 'metrics': state.get('metrics', {}), 'extra': state.get('extra', {}),
-            'loader': training.get('loader'), 'rng': training.get('rng'), 'path': path}
+            'loader': training.get('loader'), 'rng': training.get('rng'), 'path': path,
+            'ranks': training.get('ranks'), 'sharded': state.get('sharded')}
 
 # %% ../../nbs/42_checkpoint.ipynb #ec2c02c9
 def _weights_file(p: str | os.PathLike) -> Path:

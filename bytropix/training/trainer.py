@@ -28,7 +28,9 @@ from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonF
                            get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model, label_smoothing
-from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state
+from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state, write_checkpoint
+from .distributed import (NullLog, peer_error, rank_state, save_sharded_checkpoint, setup_distributed,
+                                          shard_loader, start_distributed, wrap_model)
 from .evaluation import autocast_context, evaluate, format_metric
 from .memory import check_step_memory
 from .optim import LRScheduler, build_optimizer, clip_gradients
@@ -202,6 +204,7 @@ class Trainer:
         self.best_val, self.best_step, self.last_eval, self.last_eval_step = float('inf'), None, {}, None
         self._ready, self._lock, self._stop, self._streak_start, self._prune_pending = False, None, None, None, False
         self.tb = TensorBoard(None)
+        self.dist, self.is_main = None, True   # the process group on several processes; rank 0 alone writes logs and exports
 
 # %% ../../nbs/44_trainer.ipynb #60d19300
 @patch
@@ -209,6 +212,7 @@ def close(self: Trainer) -> None:
     "Release the run directory's lock and close the TensorBoard writer (`fit` does it when it ends)."
     self.tb.close()
     if self._lock is not None: self._lock.release(); self._lock = None
+    if self.dist is not None: self.dist.close()
 
 @patch
 def __enter__(self: Trainer) -> Trainer: return self
@@ -290,7 +294,16 @@ def _setup(self: Trainer) -> None:
     tc, run = self.tc, self.run
     if tc.num_threads: torch.set_num_threads(tc.num_threads)
     self.device = resolve_device(tc.device)
+    self.dist = start_distributed(tc, self.device)   # None on one process; see the distributed-training chapter
+    if self.dist is not None: return setup_distributed(self)
     ckpt = self._start_point()
+    self._prepare(ckpt)
+    self._setup_training(ckpt)
+
+@patch
+def _prepare(self: Trainer, ckpt: Path | None) -> None:
+    "Seed, then tokenizer, data and model (with the task's additions)."
+    tc, run = self.tc, self.run
     seed_everything(tc.seed)
     needs_tok = getattr(get_task(run.task), 'needs_tokenizer', True)
     # the tokenizer is built (or reloaded) to prepare the data; with `data` given it is optional
@@ -299,7 +312,6 @@ def _setup(self: Trainer) -> None:
     self.resolved = self._build_model()
     setup_model = getattr(get_task(run.task), 'setup_model', None)
     if setup_model is not None: setup_model(self.model, self.data, run)   # e.g. `distill` attaches its frozen teacher
-    self._setup_training(ckpt)
 
 @patch
 def _setup_training(self: Trainer, ckpt: Path | None) -> None:
@@ -314,22 +326,24 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
     if tc.qat:   # before the optimizer and the checkpoint: a resumed run rebuilds the same fake-quantized modules
         from bytropix.quantization import prepare_qat
         prepare_qat(model, tc.qat)
+    wrapped = model if self.dist is None else wrap_model(model, self.dist, tc)   # DDP, or FSDP2 sharding `model` in place
     self.optimizer = build_optimizer(model, tc, self.device)
     self.scheduler = LRScheduler(self.optimizer, tc)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
-    self.train_model = torch.compile(model) if tc.compile else model
+    self.train_model = torch.compile(wrapped) if tc.compile else wrapped
     manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
     self.params = [p for p in model.parameters() if p.requires_grad]
     self.agc_params = [p for p in self.params if id(p) not in manifold]
-    self.loader = self.data.train
-    self.metrics_log, self.samples_log = MetricsLog(rd.metrics_file), SamplesLog(rd.samples_file)
+    self.loader = self.data.train if self.dist is None else shard_loader(self.data.train, self.dist)
+    self.metrics_log, self.samples_log = ((MetricsLog(rd.metrics_file), SamplesLog(rd.samples_file)) if self.is_main
+                                          else (NullLog(), NullLog()))
     if ckpt is not None: self._restore(ckpt, changed)
-    elif self.tokenizer is not None: self.tokenizer.save(rd.tokenizer_file)  # written atomically
-    save_config(self.resolved, rd.config_file)
-    self.tb = TensorBoard(rd.tb_dir if tc.tensorboard else None, purge_step=self.step + 1 if ckpt else None, log=self.log)
+    elif self.tokenizer is not None and self.is_main: self.tokenizer.save(rd.tokenizer_file)  # written atomically
+    if self.is_main: save_config(self.resolved, rd.config_file)
+    self.tb = TensorBoard(rd.tb_dir if tc.tensorboard and self.is_main else None, purge_step=self.step + 1 if ckpt else None, log=self.log)
     if ckpt is None: self.tb.hparams(_flat({k: v for k, v in self.resolved.to_dict().items() if k != 'out_dir'}),
                                      ['val/loss', 'val/bpb', 'train/loss'])
-    if tc.monitor_interval or tc.wandb:   # per-layer statistics, Weights & Biases (callbacks of bytropix.training.recipes)
+    if (tc.monitor_interval or tc.wandb) and self.is_main:   # rank 0 alone; per-layer statistics, Weights & Biases (callbacks of bytropix.training.recipes)
         from bytropix.training.recipes import attach_monitoring
         attach_monitoring(self)
     self._sample_ids = None
@@ -368,6 +382,7 @@ def _counter(extra: dict, key: str, path: Path, none_ok: bool = False) -> int | 
 def _restore(self: Trainer, path: Path, changed: Sequence[str] = ()) -> None:
     now = self.optimizer.settings()   # built from the current config
     info = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, map_location=self.device)
+    if self.dist is not None: info = rank_state(info, self.dist)   # this rank's data position and RNG
     self.optimizer.apply_settings(now); self.scheduler.apply()
     if info['loader'] is None: raise CheckpointError(f"{path} holds no data-loader state; it cannot resume training.")
     try:
@@ -394,7 +409,7 @@ def _restore(self: Trainer, path: Path, changed: Sequence[str] = ()) -> None:
 @patch
 def _reconcile_best(self: Trainer) -> None:
     "Redo a `best/` update that a crash cut off (after the checkpoint it links to was saved, before `best/` moved)."
-    if self.best_step is None: return
+    if self.best_step is None or not self.is_main: return
     best = self.rundir.best_checkpoint()
     try:
         if best is not None and read_state(best)['step'] == self.best_step: return
@@ -421,19 +436,24 @@ def train_step(self: Trainer) -> dict:
     model.train()
     lr = self.scheduler.get_last_lr()[0]
     losses, aux, ntok = [], {}, 0
-    for _ in range(tc.grad_accum):
+    for i in range(tc.grad_accum):
         x, y = next(self.loader)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with autocast_context(self.device, tc.precision), label_smoothing(tc.label_smoothing): out = model(x, y)
-        if out.loss is None: raise DataError(f"{type(self.model).__name__} returned no loss; the trainer passes targets.")
-        loss = out.loss.float()
-        self.scaler.scale(loss / tc.grad_accum).backward()
+        # several processes: gradients are averaged over the ranks in the last micro-batch's backward only
+        sync = self.dist.grad_sync(model, i == tc.grad_accum - 1) if self.dist is not None else contextlib.nullcontext()
+        with sync:
+            with autocast_context(self.device, tc.precision), label_smoothing(tc.label_smoothing): out = model(x, y)
+            if out.loss is None: raise DataError(f"{type(self.model).__name__} returned no loss; the trainer passes targets.")
+            loss = out.loss.float()
+            self.scaler.scale(loss / tc.grad_accum).backward()
         losses.append(loss.detach()); ntok += x.numel()
         for k, v in _scalar_aux(out.aux).items(): aux[k] = aux.get(k, 0.0) + v / tc.grad_accum
     loss = float(torch.stack(losses).mean())
+    if self.dist is not None: loss = self.dist.mean(loss)   # the loss of the global batch
     if self.scaler.is_enabled(): self.optimizer.unscale_(self.scaler)
     clip = clip_gradients(self.params, tc.clip_grad, tc.agc, self.agc_params)
-    gnorm = float(clip['grad_norm'])
+    gnorm = clip['grad_norm']
+    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, 'full_tensor') else gnorm)   # FSDP2: a norm over sharded gradients
     skipped = not (math.isfinite(loss) and math.isfinite(gnorm))
     if not skipped: self.optimizer.step(self.scaler if self.scaler.is_enabled() else None)
     if self.scaler.is_enabled(): self.scaler.update()
@@ -500,8 +520,9 @@ def sample(self: Trainer) -> str | None:
     g = torch.Generator(device=self.device).manual_seed(tc.seed + self.step)  # own RNG: training randomness untouched
     try:
         eos = getattr(self.tokenizer, 'eos_id', None)  # a document ends the sample
-        out = self.model.generate(self._sample_ids.to(self.device), tc.sample_tokens, temperature=tc.sample_temperature,
-                                  top_k=tc.sample_top_k, generator=g, stop=None if eos is None else [eos])
+        with self.dist.unsharded(self.model) if self.dist is not None else contextlib.nullcontext():
+            out = self.model.generate(self._sample_ids.to(self.device), tc.sample_tokens, temperature=tc.sample_temperature,
+                                      top_k=tc.sample_top_k, generator=g, stop=None if eos is None else [eos])
     except (NotImplementedError, ImportError) as e:
         self.log(f"sampling disabled: {e}"); self._sample_ids = None
         return None
@@ -518,9 +539,16 @@ def _training_state(self: Trainer) -> dict:
 @patch
 def save(self: Trainer, metrics: dict | None = None) -> Path:
     "Checkpoint the current step into `RUN/checkpoints/step-N` (pruned to `keep_last` once a later step is finite)."
-    path = self.rundir.save_checkpoint(self.step, self.model, metrics=metrics, **self._training_state())
+    path = self._write_checkpoint(self.rundir.checkpoint_dir(self.step), metrics)
     self._prune_pending = True
     return path
+
+@patch
+def _write_checkpoint(self: Trainer, path: Path, metrics: dict | None) -> Path:
+    "A checkpoint of this step at `path`: one process writes it, or every rank its shards (DCP)."
+    if self.dist is not None:
+        return save_sharded_checkpoint(self.dist, path, self.model, step=self.step, metrics=metrics, **self._training_state())
+    return write_checkpoint(path, self.model, step=self.step, metrics=metrics, **self._training_state())
 
 @patch
 def _eval_and_log(self: Trainer, s: int) -> dict:
@@ -543,6 +571,9 @@ def fit(self: Trainer) -> dict:
             self.setup()
             if self._stop is not None: self._interrupt()
             return self._loop()
+        except Exception as e:
+            if self.dist is None: raise
+            raise peer_error(e) from None   # a collective broken by another rank's failure: that rank reports it
         finally: self.close()
 
 @patch
@@ -559,15 +590,17 @@ def _loop(self: Trainer) -> dict:
             if r['skipped']: self._handle_nonfinite(r)
             else:
                 self.nonfinite, self._streak_start = 0, None
-                if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
+                if self._prune_pending and self.is_main: self.rundir.prune(tc.keep_last); self._prune_pending = False
             record = self._log_step(r, prog, start_step)
             self._after_step(record)
             for cb in self.callbacks: cb(self, self.step, record)
+            if self.dist is not None and self.dist.any(self._stop is not None) and self._stop is None:
+                self._stop = signal.SIGTERM   # another rank got the signal: every rank stops after the same step
             if self._stop is not None: self._interrupt()
         if self.last_eval_step != self.step: self._eval_and_log(self.step)  # e.g. a finished run resumed from a checkpoint
                                                                            # saved before its final evaluation
         if not self.nonfinite and not (self.rundir.checkpoint_dir(self.step)/STATE_FILE).is_file(): self.save(self.last_eval)
-        if self._prune_pending: self.rundir.prune(tc.keep_last); self._prune_pending = False
+        if self._prune_pending and self.is_main: self.rundir.prune(tc.keep_last); self._prune_pending = False
         metrics = self._finish(time.perf_counter() - self._t0)
         if self._stop is not None: self._interrupt(finished=True)
         return metrics
@@ -610,8 +643,8 @@ def _after_step(self: Trainer, record: dict) -> None:
         if self.nonfinite: self.log(f"step {s}: no checkpoint during a run of non-finite steps")
         else: saved = self.save({k: v for k, v in {**record, **self.last_eval}.items() if k != 'step'})
     if improved:
-        if saved is not None: self.rundir.save_best(saved)
-        else: self.rundir.save_best(model=self.model, step=s, metrics=self.last_eval, **self._training_state())
+        if saved is None: self._write_checkpoint(self.rundir.best_dir, self.last_eval)
+        elif self.is_main: self.rundir.save_best(saved)
 
 # %% ../../nbs/44_trainer.ipynb #091a06c8
 @patch
@@ -639,7 +672,9 @@ def _finish(self: Trainer, elapsed: float) -> dict:
     if self.tc.qat:   # the trained fake-quantized weights become the quantized model the export holds
         from bytropix.quantization import convert_qat
         convert_qat(self.model)
-    if hasattr(self.model, 'save_pretrained'): self.rundir.write_export(self.model, self.tokenizer, card)
+    if hasattr(self.model, 'save_pretrained'):
+        model = self.model if self.dist is None else self.dist.full_model(self.model)   # FSDP2: gathered on rank 0
+        if self.is_main: self.rundir.write_export(model, self.tokenizer, card); self.model = model
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
              + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
     return metrics

@@ -1,0 +1,217 @@
+"""Training on several processes with real torchrun workers on gloo (CPU): DDP and FSDP2 equal one process, sharded
+checkpoints resume bit for bit after SIGKILL and across world sizes, a failing rank ends the job with its message.
+The CI set runs DDP, its 2 → 1 resume and export, and a failing rank; BYTROPIX_SLOW=1 adds the rest."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+slow = pytest.mark.skipif(os.environ.get('BYTROPIX_SLOW') != '1', reason='long: runs with BYTROPIX_SLOW=1')
+ENV = {**os.environ, 'PYTHONPATH': f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", 'OMP_NUM_THREADS': '1',
+       'TOKENIZERS_PARALLELISM': 'false'}
+
+# `bytropix train` with fault injection: BYT_RAISE=R@S makes rank R raise a DataError in step S, BYT_KILL=R@S SIGKILLs
+# rank R after step S; BYT_MANIFOLD=DIR saves every rank's manifold parameters at the end.
+CHILD = textwrap.dedent('''
+    import os, signal, sys, torch
+    from bytropix.core import DataError
+    from bytropix.training.trainer import Trainer
+    rank = int(os.environ.get('RANK', 0))
+    step_fn, finish_fn = Trainer.train_step, Trainer._finish
+    def train_step(self):
+        for var in ('BYT_RAISE', 'BYT_KILL'):
+            r, s = map(int, os.environ.get(var, '-1@-1').split('@'))
+            if r == rank and self.step == s:
+                if var == 'BYT_RAISE': raise DataError(f"injected failure on rank {rank} at step {s}")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return step_fn(self)
+    def _finish(self, elapsed):
+        if os.environ.get('BYT_MANIFOLD'):
+            torch.save([p.detach().clone() for p in self.model.manifold_parameters()], f"{os.environ['BYT_MANIFOLD']}/rank{rank}.pt")
+        return finish_fn(self, elapsed)
+    Trainer.train_step, Trainer._finish = train_step, _finish
+    from bytropix.cli import main
+    sys.exit(main(sys.argv[1:]))
+''')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp('dist')
+    words = 'the quick brown fox jumps over a lazy dog while seven hyperbolic owls count tokens'.split()
+    g = torch.Generator().manual_seed(0)
+    lines = [' '.join(words[i] for i in torch.randint(0, len(words), (10,), generator=g).tolist()) for _ in range(400)]
+    (d/'data.txt').write_text('\n'.join(lines))
+    (d/'child.py').write_text(CHILD)
+    return d
+
+
+def cfg(data: Path, arch: str = 'gpt', **train) -> list[str]:
+    model = {'gpt': ['--model.n_layer', '2', '--model.n_head', '2', '--model.n_embd', '32'],
+             'wubu': ['--model.n_layer', '1', '--model.n_head', '2', '--model.n_embd', '32', '--model.embedding', 'hyperbolic']}[arch]
+    t = {**dict(steps=20, batch_size=4, block_size=16, lr=3e-3, warmup_steps=0, eval_interval=0, eval_batches=2, log_interval=1,
+                save_interval=10, keep_last=0, sample_interval=0, tensorboard='false', device='cpu', seed=1), **train}
+    return ['--arch', arch, *model, '--data.source', str(data/'data.txt'), '--data.sample_by', 'line',
+            '--data.validation_fraction', '0.1', *[a for k, v in t.items() for a in (f'--train.{k}', str(v))]]
+
+
+def train(data: Path, out: Path, args: list[str], nproc: int = 1, env: dict | None = None, timeout: float = 240,
+          check: bool = True) -> subprocess.CompletedProcess:
+    "`bytropix train` (through the fault-injecting child) on `nproc` torchrun processes."
+    argv = ['train', *args, '--out_dir', str(out), '--no-progress', '--sample-tokens', '0']
+    launcher = [] if nproc == 1 else ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(nproc)]
+    r = subprocess.run([sys.executable, *launcher, str(data/'child.py'), *argv], capture_output=True, text=True,
+                       env={**ENV, **(env or {})}, timeout=timeout, cwd=ROOT)
+    if check: assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(out: Path) -> list[float]:
+    import json
+    return [r['train/loss'] for r in map(json.loads, (out/'metrics.jsonl').read_text().splitlines()) if 'train/loss' in r]
+
+
+def weights(out: Path) -> dict:
+    return load_file(str(out/'export'/'model.safetensors'))
+
+
+def assert_close(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= tol, worst
+
+
+@pytest.fixture(scope='module')
+def one_process(data) -> Path:
+    "The reference: one process, global batch 4, 20 steps."
+    train(data, data/'one', cfg(data))
+    return data/'one'
+
+
+@pytest.fixture(scope='module')
+def ddp_run(data) -> Path:
+    "2 ranks × 2 rows under DDP (the default on several processes), checkpoints at steps 10 and 20."
+    train(data, data/'ddp', cfg(data), nproc=2)
+    return data/'ddp'
+
+
+def test_ddp_equals_one_process(one_process, ddp_run):
+    assert len(losses(ddp_run)) == 20
+    assert max(abs(a - b) for a, b in zip(losses(one_process), losses(ddp_run))) <= 1e-5
+    assert_close(weights(one_process), weights(ddp_run))
+    st = (ddp_run/'checkpoints'/'step-10'/'state.json').read_text()
+    assert '"world_size": 2' in st and '__1_0.distcp' in st   # every rank wrote its part
+    assert not list(ddp_run.glob('checkpoints/*.tmp-*'))
+
+
+def test_resume_2_to_1_and_export(data, one_process, ddp_run, tmp_path):
+    "A sharded checkpoint of 2 ranks continues in one process exactly like the uninterrupted one-process run."
+    import shutil
+    out = tmp_path/'r'
+    shutil.copytree(ddp_run, out)
+    shutil.rmtree(out/'checkpoints'/'step-20'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
+    r = train(data, out, [*cfg(data), '--resume'])
+    assert 'resumed from' in r.stdout and 'step-10' in r.stdout
+    assert_close(weights(one_process), weights(out))
+    # a sharded checkpoint read in a plain process (`load_trained`, what `bytropix export/evaluate/generate` use) holds
+    # the weights the run exported; `bytropix export --format hf` converts it (and checks the logits itself)
+    from bytropix.training.run import load_trained
+    model, _, _ = load_trained(ddp_run, 'latest', device='cpu')
+    assert_close(weights(ddp_run), {k: v for k, v in model.state_dict().items() if k in weights(ddp_run)}, 0.0)
+    e = subprocess.run([sys.executable, '-m', 'bytropix.cli', 'export', str(ddp_run), '--checkpoint', 'latest', '--format', 'hf',
+                        '--out', str(tmp_path/'hf')], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert (tmp_path/'hf'/'model.safetensors').is_file()
+
+
+def test_failing_rank_ends_the_job(data, tmp_path):
+    t0 = time.monotonic()
+    r = train(data, tmp_path/'f', cfg(data, dist_timeout=60), nproc=2, env={'BYT_RAISE': '1@3'}, check=False)
+    assert r.returncode != 0 and time.monotonic() - t0 < 120
+    err = r.stdout + r.stderr
+    assert err.count('injected failure on rank 1 at step 3') == 1, err[-3000:]
+    assert 'raise DataError' not in err   # one line from the failing rank (torchrun adds its own summary), no rank's traceback
+
+
+@slow
+def test_bad_inputs_one_line(data, tmp_path):
+    r = train(data, tmp_path/'b', cfg(data, batch_size=3), nproc=2, check=False)
+    assert r.returncode != 0
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if 'error:' in l]
+    assert len(lines) == 1 and 'not divisible by the 2 processes' in lines[0], r.stderr[-2000:]
+    assert not (tmp_path/'b'/'checkpoints').exists()
+
+
+@slow
+def test_fsdp_equals_one_process(data, one_process, tmp_path):
+    train(data, tmp_path/'fsdp', [*cfg(data), '--train.parallel', 'fsdp'], nproc=2)
+    assert max(abs(a - b) for a, b in zip(losses(one_process), losses(tmp_path/'fsdp'))) <= 1e-5
+    assert_close(weights(one_process), weights(tmp_path/'fsdp'))
+
+
+@slow
+def test_wubu_ddp_equals_one_process_manifold_identical(data, tmp_path):
+    (tmp_path/'m').mkdir()
+    train(data, tmp_path/'w1', cfg(data, 'wubu'))
+    train(data, tmp_path/'w2', cfg(data, 'wubu'), nproc=2, env={'BYT_MANIFOLD': str(tmp_path/'m')})
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path/'w1'), losses(tmp_path/'w2'))) <= 1e-5
+    assert_close(weights(tmp_path/'w1'), weights(tmp_path/'w2'))
+    m0, m1 = (torch.load(tmp_path/'m'/f'rank{r}.pt') for r in (0, 1))
+    assert m0 and all(torch.equal(a, b) for a, b in zip(m0, m1))
+    assert all((p.norm(dim=-1) < 1).all() for p in m0)   # still inside the unit ball
+    r = train(data, tmp_path/'wf', [*cfg(data, 'wubu'), '--train.parallel', 'fsdp'], nproc=2, check=False)
+    assert r.returncode != 0 and 'FSDP2 cannot shard' in r.stderr
+
+
+@slow
+def test_sigkill_one_rank_then_resume_bit_exact(data, ddp_run, tmp_path):
+    r = train(data, tmp_path/'k', cfg(data), nproc=2, env={'BYT_KILL': '1@13'}, check=False)
+    assert r.returncode != 0
+    assert (tmp_path/'k'/'checkpoints'/'step-10'/'state.json').is_file()
+    train(data, tmp_path/'k', [*cfg(data), '--resume'], nproc=2)
+    a, b = weights(ddp_run), weights(tmp_path/'k')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(ddp_run) == losses(tmp_path/'k')
+
+
+@slow
+def test_resume_1_to_2(data, one_process, tmp_path):
+    import shutil
+    out = tmp_path/'u'
+    shutil.copytree(one_process, out)
+    shutil.rmtree(out/'checkpoints'/'step-20'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
+    fsdp = tmp_path/'uf'
+    shutil.copytree(out, fsdp)
+    train(data, out, [*cfg(data), '--resume'], nproc=2)
+    assert_close(weights(one_process), weights(out))
+    train(data, fsdp, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2)   # whole tensors → each rank's shards
+    assert_close(weights(one_process), weights(fsdp))
+
+
+@slow
+def test_unreachable_rendezvous_one_line(data, tmp_path):
+    "A rank that cannot reach the rendezvous fails after `dist_timeout` with one line naming the address; nothing is written."
+    env = {**ENV, 'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': '9'}
+    r = subprocess.run([sys.executable, '-m', 'bytropix.cli', 'train', *cfg(data, dist_timeout=2), '--out_dir', str(tmp_path/'z')],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.startswith('bytropix train: error:')]
+    assert len(lines) == 1 and 'cannot join the process group at 127.0.0.1:9' in lines[0], r.stderr[-2000:]
+    assert not (tmp_path/'z').exists()
+
+
+@slow
+def test_ddp_with_grad_accum_equals_one_process(data, tmp_path):
+    "Accumulation composes: the all-reduce runs in the last micro-batch's backward only, the result is unchanged."
+    args = cfg(data, steps=6, grad_accum=2, save_interval=0)
+    train(data, tmp_path/'a1', args)
+    train(data, tmp_path/'a2', args, nproc=2)
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path/'a1'), losses(tmp_path/'a2'))) <= 1e-5
+    assert_close(weights(tmp_path/'a1'), weights(tmp_path/'a2'))
