@@ -1,5 +1,4 @@
-"""Pathway's BDH-GPU (2025): shared-weight layers of sparse positive neurons with linear attention; parallel,
-chunked and recurrent forms, reference interop, interpretability.
+"""Pathway's BDH-GPU (2025): shared-weight layers of sparse positive neurons with linear attention; parallel, chunked and recurrent forms, reference interop, interpretability.
 
 Docs: https://bytropix.github.io/bytropix/bdh.html.md"""
 
