@@ -119,7 +119,8 @@ def plot_disk(points: Tensor | None = None, curves: Sequence[Tensor] = (), tiles
         xy = _np(to_model(_f64(cv), model)); ax.plot(xy[:, 0], xy[:, 1], lw=1.4, zorder=2)
     if points is not None:
         xy = _np(to_model(_f64(points), model))
-        ax.scatter(xy[:, 0], xy[:, 1], c=point_colors if point_colors is not None else 'k', cmap='viridis', s=14, zorder=3)
+        colour = dict(c=point_colors, cmap='viridis') if point_colors is not None else dict(color='k')
+        ax.scatter(xy[:, 0], xy[:, 1], s=14, zorder=3, **colour)
     if model == 'halfplane':
         ax.axhline(0, color='k', lw=1); ax.set_xlim(-3, 3); ax.set_ylim(-0.05, 3)
     else:
@@ -483,7 +484,8 @@ def plot_degrees(graph: dict, ax=None, title: str | None = None, seed: int = 0):
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
     n, p = graph['n'], graph['density']
-    rand = torch.distributions.Binomial(n, torch.full((n,), p)).sample() if n > 1 else torch.zeros(1)
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.binomial(torch.full((n,), float(n)), torch.full((n,), float(p)), generator=g)   # Erdős–Rényi degrees
     for key, label, style in (('out_degree', 'out-degree', '-'), ('in_degree', 'in-degree', '-'), (None, 'random graph, same density', ':')):
         k, f = degree_ccdf(graph[key] if key else rand.long())
         if len(k): ax.loglog(_np(k), _np(f), style, lw=1.6, label=label, color='0.4' if key is None else None)
@@ -621,7 +623,7 @@ def plotly_attention(maps: Sequence[Tensor], labels: Sequence[str] | None = None
 def input_embedding(model: nn.Module) -> nn.Module:
     "The module that embeds token ids: the model's first embedding layer (`nn.Embedding` or a hyperbolic one)."
     for m in model.modules():
-        if isinstance(m, nn.Embedding) or type(m).__name__.endswith('Embedding') and hasattr(m, 'num_embeddings'): return m
+        if isinstance(m, nn.Embedding) or (type(m).__name__.endswith('Embedding') and hasattr(m, 'num_embeddings')): return m
     raise ConfigError(f"{type(model).__name__} has no token embedding layer to attribute to.")
 
 def token_attributions(model: nn.Module, ids: Tensor, target: int | None = None, position: int = -1,
