@@ -121,7 +121,7 @@ def run(spec: dict) -> dict:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        from bytropix.models.wubu import plot_wubu_levels
+        from bytropix.viz import plot_wubu_levels
         xv, _ = next(iter(data.val_batches(1)))
         fig = plot_wubu_levels(model, xv[:1, :40].to(device), layer=0, tokenizer=byte_tokenizer(), annotate=40)
         fig.savefig(spec['levels_png'], dpi=110, bbox_inches='tight'); plt.close(fig)

@@ -12,9 +12,7 @@ Modules:
 - `bytropix.layers.rotations`: Learnable rotations of a tangent space: SO(n) through the matrix exponential of a skew-symmetric matrix, and blockwise unit-quaternion rotations for dimensions divisible by 4.
 - `bytropix.layers.wubu`: Nested Poincaré balls with learnable geometry, linked by tangent-space rotations: the WuBu block, and the decoder block (attention + WuBu) the WuBu models stack.
 - `bytropix.models.base`: The architecture registry, the config and output every model shares, and one implementation of saving, loading and generation for all of them.
-- `bytropix.models.bdh`: Pathway's BDH-GPU (2025): shared-weight layers of sparse positive neurons with linear attention; parallel, chunked and recurrent forms, reference interop, interpretability.
 - `bytropix.models.reasoning`: Puzzle models that reason by recurrence in latent space, with deep supervision and learned halting — HRM, TRM — and a non-recurrent baseline (`arch: hrm | trm | puzzle_transformer`).
-- `bytropix.models.wubu`: The WuBu token language model (`arch: wubu`): a decoder of attention + WuBu Nesting blocks over nested Poincaré balls, with views of its levels as Poincaré disks.
 - `bytropix.models.wubu_bytes`: Bytes → a local encoder → patches cut where a small causal byte model is uncertain → the WuBu stack over patches → a local decoder predicting the next bytes (`arch: wubu_bytes`).
 - `bytropix.training.optim`: AdamW for Euclidean weights, Riemannian Adam for points on a manifold, one learning-rate schedule for both, global-norm and adaptive gradient clipping.
 - `bytropix.training.trainer`: One training loop for every architecture and task: mixed precision, gradient accumulation and clipping, schedules, non-finite step skipping, evaluation, samples, TensorBoard, checkpoints and bit-exact resumption."""

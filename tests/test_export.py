@@ -94,7 +94,6 @@ def bad_inputs(tmp_path_factory):
 
 @pytest.mark.parametrize('argv, message', [
     (['export', '{d}/bdh', '--format', 'hf'], 'does not support arch `bdh`'),
-    (['export', '{d}/wubu_bytes', '--format', 'onnx'], 'cannot write `wubu_bytes` yet'),
     (['export', '{d}/gqa_gpt2', '--format', 'hf'], 'grouped-query attention'),
     (['export', '{d}/bdh', '--format', 'onnx', '--graphs', 'decode'], 'no `decode` graph'),
     (['export', '{d}/bdh', '--format', 'onx'], 'Did you mean `onnx`'),
@@ -165,13 +164,13 @@ def test_nanogpt_import_matches_nanogpt_exactly(tmp_path):
     assert diff <= 1e-4, diff
 
 
-@pytest.mark.xfail(strict=True, reason="WuBuBytesLM.forward sizes its patch sequence from the data; remove this mark "
-                                       "(and allow wubu_bytes in GRAPH_ARCHS) once it pads while exporting")
 def test_wubu_bytes_traces():
+    "While exporting, WuBuBytesLM pads its patch sequence to one patch per byte: the graph traces, same logits."
     from bytropix.export.graphs import graph_specs, trace
     m = build_model('wubu_bytes', dict(block_size=16, n_layer=1, n_head=2, n_embd=16, level_dims=[4], local_dim=16,
                                        local_heads=2, entropy_dim=16, entropy_heads=2)).eval()
-    trace(m, graph_specs(m)[0])
+    ids = torch.randint(0, 256, (3, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(): assert (trace(m, graph_specs(m)[0]).module()(ids) - m(ids).logits).abs().max() <= 1e-5
 
 
 @slow
@@ -181,13 +180,15 @@ def test_wubu_bytes_traces():
     ('wubu', dict(attention='hyperbolic', embedding='hyperbolic', intra='poincare', rotation='so')),
     ('wubu', dict(aggregation='sum', share_level_weights=True, level_dims=[8, 8], boundary_points=[2])),
     ('mamba', {}), ('gpt', dict(mlp='moe', n_experts=4, moe_top_k=2)), ('wubu', dict(mlp='moe', n_experts=3)),
+    ('wubu_bytes', dict(local_dim=16, local_heads=2, entropy_dim=16, entropy_heads=2)),
 ])
 def test_every_generative_variant_exports(tmp_path, fmt, arch, extra):
     from bytropix.export.core import export_model
     from bytropix.export.graphs import GraphGenerator, read_manifest
     base = {'gpt': dict(n_layer=2, n_head=4, n_embd=32), 'bdh': dict(n_layer=2, n_head=2, n_embd=16,
             mlp_internal_dim_multiplier=8, dropout=0.0), 'wubu': dict(n_layer=1, n_head=2, n_embd=16, level_dims=[8, 4]),
-            'mamba': dict(n_layer=2, n_embd=16, d_state=4)}[arch]
+            'mamba': dict(n_layer=2, n_embd=16, d_state=4),
+            'wubu_bytes': dict(n_layer=1, n_head=2, n_embd=16, level_dims=[4])}[arch]
     torch.manual_seed(0)
     m = build_model(arch, dict(vocab_size=64, block_size=16, **{**base, **extra})).eval()
     if fmt == 'pt2' and extra.get('sliding_window'):  # its traced step would refuse caches shorter than the window

@@ -89,17 +89,6 @@ class KVCacheStepGraph(nn.Module):
         return (logits, *[t for c in state.caches for t in (c.k, c.v)])
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0009
-@contextlib.contextmanager
-def _tensor_position_rope(model: nn.Module) -> Iterator[None]:
-    "Give a BDH model a `rope_tables` that accepts a 0-d tensor `start` (while tracing its recurrent step)."
-    from bytropix.models.bdh import bdh_rope_cos_sin, bdh_rope_freqs
-    freqs = bdh_rope_freqs(model.config.n_neurons, model.config.rope_theta)[0::2]  # one frequency per pair, as the model
-    def rope_tables(start, length, device=None):
-        return bdh_rope_cos_sin(start + torch.arange(length, device=device, dtype=torch.float32), freqs.to(device))
-    model.rope_tables = rope_tables
-    try: yield
-    finally: del model.rope_tables
-
 class RecurrentStepGraph(nn.Module):
     "(ids (B, 1), position (), ρ_0, ρ_1, ...) → (logits (B, 1, V), position + 1, new ρ_0, ...): a recurrent model's `step`."
     def __init__(self, model: nn.Module):
@@ -163,7 +152,7 @@ def graph_specs(model: Any, batch: int = 2) -> list[GraphSpec]:
         names = [f'state_{i}' for i in range(len(rho))]
         specs.append(GraphSpec('step', 'recurrent', RecurrentStepGraph(model), (ids(batch, 1), torch.tensor(3), *rho),
                                ['ids', 'position', *names], ['logits', 'next_position', *[f'next_{n}' for n in names]],
-                               [{0: 'batch'}, {}] + [{0: 'batch'}] * len(rho), context=lambda: _tensor_position_rope(model) if model.arch == 'bdh' else contextlib.nullcontext()))
+                               [{0: 'batch'}, {}] + [{0: 'batch'}] * len(rho)))
     return specs
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0014
@@ -239,9 +228,8 @@ def verify_graphs(model: Any, manifest: dict, run: Callable[[str, list], list], 
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0020
 MANIFEST = 'export.json'  # what an exported-graphs directory holds, for the runtimes and the generator
-GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'hrm', 'trm', 'puzzle_transformer', 'mamba')
-GRAPH_REFUSED = {'wubu_bytes': "its forward pass sizes the patch sequence from the data (`P = int(n_patches.max())` in "
-                               "WuBuBytesLM.forward), which torch.export cannot trace"}
+GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'wubu_bytes', 'hrm', 'trm', 'puzzle_transformer', 'mamba')
+GRAPH_REFUSED: dict[str, str] = {}  # architectures the graph formats refuse, with the reason (none today)
 
 def select_graphs(specs: list[GraphSpec], names: Sequence[str] | None) -> list[GraphSpec]:
     "The graphs named in `names` (all when None); a `ConfigError` for a name the model does not have."

@@ -1,5 +1,4 @@
-"""Pathway's BDH-GPU (2025): shared-weight layers of sparse positive neurons with linear attention; parallel,
-chunked and recurrent forms, reference interop, interpretability.
+"""Pathway's BDH-GPU (2025): shared-weight layers of sparse positive neurons with linear attention; parallel, chunked and recurrent forms, reference interop, interpretability.
 
 Docs: https://bytropix.github.io/bytropix/bdh.html.md"""
 
@@ -27,8 +26,7 @@ from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_mod
 __all__ = ['DEFAULT_PREFILL_CHUNK', 'REFERENCE_WEIGHTS', 'REFERENCE_FREQS', 'BDHConfig', 'bdh_rope_freqs', 'bdh_rope_cos_sin',
            'bdh_rope', 'bdh_attention', 'bdh_attention_chunked', 'BDHState', 'BDHActivations', 'BDH',
            'reference_state_dict', 'load_reference_state_dict', 'bdh_config_from_reference', 'bdh_from_reference',
-           'collect_activations', 'sparsity_stats', 'token_text', 'selective_neurons', 'top_tokens', 'plot_sparsity',
-           'plot_top_tokens']
+           'collect_activations', 'sparsity_stats', 'token_text', 'selective_neurons', 'top_tokens', 'neuron_graph']
 
 # %% ../../nbs/22_bdh.ipynb #cc657923
 @dataclass
@@ -194,16 +192,18 @@ class BDH(BytropixModel):
             raise DataError(f"BDH expects token ids of shape (batch, time), got {tuple(getattr(ids, 'shape', ()))}.")
         return self.ln(self.embed(ids))                                   # (B, T, D)
 
-    def rope_tables(self, start: int, length: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        "cos/sin tables (float32, (length, N/2)) of positions start..start+length-1 (`start`: an int, or a tensor of one per row)."
+    def rope_tables(self, start: int | torch.Tensor, length: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables (float32) of positions start..start+length-1: (length, N/2) for an int or 0-d tensor `start`,
+        (B, 1, length, N/2) for a tensor of one start per row (sequences at different positions)."""
         device = torch.device(device) if device is not None else self.lm_head.device
         f = self._freqs_on.get(device)
         if f is None: f = self._freqs_on[device] = self._pair_freqs.to(device)
-        if isinstance(start, torch.Tensor):  # one start per row (sequences at different positions): (B, 1, length, N/2)
-            pos = start.to(device, torch.float32).reshape(-1, 1) + torch.arange(length, device=device, dtype=torch.float32)
-            cos, sin = bdh_rope_cos_sin(pos.reshape(-1), f)
+        steps = torch.arange(length, device=device, dtype=torch.float32)
+        if isinstance(start, torch.Tensor) and start.ndim > 0:
+            cos, sin = bdh_rope_cos_sin((start.to(device, torch.float32).reshape(-1, 1) + steps).reshape(-1), f)
             return cos.view(len(start), 1, length, -1), sin.view(len(start), 1, length, -1)
-        return bdh_rope_cos_sin(torch.arange(start, start + length, device=device, dtype=torch.float32), f)
+        # `start +` an arange (not arange(start, ...)): a traced recurrent step passes a 0-d tensor as `start`
+        return bdh_rope_cos_sin(start + steps, f)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.lm_head
@@ -419,29 +419,20 @@ def top_tokens(acts: BDHActivations, neuron: int, layer: int = 0, head: int = 0,
     return rows
 
 # %% ../../nbs/22_bdh.ipynb #788c2c4a
-def plot_sparsity(stats: dict[str, list[float]], ax=None, title: str | None = None):
-    "Grouped bars: the percentage of active neurons per layer for x_sparse, y_sparse and x·y. Returns the figure."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3))
-    L, w = len(stats['layer']), 0.27
-    for i, (key, label) in enumerate([('x', 'x_sparse'), ('y', 'y_sparse'), ('xy', 'x·y (to decoder)')]):
-        ax.bar([l + (i - 1) * w for l in range(L)], [100 * s for s in stats[key]], w, label=label)
-    ax.set_xticks(range(L)); ax.set_xticklabels([f"layer {l}" for l in stats['layer']])
-    top = max(100 * max(stats[k]) for k in ('x', 'y', 'xy'))
-    ax.set_ylim(0, 1.3 * top if top > 0 else 1); ax.set_ylabel('active neurons (%)')
-    ax.legend(fontsize=8, ncol=3, loc='upper center')
-    if title: ax.set_title(title)
-    ax.figure.tight_layout()
-    return ax.figure
-
-def plot_top_tokens(rows: list[dict], ax=None, title: str | None = None):
-    "Horizontal bars of a neuron's top activations, labelled with the context and [the token]. Returns the figure."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1))
-    labels = [f"{r['context']}[{r['text']}]" for r in rows]
-    ax.barh(range(len(rows)), [r['activation'] for r in rows])
-    ax.set_yticks(range(len(rows))); ax.set_yticklabels(labels, fontfamily='monospace', fontsize=8)
-    ax.invert_yaxis(); ax.set_xlabel('activation')
-    if title: ax.set_title(title)
-    ax.figure.tight_layout()
-    return ax.figure
+@torch.no_grad()
+def neuron_graph(model: BDH, density: float = 0.01, chunk: int = 2048, sample: int = 200_000, seed: int = 0) -> dict:
+    """The neuron graph G = D_dec·E (H·N × H·N) kept where G_ij is among its `density` largest entries: out- and
+    in-degree of every neuron, the threshold, n and the density. Computed in row chunks (never all of G at once)."""
+    if not 0 < density < 1: raise ValueError(f"density must be in (0, 1), got {density}.")
+    c = model.config
+    E = model.encoder.detach().float().transpose(0, 1).reshape(c.n_embd, -1)   # (D, H·N), head-major like the decoder
+    Dd = model.decoder.detach().float()                                       # (H·N, D)
+    n = Dd.shape[0]
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    i, j = torch.randint(0, n, (sample,), generator=g), torch.randint(0, n, (sample,), generator=g)
+    tau = (Dd[i.to(Dd.device)] * E[:, j.to(E.device)].T).sum(-1).quantile(1 - density).item()   # estimated from a sample of G
+    out_deg, in_deg = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    for a in range(0, n, chunk):
+        edges = (Dd[a:a + chunk] @ E) > tau
+        out_deg[a:a + chunk] = edges.sum(1).cpu(); in_deg += edges.sum(0).cpu()
+    return {'out_degree': out_deg, 'in_degree': in_deg, 'threshold': tau, 'n': n, 'density': density}

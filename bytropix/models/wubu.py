@@ -1,5 +1,4 @@
-"""The WuBu token language model (`arch: wubu`): a decoder of attention + WuBu Nesting blocks over nested Poincaré
-balls, with views of its levels as Poincaré disks.
+"""The WuBu token language model (`arch: wubu`): a decoder of attention + WuBu Nesting blocks over nested Poincaré balls.
 
 Docs: https://bytropix.github.io/bytropix/wubu.html.md"""
 
@@ -30,7 +29,7 @@ from ..layers.wubu import LevelGeometry, WuBuDecoderBlock, WuBuStackConfig, wubu
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
 
 # %% auto #0
-__all__ = ['WuBuConfig', 'WuBuLM', 'disk_coordinates', 'level_snapshot', 'plot_wubu_levels', 'plotly_wubu_levels']
+__all__ = ['WuBuConfig', 'WuBuLM', 'disk_coordinates', 'level_snapshot']
 
 # %% ../../nbs/25_wubu.ipynb #efd28320
 @dataclass
@@ -163,67 +162,3 @@ def level_snapshot(model: WuBuLM, ids: Tensor, layer: int = 0, row: int = 0) -> 
         d['descriptor'] = disk_coordinates(vecs[2], c, basis)[0][0] if len(vecs) == 3 else None
         out.append(d)
     return out
-
-def _labels(ids: Tensor, tokenizer: Any = None, row: int = 0) -> list[str]:
-    toks = ids[row].tolist()
-    if tokenizer is None: return [str(t) for t in toks]
-    return [tokenizer.decode([t]) for t in toks]
-
-# %% ../../nbs/25_wubu.ipynb #f576983e
-def plot_wubu_levels(model: WuBuLM, ids: Tensor, layer: int = 0, tokenizer: Any = None, row: int = 0,
-                     annotate: int = 24, size: float = 4.0):
-    "A matplotlib figure: one Poincaré disk per WuBu level of decoder layer `layer` (tokens of `ids[row]`)."
-    import matplotlib.pyplot as plt
-    snap = level_snapshot(model, ids, layer, row)
-    labels = _labels(ids, tokenizer, row)
-    fig, axes = plt.subplots(1, len(snap), figsize=(size * len(snap), size + 0.4), squeeze=False)
-    for ax, lv in zip(axes[0], snap):
-        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color='k', lw=1))
-        tk = lv['tokens'].numpy()
-        ax.plot(tk[:, 0], tk[:, 1], color='0.75', lw=0.8, zorder=1)
-        sc = ax.scatter(tk[:, 0], tk[:, 1], c=range(len(tk)), cmap='viridis', s=14, zorder=2)
-        for i in range(min(annotate, len(tk))):
-            ax.annotate(repr(labels[i])[1:-1], tk[i], fontsize=7, alpha=0.8, xytext=(2, 2), textcoords='offset points')
-        b = lv['boundary'].numpy()
-        ax.scatter(b[:, 0], b[:, 1], marker='*', s=150, color='crimson', edgecolor='k', zorder=3, label='boundary points')
-        for j, p in enumerate(b): ax.annotate(f'b{j}', p, fontsize=8, color='crimson', xytext=(4, -8), textcoords='offset points')
-        if lv['descriptor'] is not None:
-            d = lv['descriptor'].numpy()
-            ax.scatter([d[0]], [d[1]], marker='D', s=60, color='k', zorder=3, label='level descriptor')
-        ax.set_xlim(-1.05, 1.05); ax.set_ylim(-1.05, 1.05); ax.set_aspect('equal'); ax.set_xticks([]); ax.set_yticks([])
-        ax.set_title(f"level {lv['level']} (n={lv['dim']}): c={lv['c']:.3g}, s={lv['s']:.3g}, σ={lv['sigma']:.3g}", fontsize=9)
-    axes[0][0].legend(loc='lower left', fontsize=7)
-    fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.7, label='position')
-    fig.suptitle(f'WuBu levels of decoder layer {layer}: token trajectory, boundary points, descriptor', fontsize=10)
-    return fig
-
-def plotly_wubu_levels(model: WuBuLM, ids: Tensor, layer: int = 0, tokenizer: Any = None, row: int = 0):
-    "The same disks as an interactive plotly figure (hover: position and token)."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    snap = level_snapshot(model, ids, layer, row)
-    labels = _labels(ids, tokenizer, row)
-    fig = make_subplots(rows=1, cols=len(snap), subplot_titles=[
-        f"level {lv['level']}: c={lv['c']:.3g}, s={lv['s']:.3g}, σ={lv['sigma']:.3g}" for lv in snap])
-    circle = torch.linspace(0, 2 * math.pi, 200)
-    for i, lv in enumerate(snap, start=1):
-        fig.add_trace(go.Scatter(x=circle.cos(), y=circle.sin(), mode='lines', line=dict(color='black', width=1),
-                                 showlegend=False, hoverinfo='skip'), 1, i)
-        tk = lv['tokens']
-        fig.add_trace(go.Scatter(x=tk[:, 0], y=tk[:, 1], mode='lines+markers', name='tokens', showlegend=i == 1,
-                                 marker=dict(color=list(range(len(tk))), colorscale='Viridis', size=6),
-                                 line=dict(color='lightgray', width=1),
-                                 text=[f'{p}: {labels[p]!r}' for p in range(len(tk))], hoverinfo='text'), 1, i)
-        b = lv['boundary']
-        fig.add_trace(go.Scatter(x=b[:, 0], y=b[:, 1], mode='markers', name='boundary points', showlegend=i == 1,
-                                 marker=dict(symbol='star', size=14, color='crimson'),
-                                 text=[f'b{j}' for j in range(len(b))], hoverinfo='text'), 1, i)
-        if lv['descriptor'] is not None:
-            d = lv['descriptor']
-            fig.add_trace(go.Scatter(x=[float(d[0])], y=[float(d[1])], mode='markers', name='descriptor',
-                                     showlegend=i == 1, marker=dict(symbol='diamond', size=10, color='black'),
-                                     text=['level descriptor'], hoverinfo='text'), 1, i)
-        fig.update_xaxes(range=[-1.05, 1.05], visible=False, row=1, col=i)
-        fig.update_yaxes(range=[-1.05, 1.05], visible=False, scaleanchor=f'x{i if i > 1 else ""}', row=1, col=i)
-    fig.update_layout(height=420, width=380 * len(snap), title=f'WuBu levels of decoder layer {layer}')
-    return fig

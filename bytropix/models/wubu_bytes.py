@@ -46,7 +46,11 @@ def patch_starts(entropy: Tensor, threshold: float, max_len: int, rule: Literal[
     B, T = entropy.shape
     e = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=entropy.device), e], 1)  # (B, T+1)
     idx = torch.arange(T + 1, device=entropy.device).expand(B, T + 1)
-    last = torch.where(e, idx, torch.zeros_like(idx)).cummax(1).values               # last entropy boundary ≤ s
+    # the last entropy boundary ≤ s: the k-th boundary's position, k = boundaries so far (cumsum, scatter and gather
+    # rather than a cummax, which ONNX has no operator for); non-boundaries write into a spare slot
+    k = e.long().cumsum(1) - 1
+    pos = torch.zeros(B, T + 2, dtype=idx.dtype, device=idx.device).scatter(1, torch.where(e, k, T + 1), idx)
+    last = pos.gather(1, k)
     return e | ((idx - last) % max_len == 0)   # the forced boundaries repeat every max_len bytes after it
 
 def fixed_patch_starts(batch: int, T: int, patch_len: int, device=None) -> Tensor:
@@ -214,7 +218,9 @@ def forward(self: WuBuBytesLM, ids: Tensor, targets: Tensor | None = None) -> Mo
     ent = self.entropy_model(ids, targets if (targets is not None and self.training) else None)
     starts = self.patches(ids, ent.logits)
     pid, n_patches = patch_ids(starts)
-    P = int(n_patches.max())
+    # a value-dependent size cannot be traced: while exporting, pad to one patch per byte (the extra patches come
+    # after every real one, so no real patch attends to them and the decoder reads completed patches only)
+    P = T if torch.compiler.is_exporting() else int(n_patches.max())
     h = self.byte_emb(ids)
     for b in self.encoder: h = b(h)
     mean, last = pool_patches(h, pid, P)
