@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..core import ConfigError
 from .rope import RotaryEmbedding
@@ -25,7 +26,8 @@ def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None =
     "Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend."
     if t_k < t_q: raise ValueError(f"attention needs at least as many keys as queries, got {t_q} queries and {t_k} keys.")
     if window is not None and window < 1: raise ConfigError(f"window must be a positive number of keys, got {window}.")
-    if causal and t_q == 1 and (window is None or t_k <= window): return None  # one query sees every key
+    # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
+    if causal and t_q == 1 and (window is None or statically_known_true(t_k <= window)): return None  # one query sees every key
     if not causal and window is None: return None
     qpos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
     rel = qpos - torch.arange(t_k, device=device)[None, :]  # > 0: key in the past
@@ -49,8 +51,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Tru
     if h % hkv: raise ConfigError(f"{hkv} key/value heads cannot serve {h} query heads: n_kv_head must divide n_head.")
     t_q, t_k = q.shape[2], k.shape[2]
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
-    if causal and window is None and t_q == t_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=t_q > 1, **kw)
+    if causal and window is None and statically_known_true(t_q == t_k):  # a 1 × 1 causal mask is no mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(t_q, t_k, causal, window, q.device), **kw)
 
 # %% ../../nbs/12_attention.ipynb #eeaa5fe1
@@ -103,6 +105,12 @@ class KVCache:
         self.length += t; self.pos += t
         return self.k[:, :, self.start:end + t], self.v[:, :, self.start:end + t]
 
+    def truncate(self, pos: int) -> None:
+        "Forget every token from position `pos` on (a cache without a window): e.g. a denoising step's block, not yet final."
+        if self.window is not None: raise ValueError("truncate needs a cache without a sliding window.")
+        if not 0 <= pos <= self.pos: raise ValueError(f"cannot truncate a cache holding {self.pos} tokens to {pos}.")
+        self.length -= self.pos - pos; self.pos = pos
+
     def __repr__(self) -> str:
         return f"KVCache(shape={tuple(self.k.shape)}, window={self.window}, stored={self.length}, pos={self.pos})"
 
@@ -139,8 +147,6 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         "x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens after those already cached."
         B, T, _ = x.shape
-        if cache is not None and not self.causal:
-            raise ValueError("A KV cache needs causal attention: bidirectional layers see future tokens and cannot decode incrementally.")
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, heads, T, D): q, k, v heads
         qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]

@@ -36,6 +36,7 @@ class GPTConfig(ModelConfig):
     dropout: float = 0.0
     tie_embeddings: bool = True            # the output head reuses the token embedding matrix
     sliding_window: Optional[int] = None   # each token attends to its last W tokens (itself included)
+    causal: bool = True                    # False: bidirectional (masked diffusion, MLM encoders); no KV cache
     rope_theta: float = 10000.0
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
@@ -87,12 +88,13 @@ class GPT(BytropixModel):
         self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.style == 'gpt2' else None
         self.rope = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope, causal=c.causal) for _ in range(c.n_layer))
         self.ln_f = make_norm('rms' if c.style == 'llama' else 'layer', c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         init_gpt_weights(self, c.n_layer, c.init_std)
         if c.tie_embeddings: self.lm_head.weight = self.wte.weight
         self.gradient_checkpointing = False
+        self.supports_incremental = c.causal  # a bidirectional stack has no cache: every token sees every other
 
     @property
     def incremental_limit(self) -> int | None:
