@@ -11,8 +11,8 @@ from bytropix.models.base import BytropixModel, build_model
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model.n_layer', '1', '--model.n_embd', '32', '--model.n_head', '2', '--train.batch_size', '4',
         '--train.block_size', '32', '--train.eval_batches', '2', '--train.tensorboard', 'false', '--no-progress',
-        '--data.max_train_tokens', '50000', '--data.max_val_tokens', '5000', '--train.warmup_steps', '2',
-        '--task_options.eval_points', '2']
+        '--data.max_train_tokens', '50000', '--data.max_val_tokens', '5000', '--train.warmup_steps', '2']
+TINY_MDLM = [*TINY, '--task_options.eval_points', '2']
 
 
 def run(capsys, *argv):
@@ -24,7 +24,7 @@ def run(capsys, *argv):
 def test_mdlm_train_eval_export_generate(tmp_path, capsys):
     out = tmp_path/'mdlm'
     rc, text, err = run(capsys, 'train', ROOT/'configs'/'mdlm.yaml', '--out_dir', out, '--train.steps', '6',
-                        '--train.eval_interval', '3', '--train.save_interval', '3', *TINY, '--sample-tokens', '16')
+                        '--train.eval_interval', '3', '--train.save_interval', '3', *TINY_MDLM, '--sample-tokens', '16')
     assert rc == 0, text + err
     assert 'done: step 6' in text and '--- sample ---' in text and 'masked diffusion' in text
     rc, text, err = run(capsys, 'eval', out, '--json')
@@ -49,7 +49,7 @@ def test_mdlm_train_eval_export_generate(tmp_path, capsys):
 
 
 def test_mdlm_bad_configs(tmp_path, capsys):
-    base = ['train', ROOT/'configs'/'mdlm.yaml', '--out_dir', tmp_path/'r', *TINY]
+    base = ['train', ROOT/'configs'/'mdlm.yaml', '--out_dir', tmp_path/'r', *TINY_MDLM]
     for extra, words in [(['--model.causal', 'true'], 'model.causal: false'),
                          (['--model.vocab_size', '256'], 'no room for [MASK]'),
                          (['--task_options.schedule', 'cosin'], 'cosine')]:
@@ -65,3 +65,19 @@ def test_causal_model_refuses_diffusion_flags(tmp_path, capsys):
     build_model('gpt', dict(vocab_size=256, block_size=16, n_layer=1, n_embd=32, n_head=2)).save_pretrained(d)
     rc, text, err = run(capsys, 'generate', d, '--prompt', 'x', '--steps', '4')
     assert rc == 2 and 'only for masked-diffusion models' in err
+
+
+def test_mla_gpt_from_the_cli(tmp_path, capsys):
+    "configs/mla.yaml trains, evaluates, exports, reloads and generates (cached decoding through the latent cache)."
+    out = tmp_path/'mla'
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'mla.yaml', '--out_dir', out, '--train.steps', '3', *TINY,
+                        '--model.kv_lora_rank', '8', '--model.rope_head_dim', '4', '--sample-tokens', '8')
+    assert rc == 0, text + err
+    rc, text, err = run(capsys, 'eval', out, '--json')
+    assert rc == 0 and json.loads(text)['bpb'] > 0, err
+    m = BytropixModel.from_pretrained(out/'export')
+    assert m.config.attention == 'mla' and m.init_state(1).caches[0].values_per_token == 8 + 4
+    rc, text, err = run(capsys, 'generate', out/'export', '--prompt', 'def ', '--max-new-tokens', '8', '--temperature', '0')
+    assert rc == 0 and text.startswith('def '), err
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'mla.yaml', '--out_dir', tmp_path/'bad', *TINY, '--model.rope_head_dim', '5')
+    assert rc == 2 and 'rope_head_dim' in err and not (tmp_path/'bad').exists()

@@ -37,6 +37,10 @@ class GPTConfig(ModelConfig):
     tie_embeddings: bool = True            # the output head reuses the token embedding matrix
     sliding_window: Optional[int] = None   # each token attends to its last W tokens (itself included)
     causal: bool = True                    # False: bidirectional (masked diffusion, MLM encoders); no KV cache
+    attention: Literal['mha', 'mla'] = 'mha'   # 'mla': multi-head latent attention (DeepSeek-V2), llama style
+    kv_lora_rank: int = 64                 # MLA: key/value latent width d_c (the cache holds d_c + rope_head_dim per token)
+    q_lora_rank: Optional[int] = None      # MLA: query latent width (null: full-rank queries)
+    rope_head_dim: int = 16                # MLA: RoPE width d_h^R of queries and of the one shared RoPE key
     rope_theta: float = 10000.0
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
@@ -65,6 +69,14 @@ class GPTConfig(ModelConfig):
         self.check(self.multiple_of >= 1, 'multiple_of', f"must be at least 1, got {self.multiple_of}.")
         self.check(self.norm_eps > 0, 'norm_eps', f"must be positive, got {self.norm_eps}.")
         self.check(self.init_std > 0, 'init_std', f"must be positive, got {self.init_std}.")
+        if self.attention == 'mla':
+            self.check(self.style == 'llama', 'attention', "mla uses decoupled RoPE: it needs style llama, not gpt2.")
+            self.check(self.n_kv_head is None, 'n_kv_head', "does not apply to attention: mla (its heads share one latent); "
+                       "remove it and size the cache with kv_lora_rank.")
+            self.check(self.kv_lora_rank >= 1, 'kv_lora_rank', f"must be at least 1, got {self.kv_lora_rank}.")
+            self.check(self.q_lora_rank is None or self.q_lora_rank >= 1, 'q_lora_rank', f"must be at least 1 or null, got {self.q_lora_rank}.")
+            self.check(self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0, 'rope_head_dim',
+                       f"must be a positive even number (RoPE rotates pairs), got {self.rope_head_dim}.")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -86,7 +98,8 @@ class GPT(BytropixModel):
         c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.style == 'gpt2' else None
-        self.rope = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
+        rope_dim = c.rope_head_dim if c.attention == 'mla' else c.head_dim   # MLA rotates its decoupled part only
+        self.rope = RotaryEmbedding(rope_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope, causal=c.causal) for _ in range(c.n_layer))
         self.ln_f = make_norm('rms' if c.style == 'llama' else 'layer', c.n_embd, eps=c.norm_eps)
