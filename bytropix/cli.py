@@ -209,6 +209,8 @@ def _final_sample(trainer, n_tokens: int) -> str:
         x, y = next(iter(trainer.data.val_batches(1)))
         pred = model.solve(x[:1].to(next(model.parameters()).device))[0].cpu()
         return '\n' + format_solution(run.task, x[0], pred, y[0], getattr(run.task_config, 'box', 3))
+    if getattr(model, 'is_encoder', False) and not model.config.causal:
+        return '\n(a bidirectional encoder embeds text and does not generate: no sample)'
     tc = run.train
     torch.manual_seed(tc.seed)
     text = _complete(model, trainer.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
@@ -300,6 +302,9 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
 def _diffusion_args(model, args, kw: dict) -> bool:
     "True for a masked-diffusion model (`kw` then gets --steps/--sampler/--block-length); those flags are refused for others."
     from bytropix.training.diffusion import is_diffusion_model
+    if getattr(model, 'is_encoder', False) and not model.config.causal:
+        raise ConfigError(f"{args.path} holds a bidirectional `{model.arch}`: it embeds text (model.embed) and does not "
+                          "generate; train a decoder head on its trunk (task lm, model.causal: true) or an mdlm model.")
     given = [f for f, v in (('--steps', args.steps), ('--sampler', args.sampler), ('--block-length', args.block_length)) if v is not None]
     if not is_diffusion_model(model):
         if given: raise ConfigError(f"{', '.join(given)}: only for masked-diffusion models (task mdlm); the `{model.arch}` model "

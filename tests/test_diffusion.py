@@ -81,3 +81,21 @@ def test_mla_gpt_from_the_cli(tmp_path, capsys):
     assert rc == 0 and text.startswith('def '), err
     rc, text, err = run(capsys, 'train', ROOT/'configs'/'mla.yaml', '--out_dir', tmp_path/'bad', *TINY, '--model.rope_head_dim', '5')
     assert rc == 2 and 'rope_head_dim' in err and not (tmp_path/'bad').exists()
+
+
+def test_encoder_mlm_from_the_cli(tmp_path, capsys):
+    "configs/encoder.yaml trains (task mlm), evaluates, exports and embeds; generate refuses; a decoder head generates."
+    from bytropix.data.tokenizers import Tokenizer
+    out = tmp_path/'enc'
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'encoder.yaml', '--out_dir', out, '--train.steps', '3', *TINY,
+                        '--sample-tokens', '8')
+    assert rc == 0 and 'masked LM' in text and 'does not generate: no sample' in text, text + err
+    rc, text, err = run(capsys, 'eval', out, '--json')
+    assert rc == 0 and 0 <= json.loads(text)['metric/mlm_accuracy'] <= 1, err
+    m = BytropixModel.from_pretrained(out/'export')
+    e = m.embed(['def f(x):', 'The cat sat.', 'def f(x):'], Tokenizer.load(out/'export'))
+    assert e.shape == (3, 32) and torch.allclose(e[0], e[2])
+    rc, text, err = run(capsys, 'generate', out/'export', '--prompt', 'x')
+    assert rc == 2 and 'does not generate' in err and 'Traceback' not in err
+    rc, text, err = run(capsys, 'train', '--arch', 'encoder', '--out_dir', tmp_path/'dec', '--model.causal', 'true', '--train.steps', '2', *TINY, '--sample-tokens', '8')
+    assert rc == 0 and '--- sample ---' in text, text + err

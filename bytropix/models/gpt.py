@@ -8,21 +8,21 @@ Docs: https://bytropix.github.io/bytropix/gpt.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
-from ..core import DataError
+from ..core import ConfigError, DataError
 from ..layers.blocks import BlockConfig, DecoderState, TransformerBlock, init_gpt_weights
 from ..layers.norms import make_norm
 from ..layers.rope import RotaryEmbedding
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
 
 # %% auto #0
-__all__ = ['GPTConfig', 'GPT']
+__all__ = ['GPTConfig', 'GPT', 'EncoderConfig', 'Encoder']
 
 # %% ../../nbs/21_gpt.ipynb #08c5468a
 @dataclass
@@ -155,3 +155,51 @@ def step(self: GPT, ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tenso
     x = self._embed(ids, state.pos)
     for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
     return self._head(x), state
+
+# %% ../../nbs/21_gpt.ipynb #3a0abe9d
+@dataclass
+class EncoderConfig(GPTConfig):
+    "A BERT-style encoder: the GPT trunk, bidirectional by default (`causal: true` trains a decoder head on the same trunk)."
+    causal: bool = False
+
+@register_model('encoder')
+class Encoder(GPT):
+    """The GPT trunk as a text encoder: `embed` pools its final hidden states into one vector per text. Bidirectional
+    encoders (task `mlm`) do not generate text; a causal one (task `lm`, the decoder head) generates like a GPT."""
+    config_class = EncoderConfig
+    is_encoder = True
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        "The final (normalised) hidden states (B, T, n_embd) of token ids (B, T)."
+        x = self._embed(ids, 0)
+        for block in self.blocks: x = block(x)
+        return self.ln_f(x)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, pooling: str = 'mean',
+              batch_size: int = 32) -> torch.Tensor:
+        """One vector per text (N, n_embd): the mean of its final hidden states (`pooling='mean'`) or the first
+        token's (`'cls'`). Strings need the run's `tokenizer`; texts longer than `block_size` tokens are cut."""
+        if pooling not in ('mean', 'cls'): raise ConfigError(f"pooling must be `mean` or `cls`, got `{pooling}`.")
+        if isinstance(texts, str): texts = [texts]
+        if any(isinstance(t, str) for t in texts) and tokenizer is None:
+            raise ConfigError("embed needs the tokenizer to embed strings: model.embed(texts, tokenizer) (a run's "
+                              "tokenizer is Tokenizer.load(RUN_DIR)).")
+        seqs = [(tokenizer.encode(t) if isinstance(t, str) else list(t))[:self.config.block_size] or [0] for t in texts]
+        dev, out = self.lm_head.weight.device, [None] * len(seqs)
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs): by_len.setdefault(len(s), []).append(i)   # no padding: pads would be attended to
+        for idx in by_len.values():
+            for j in range(0, len(idx), batch_size):
+                chunk = idx[j:j + batch_size]
+                h = self.hidden_states(torch.tensor([seqs[i] for i in chunk], device=dev))
+                for i, v in zip(chunk, h.mean(1) if pooling == 'mean' else h[:, 0]): out[i] = v
+        return torch.stack(out)
+
+@patch
+def generate(self: Encoder, *args, **kw) -> torch.Tensor:
+    "A causal encoder generates like a GPT; a bidirectional one refuses."
+    if not self.config.causal:
+        raise ConfigError("This `encoder` is bidirectional: it embeds text (model.embed) and does not generate. Train a "
+                          "decoder head on the trunk (task lm with model.causal: true) or a masked-diffusion model (task mdlm).")
+    return BytropixModel.generate(self, *args, **kw)

@@ -20,8 +20,8 @@ from ..models.base import ModelOutput
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'SAMPLERS', 'MaskSchedule', 'sample_times', 'corrupt', 'masked_nll', 'diffusion_loss', 'MDLMObjective',
-           'MDLMOptions', 'check_mdlm_run', 'prepare_mdlm', 'setup_mdlm', 'is_diffusion_model', 'diffusion_generate',
-           'diffusion_complete']
+           'MDLMOptions', 'check_masked_run', 'prepare_masked', 'setup_mdlm', 'prepare_mdlm', 'is_diffusion_model',
+           'diffusion_generate', 'diffusion_complete', 'MLMObjective', 'MLMOptions', 'setup_mlm', 'prepare_mlm']
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0005
 SCHEDULES = ('linear', 'loglinear', 'cosine')
@@ -92,7 +92,7 @@ class MDLMObjective:
         "Route `model`'s forward through this objective (again on a model that has one: the new objective replaces it)."
         c = model.config
         if getattr(c, 'causal', None) is not False:
-            raise ConfigError(f"Masked diffusion needs a bidirectional network: `{getattr(model, 'arch', type(model).__name__)}` "
+            raise ConfigError(f"A masked-token objective needs a bidirectional network: `{getattr(model, 'arch', type(model).__name__)}` "
                               + ("has model.causal: true; set model.causal: false." if hasattr(c, 'causal') else
                                  "cannot run bidirectionally (its config has no `causal` field); use arch gpt with model.causal: false."))
         if not 0 <= self.mask_id < c.vocab_size:
@@ -148,23 +148,23 @@ class MDLMOptions(ConfigBase):
     @property
     def mask_schedule(self) -> MaskSchedule: return MaskSchedule(self.schedule, self.eps)
 
-def check_mdlm_run(run) -> None:
-    "Refuse, before any work, an `mdlm` run whose model cannot be bidirectional or whose vocabulary has no room for [MASK]."
+def check_masked_run(run) -> None:
+    "Refuse, before any work, a masked-token run whose model cannot be bidirectional or whose vocabulary has no room for [MASK]."
     mc = run.model_config
     if not hasattr(mc, 'causal'):
-        raise ConfigError(f"task `mdlm`: arch `{run.arch}` cannot run bidirectionally (its config has no `causal` field); "
-                          "use arch gpt with model.causal: false.")
+        raise ConfigError(f"task `{run.task}`: arch `{run.arch}` cannot run bidirectionally (its config has no `causal` field); "
+                          "use arch gpt or encoder with model.causal: false.")
     if mc.causal:
-        raise ConfigError("task `mdlm` needs a bidirectional network: set model.causal: false (the denoiser must see the "
-                          "tokens on both sides of each [MASK]).")
+        raise ConfigError(f"task `{run.task}` needs a bidirectional network: set model.causal: false (the network must see "
+                          "the tokens on both sides of each [MASK]).")
     if 'vocab_size' in run.model and run.tokenizer.path is None:
         n = 256 if run.tokenizer.kind == 'byte' else run.tokenizer.vocab_size
         if mc.vocab_size <= n:
             raise ConfigError(f"model.vocab_size = {mc.vocab_size} leaves no room for [MASK] after the tokenizer's {n} ids; "
                               f"remove it (it is set from the tokenizer, plus one) or raise it to at least {n + 1}.")
 
-def prepare_mdlm(run, tokenizer: Any = None) -> Any:
-    "The `mdlm` task: the `lm` task's windows, with one more id in the vocabulary for [MASK] (the model's last id)."
+def prepare_masked(run, tokenizer: Any = None) -> Any:
+    "The `lm` task's windows, with one more id in the vocabulary for [MASK] (the model's last id): tasks `mdlm` and `mlm`."
     from bytropix.data.datasets import prepare_lm
     data = prepare_lm(run, tokenizer)
     n = data.vocab_size
@@ -172,7 +172,8 @@ def prepare_mdlm(run, tokenizer: Any = None) -> Any:
     if 'vocab_size' in run.model and run.model['vocab_size'] <= n:
         raise ConfigError(f"model.vocab_size = {run.model['vocab_size']} leaves no room for [MASK] after the tokenizer's {n} "
                           f"ids; remove it (it is set from the tokenizer, plus one) or raise it to at least {n + 1}.")
-    data.description = f"{data.description}; masked diffusion ({run.task_config.schedule} schedule, [MASK] = last id)"
+    what = f"masked diffusion, {run.task_config.schedule} schedule" if run.task == 'mdlm' else 'masked LM'
+    data.description = f"{data.description}; {what} ([MASK] = last id)"
     return data
 
 def setup_mdlm(model: nn.Module, data: Any, run) -> None:
@@ -180,16 +181,22 @@ def setup_mdlm(model: nn.Module, data: Any, run) -> None:
     o = run.task_config
     MDLMObjective(o.mask_schedule, model.config.vocab_size - 1, o.t_min, o.eval_points, o.eval_seed).attach(model)
 
+def prepare_mdlm(run, tokenizer: Any = None) -> Any:
+    "The `mdlm` task: see `prepare_masked`."
+    return prepare_masked(run, tokenizer)
+
 TASKS.register('mdlm', prepare_mdlm, overwrite=True)
 prepare_mdlm.options_class, prepare_mdlm.needs_tokenizer = MDLMOptions, True
-prepare_mdlm.setup_model, prepare_mdlm.check_run = setup_mdlm, check_mdlm_run
+prepare_mdlm.setup_model, prepare_mdlm.check_run = setup_mdlm, check_masked_run
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0023
 SAMPLERS = ('ancestral', 'confidence')
 
 def is_diffusion_model(model: Any) -> bool:
-    "True for a bidirectional language model (`config.causal` false): it generates by unmasking, [MASK] being its last id."
-    return getattr(getattr(model, 'config', None), 'causal', True) is False and not hasattr(model, 'solve')
+    """True for a bidirectional language model (`config.causal` false, not an encoder): it generates by unmasking,
+    [MASK] being its last id."""
+    return (getattr(getattr(model, 'config', None), 'causal', True) is False and not hasattr(model, 'solve')
+            and not getattr(model, 'is_encoder', False))
 
 def _block_cache(model: Any, batch: int, length: int, device: torch.device) -> Any:
     "Per-layer caches that can be rolled back (`truncate`), or None when the model has none."
@@ -280,3 +287,58 @@ def diffusion_complete(model: Any, tokenizer: Any, prompt: str, max_new_tokens: 
     out, stats = diffusion_generate(model, p, n, **kw)
     new = _cut_at_stop(out[0, -n:].tolist(), stop, getattr(tokenizer, 'eos_id', None))
     return prompt + tokenizer.decode(new), {**stats, 'tokens': n}
+
+# %% ../../nbs/45_diffusion.ipynb #d45c0029
+class MLMObjective:
+    """BERT's masked-LM loss on a bidirectional model: a fraction `rate` of the tokens is selected; of those `mask_prob`
+    become [MASK], `random_prob` a random token, the rest stay; the loss is the mean cross-entropy of the selected
+    tokens (`aux['metric/mlm_accuracy']`: how many the network gets right). Evaluation uses fixed selections."""
+    def __init__(self, mask_id: int, rate: float = 0.15, mask_prob: float = 0.8, random_prob: float = 0.1, eval_seed: int = 0):
+        if not 0 < rate <= 1: raise ConfigError(f"rate must be in (0, 1], got {rate}.")
+        if not (0 <= mask_prob and 0 <= random_prob and mask_prob + random_prob <= 1):
+            raise ConfigError(f"mask_prob + random_prob must be in [0, 1], got {mask_prob} + {random_prob}.")
+        self.mask_id, self.rate, self.mask_prob, self.random_prob, self.eval_seed = mask_id, rate, mask_prob, random_prob, eval_seed
+
+    attach = MDLMObjective.attach   # the same checks (bidirectional, [MASK] in the vocabulary) and rerouting
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        if targets is None: return self._forward(ids)
+        g = None if self._model.training else torch.Generator(device=ids.device).manual_seed(self.eval_seed)
+        u, r = (torch.rand(ids.shape, generator=g, device=ids.device) for _ in range(2))
+        sel = u < self.rate
+        noise = torch.randint(0, self.mask_id, ids.shape, generator=g, device=ids.device)
+        xt = torch.where(sel & (r < self.mask_prob), self.mask_id,
+                         torch.where(sel & (r < self.mask_prob + self.random_prob), noise, ids))
+        out = self._forward(xt)
+        nll = masked_nll(out.logits, ids, sel, self.mask_id)
+        n = sel.sum().clamp(min=1)
+        out.loss = nll.sum() / n
+        hit = (out.logits.argmax(-1) == ids) & sel
+        out.aux = {**(out.aux or {}), 'metric/mlm_accuracy': hit.sum() / n}
+        return out
+
+@dataclass
+class MLMOptions(ConfigBase):
+    "Options of the `mlm` task (`task_options:` in a run config): BERT's 15 % selection, 80/10/10 corruption."
+    rate: float = 0.15
+    mask_prob: float = 0.8
+    random_prob: float = 0.1
+    eval_seed: int = 0
+
+    def validate(self) -> None:
+        self.check(0 < self.rate <= 1, 'rate', f"must be in (0, 1], got {self.rate}.")
+        self.check(self.mask_prob >= 0 and self.random_prob >= 0 and self.mask_prob + self.random_prob <= 1, 'mask_prob',
+                   f"mask_prob + random_prob must be in [0, 1], got {self.mask_prob} + {self.random_prob}.")
+
+def setup_mlm(model: nn.Module, data: Any, run) -> None:
+    "The trainer's (and `evaluate_run`'s) hook: attach the MLM objective, [MASK] being the model's last id."
+    o = run.task_config
+    MLMObjective(model.config.vocab_size - 1, o.rate, o.mask_prob, o.random_prob, o.eval_seed).attach(model)
+
+def prepare_mlm(run, tokenizer: Any = None) -> Any:
+    "The `mlm` task: see `prepare_masked`."
+    return prepare_masked(run, tokenizer)
+
+TASKS.register('mlm', prepare_mlm, overwrite=True)
+prepare_mlm.options_class, prepare_mlm.needs_tokenizer = MLMOptions, True
+prepare_mlm.setup_model, prepare_mlm.check_run = setup_mlm, check_masked_run
