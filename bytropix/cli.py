@@ -168,6 +168,8 @@ def resume_command(args) -> str:
 def _complete(model, tokenizer, prompt: str, max_new_tokens: int, **kw) -> str:
     "Prompt plus a generated continuation, as text (`kw`: the sampling arguments of `generate`)."
     from bytropix.generation import stream_text
+    from bytropix.training.diffusion import diffusion_complete, is_diffusion_model
+    if is_diffusion_model(model): return diffusion_complete(model, tokenizer, prompt, max_new_tokens, **kw)[0]
     return prompt + ''.join(stream_text(model, tokenizer, prompt, max_new_tokens, **kw))
 
 def is_puzzle_model(model) -> bool:
@@ -220,6 +222,8 @@ def _final_sample(trainer, n_tokens: int) -> str:
         x, y = next(iter(trainer.data.val_batches(1)))
         pred = model.solve(x[:1].to(next(model.parameters()).device))[0].cpu()
         return '\n' + format_solution(run.task, x[0], pred, y[0], getattr(run.task_config, 'box', 3))
+    if getattr(model, 'is_encoder', False) and not model.config.causal:
+        return '\n(a bidirectional encoder embeds text and does not generate: no sample)'
     tc = run.train
     torch.manual_seed(tc.seed)
     text = _complete(model, trainer.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
@@ -296,7 +300,9 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
     model = prepare_inference_model(model, args)
     if args.seed is not None: torch.manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-              repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop), **_decoding_options(args, tok))
+              repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop))
+    if _diffusion_args(model, args, kw): return _generate_diffusion(model, tok, args, kw, out)
+    kw.update(_decoding_options(args, tok))
     if args.chat: return _chat(model, tok, args, kw, out, inp)
     if args.prompt is None: raise ConfigError("generate needs --prompt TEXT (or --chat for an interactive session).")
     prompt = unescape(args.prompt, '--prompt') if args.escapes else args.prompt
@@ -323,6 +329,34 @@ def _decoding_options(args, tok) -> dict:
         draft = prepare_inference_model(draft, args) if not is_puzzle_model(draft) else draft  # same --dtype/--quant
         kw.update(draft=draft, num_draft_tokens=args.num_draft_tokens, draft_stats=SpeculativeStats())
     return kw
+
+# %% ../nbs/55_cli.ipynb #8b76d70f
+def _diffusion_args(model, args, kw: dict) -> bool:
+    "True for a masked-diffusion model (`kw` then gets --steps/--sampler/--block-length); those flags are refused for others."
+    from bytropix.training.diffusion import is_diffusion_model
+    if getattr(model, 'is_encoder', False) and not model.config.causal:
+        raise ConfigError(f"{args.path} holds a bidirectional `{model.arch}`: it embeds text (model.embed) and does not "
+                          "generate; train a decoder head on its trunk (task lm, model.causal: true) or an mdlm model.")
+    given = [f for f, v in (('--steps', args.steps), ('--sampler', args.sampler), ('--block-length', args.block_length)) if v is not None]
+    if not is_diffusion_model(model):
+        if given: raise ConfigError(f"{', '.join(given)}: only for masked-diffusion models (task mdlm); the `{model.arch}` model "
+                                    f"in {args.path} writes left to right.")
+        return False
+    if args.chat: raise ConfigError("--chat needs a left-to-right model; a masked-diffusion model answers one --prompt at a time.")
+    kw.update(steps=args.steps, sampler=args.sampler or 'confidence', block_length=args.block_length)
+    return True
+
+def _generate_diffusion(model, tok, args, kw: dict, out: TextIO) -> int:
+    "Unmask continuations of --prompt; the network evaluations per token go to stderr."
+    from bytropix.training.diffusion import diffusion_complete
+    if args.prompt is None: raise ConfigError("generate needs --prompt TEXT.")
+    prompt = unescape(args.prompt, '--prompt') if args.escapes else args.prompt
+    for _ in range(args.num_samples):
+        text, st = diffusion_complete(model, tok, prompt, args.max_new_tokens, **kw)
+        _emit(out, text)
+        print(f"[{st['sampler']} sampler: {st['tokens']} tokens in {st['blocks']} block(s) of {st['steps']} steps, "
+              f"{st['nfe']} network evaluations ({st['nfe_per_token']:.2f} per token)]", file=sys.stderr)
+    return 0
 
 # %% ../nbs/55_cli.ipynb #a647644e
 def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
@@ -383,6 +417,10 @@ def _add_generate(sub) -> None:
     g.add_argument('--num-draft-tokens', type=_number(int, 1), default=4, help="tokens the draft proposes per round")
     g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
     g.add_argument('--device', default='auto')
+    d = g.add_argument_group('masked-diffusion models (task mdlm)')
+    d.add_argument('--steps', type=_number(int, 1), default=None, help="network evaluations per block (default: one per token)")
+    d.add_argument('--sampler', choices=['confidence', 'ancestral'], default=None, help="low-confidence remasking (default) or MDLM ancestral")
+    d.add_argument('--block-length', type=_number(int, 1), default=None, help="semi-autoregressive blocks of this many tokens")
     g.set_defaults(func=cmd_generate)
 
 _BUILTINS['generate'] = _add_generate

@@ -149,6 +149,7 @@ class RunConfig(ConfigBase):
         except ConfigError as e: raise ConfigError(f"`task`: {e}") from None
         opts = getattr(prepare, 'options_class', None)
         if opts is not None: self._task_options = opts.from_dict(self.task_options, _path='task_options')
+        if (check := getattr(prepare, 'check_run', None)) is not None: check(self)   # e.g. `mdlm` needs a bidirectional model
 
     def _absolute_paths(self) -> None:
         # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:

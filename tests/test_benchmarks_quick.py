@@ -106,3 +106,22 @@ def test_distributed_quick():
     out = run_quick('distributed.py')
     assert '| ranks | step ms | tokens/s | speed-up vs 1 rank | communication share |' in out
     assert '| mode | weights + AdamW state per rank, MB | vs DDP |' in out and '| FSDP2 |' in out
+
+
+def test_perplexity_quick():
+    out = run_quick('perplexity.py')
+    assert '| AR GPT (exact NLL) |' in out and '| MDLM (ELBO, 2 times/sequence) |' in out
+    assert 'perplexity ratio MDLM / AR:' in out
+    assert '| MDLM, confidence | 2 |' in out and '| MDLM, ancestral, 8 semi-AR blocks (cached) |' in out
+
+
+def test_attention_variants_quick():
+    out = run_quick('attention_variants.py')
+    assert '| attention | parameters | mlp_ratio | KV cache bytes/token |' in out
+    for name in ('| MHA |', '| GQA (1 kv head) |', '| MLA (d_c 32, d_R 16) |'): assert name in out, out
+
+
+def test_encoder_tasks_quick():
+    out = run_quick('encoder_tasks.py')
+    assert '| features | prose vs code (probe acc.) |' in out
+    for name in ('| encoder (MLM) |', '| GPT (causal LM), mean of hidden states |', '| bag of bytes (histogram) |'): assert name in out

@@ -20,16 +20,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..core import CheckpointError, ConfigError, DataError
 from .core import ExportFormat, ExportResult, check_close, register_format
 
 # %% auto #0
 __all__ = ['MANIFEST', 'GRAPH_ARCHS', 'GRAPH_REFUSED', 'LogitsGraph', 'SolveGraph', 'KVCacheStepGraph', 'RecurrentStepGraph',
-           'GraphSpec', 'graph_specs', 'traceable', 'trace', 'empty_state', 'verify_graphs', 'select_graphs',
-           'graph_manifest', 'shortest_cache', 'read_manifest', 'PT2Format', 'pt2_runner', 'GraphGenerator',
-           'pt2_generator']
+           'GraphSpec', 'graph_specs', 'trace', 'empty_state', 'verify_graphs', 'select_graphs', 'graph_manifest',
+           'shortest_cache', 'read_manifest', 'PT2Format', 'pt2_runner', 'GraphGenerator', 'pt2_generator']
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0006
 class LogitsGraph(nn.Module):
@@ -156,15 +154,6 @@ def graph_specs(model: Any, batch: int = 2) -> list[GraphSpec]:
     return specs
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0014
-@contextlib.contextmanager
-def traceable() -> Iterator[None]:
-    "Within the block, `scaled_dot_product_attention` accepts a symbolic `is_causal` (bytropix's attention passes `T > 1`)."
-    sdpa = F.scaled_dot_product_attention
-    def sdpa_bool_causal(*args, is_causal=False, **kw): return sdpa(*args, is_causal=bool(is_causal), **kw)
-    F.scaled_dot_product_attention = sdpa_bool_causal
-    try: yield
-    finally: F.scaled_dot_product_attention = sdpa
-
 def _why_untraceable(e: Exception) -> str:
     "The first line of torch.export's error, and the model line that raised it when the message names one."
     text = str(e)
@@ -188,7 +177,7 @@ def trace(model: Any, spec: GraphSpec) -> torch.export.ExportedProgram:
     was, printed = model.training, io.StringIO()
     model.eval()
     try:
-        with traceable(), torch.no_grad(), spec.context(), warnings.catch_warnings(),              _quiet_loggers('torch.fx.experimental.symbolic_shapes'), contextlib.redirect_stderr(printed):
+        with torch.no_grad(), spec.context(), warnings.catch_warnings(),              _quiet_loggers('torch.fx.experimental.symbolic_shapes'), contextlib.redirect_stderr(printed):
             # BDH caches its RoPE frequencies per device in a dict; torch.export notes the attribute and moves on
             warnings.filterwarnings('ignore', message='The tensor attribute .* was assigned during export')
             warnings.filterwarnings('ignore', message=r'.*isinstance\(treespec, LeafSpec\)')  # torch's own pytree code

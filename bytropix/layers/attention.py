@@ -1,4 +1,4 @@
-"""Self-attention via SDPA: causal or bidirectional, GQA, sliding windows, RoPE and a KV cache.
+"""Self-attention via SDPA: causal or bidirectional, GQA, sliding windows, RoPE, a KV cache, and multi-head latent attention.
 
 Docs: https://bytropix.github.io/bytropix/attention.html.md"""
 
@@ -13,12 +13,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from fastcore.basics import patch
 
 from ..core import ConfigError
+from .norms import make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['attention_mask', 'reference_attention', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention']
+__all__ = ['attention_mask', 'reference_attention', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache',
+           'MultiHeadLatentAttention']
 
 # %% ../../nbs/12_attention.ipynb #a165aa39
 def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
@@ -26,7 +31,8 @@ def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None =
     "Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend."
     if t_k < t_q: raise ValueError(f"attention needs at least as many keys as queries, got {t_q} queries and {t_k} keys.")
     if window is not None and window < 1: raise ConfigError(f"window must be a positive number of keys, got {window}.")
-    if causal and t_q == 1 and (window is None or t_k <= window): return None  # one query sees every key
+    # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
+    if causal and t_q == 1 and (window is None or statically_known_true(t_k <= window)): return None  # one query sees every key
     if not causal and window is None: return None
     qpos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
     rel = qpos - torch.arange(t_k, device=device)[None, :]  # > 0: key in the past
@@ -52,8 +58,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Tru
     t_q, t_k = q.shape[2], k.shape[2]
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
     if mask is not None: return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
-    if causal and window is None and t_q == t_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=t_q > 1, **kw)
+    if causal and window is None and statically_known_true(t_q == t_k):  # a 1 × 1 causal mask is no mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(t_q, t_k, causal, window, q.device), **kw)
 
 # %% ../../nbs/12_attention.ipynb #eeaa5fe1
@@ -105,6 +111,12 @@ class KVCache:
         self.v[:, :, end:end + t] = v.to(self.v.dtype)
         self.length += t; self.pos += t
         return self.k[:, :, self.start:end + t], self.v[:, :, self.start:end + t]
+
+    def truncate(self, pos: int) -> None:
+        "Forget every token from position `pos` on (a cache without a window): e.g. a denoising step's block, not yet final."
+        if self.window is not None: raise ValueError("truncate needs a cache without a sliding window.")
+        if not 0 <= pos <= self.pos: raise ValueError(f"cannot truncate a cache holding {self.pos} tokens to {pos}.")
+        self.length -= self.pos - pos; self.pos = pos
 
     def __repr__(self) -> str:
         return f"KVCache(shape={tuple(self.k.shape)}, window={self.window}, stored={self.length}, pos={self.pos})"
@@ -190,8 +202,6 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         "x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens after those already cached."
         B, T, _ = x.shape
-        if cache is not None and not self.causal:
-            raise ValueError("A KV cache needs causal attention: bidirectional layers see future tokens and cannot decode incrementally.")
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, heads, T, D): q, k, v heads
         qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
@@ -205,3 +215,122 @@ class SelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, head_dim={self.head_dim}, causal={self.causal}, "
                 f"window={self.window}")
+
+# %% ../../nbs/12_attention.ipynb #bd0cd3e7
+class LatentKVCache:
+    """One MLA layer's cache: the normalised key/value latent $c^{KV}$ (B, 1, max_len, d_c) and the shared RoPE key
+    $k^R$ (B, 1, max_len, d_h^R) — `d_c + d_h^R` values per token, whatever the number of heads. The layout is that of
+    a `KVCache` with one head (`k`, `v` name the two buffers), so code that reads caches generically (the graph
+    exporters) handles both."""
+    def __init__(self, batch_size: int, latent_dim: int, rope_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        if max_len < 1: raise ConfigError(f"LatentKVCache max_len must be positive, got {max_len}.")
+        self.k = torch.zeros(batch_size, 1, max_len, latent_dim, device=device, dtype=dtype)   # c^KV
+        self.v = torch.zeros(batch_size, 1, max_len, rope_dim, device=device, dtype=dtype)     # k^R
+        self.pos = 0   # tokens stored = absolute position of the next one
+
+    @property
+    def capacity(self) -> int: return self.k.shape[2]
+    @property
+    def values_per_token(self) -> int: return self.k.shape[3] + self.v.shape[3]
+
+    def reset(self) -> None: self.pos = 0
+
+    def update(self, c: torch.Tensor, kr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Append latents (B, 1, T, d_c) and RoPE keys (B, 1, T, d_h^R); return all of them so far (views)."
+        t = c.shape[2]
+        if self.pos + t > self.capacity:
+            raise RuntimeError(f"KV cache full: it holds {self.capacity} tokens and {self.pos} are stored, cannot add {t}. "
+                               "Allocate a longer cache (max_len) or recompute over the last block_size tokens.")
+        self.k[:, :, self.pos:self.pos + t] = c.to(self.k.dtype)
+        self.v[:, :, self.pos:self.pos + t] = kr.to(self.v.dtype)
+        self.pos += t
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+
+    def truncate(self, pos: int) -> None:
+        "Forget every token from position `pos` on."
+        if not 0 <= pos <= self.pos: raise ValueError(f"cannot truncate a cache holding {self.pos} tokens to {pos}.")
+        self.pos = pos
+
+    def __repr__(self) -> str: return f"LatentKVCache(latent={tuple(self.k.shape)}, rope={tuple(self.v.shape)}, pos={self.pos})"
+
+# %% ../../nbs/12_attention.ipynb #de9c014b
+class MultiHeadLatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2): keys and values from a `kv_rank`-wide latent, queries from their own
+    latent (`q_rank`; None: full rank), decoupled RoPE on a `rope_dim` part with one key shared by the heads."""
+    def __init__(self, dim: int, n_head: int, kv_rank: int, q_rank: int | None = None, head_dim: int | None = None,
+                 rope_dim: int = 16, causal: bool = True, window: int | None = None, bias: bool = False,
+                 dropout: float = 0.0, rope: RotaryEmbedding | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        head_dim = head_dim if head_dim is not None else (dim // n_head if n_head >= 1 and dim % n_head == 0 else 0)
+        if n_head < 1 or head_dim < 1: raise ConfigError(f"dim={dim} is not divisible by n_head={n_head}; pass head_dim or change one.")
+        if kv_rank < 1 or (q_rank is not None and q_rank < 1):
+            raise ConfigError(f"MLA latent widths must be positive, got kv_rank={kv_rank}, q_rank={q_rank}.")
+        if rope_dim < 2 or rope_dim % 2: raise ConfigError(f"MLA rope_dim must be a positive even number, got {rope_dim}.")
+        rope = rope if rope is not None else RotaryEmbedding(rope_dim)
+        if rope.head_dim != rope_dim: raise ConfigError(f"RotaryEmbedding(head_dim={rope.head_dim}) does not match rope_dim={rope_dim}.")
+        self.dim, self.n_head, self.head_dim, self.kv_rank, self.q_rank, self.rope_dim = dim, n_head, head_dim, kv_rank, q_rank, rope_dim
+        self.causal, self.window, self.dropout, self.rope = causal, window, dropout, rope
+        qd = n_head * (head_dim + rope_dim)
+        if q_rank is None: self.wq = nn.Linear(dim, qd, bias=bias)
+        else: self.wq = nn.Sequential(nn.Linear(dim, q_rank, bias=bias), make_norm('rms', q_rank, eps=norm_eps), nn.Linear(q_rank, qd, bias=bias))
+        self.wkv_a = nn.Linear(dim, kv_rank + rope_dim, bias=bias)   # h → [c^KV, k^R]
+        self.kv_norm = make_norm('rms', kv_rank, eps=norm_eps)
+        self.wkv_b = nn.Linear(kv_rank, 2 * n_head * head_dim, bias=False)   # c^KV → [k^C (W^UK), v^C (W^UV)]
+        self.out_proj = nn.Linear(n_head * head_dim, dim, bias=bias)
+        self.out_proj.residual_projection = True
+        self.resid_drop = nn.Dropout(dropout)
+        self.scale = 1 / math.sqrt(head_dim + rope_dim)
+
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> LatentKVCache:
+        "An empty `LatentKVCache` for this layer."
+        w = self.wkv_a.weight
+        return LatentKVCache(batch_size, self.kv_rank, self.rope_dim, max_len, device or w.device, dtype or w.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"n_head={self.n_head}, head_dim={self.head_dim}, kv_rank={self.kv_rank}, q_rank={self.q_rank}, "
+                f"rope_dim={self.rope_dim}, causal={self.causal}, window={self.window}")
+
+# %% ../../nbs/12_attention.ipynb #21dafc27
+@patch
+def _project(self: MultiHeadLatentAttention, x: torch.Tensor, offset: int):
+    "Queries (B, H, T, d_h), their RoPE parts (B, H, T, d_R), the latents (B, T, d_c) and RoPE keys (B, T, d_R)."
+    B, T, _ = x.shape
+    q = self.wq(x).view(B, T, self.n_head, self.head_dim + self.rope_dim).transpose(1, 2)
+    qc, qr = q.split([self.head_dim, self.rope_dim], -1)
+    c, kr = self.wkv_a(x).split([self.kv_rank, self.rope_dim], -1)
+    qr, kr = self.rope(qr, offset), self.rope(kr[:, None], offset)[:, 0]
+    return qc, qr, self.kv_norm(c), kr
+
+@patch
+def forward(self: MultiHeadLatentAttention, x: torch.Tensor, cache: LatentKVCache | None = None,
+            absorb: bool | None = None) -> torch.Tensor:
+    """x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens. `absorb` (default: with a cache, out of
+    training): attend in the latent space with W^UK, W^UV folded into the query and output sides."""
+    B, T, _ = x.shape
+    H, D = self.n_head, self.head_dim
+    qc, qr, c, kr = self._project(x, cache.pos if cache is not None else 0)
+    if cache is not None: c, kr = (t[:, 0] for t in cache.update(c[:, None], kr[:, None]))
+    p = self.dropout if self.training else 0.0
+    w_uk, w_uv = self.wkv_b.weight.view(2, H, D, self.kv_rank)
+    if absorb if absorb is not None else (cache is not None and not self.training):
+        # q^C·k^C = q^C·(W^UK c) = (W^UK^T q^C)·c: one "key head" of width d_c + d_R shared by all query heads
+        q = torch.cat([torch.einsum('bhtd,hdc->bhtc', qc, w_uk.to(qc.dtype)), qr], -1)
+        k = torch.cat([c, kr], -1)[:, None]
+        o = attend(q, k, c[:, None], self.causal, self.window, p, self.scale)          # (B, H, T, d_c)
+        y = torch.einsum('bhtc,hdc->bhtd', o, w_uv.to(o.dtype))
+    else:
+        Tk = c.shape[1]
+        kc, v = self.wkv_b(c).view(B, Tk, 2, H, D).permute(2, 0, 3, 1, 4)
+        k = torch.cat([kc, kr[:, None].expand(B, H, Tk, self.rope_dim)], -1)
+        y = attend(torch.cat([qc, qr], -1), k, v, self.causal, self.window, p, self.scale)
+    return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(B, T, H * D)))
+
+@patch
+def attention_scores(self: MultiHeadLatentAttention, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    "Pre-softmax scores (B, H, T, T) of `x` placed at positions `offset..offset+T-1` (no mask)."
+    B, T, _ = x.shape
+    qc, qr, c, kr = self._project(x, offset)
+    kc = self.wkv_b(c).view(B, T, 2, self.n_head, self.head_dim)[:, :, 0].transpose(1, 2)
+    return (qc @ kc.transpose(-1, -2) + qr @ kr[:, None].transpose(-1, -2)) * self.scale

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal, Optional
 import torch
 import torch.nn as nn
 
-from .attention import KVCache, SelfAttention
+from .attention import KVCache, MultiHeadLatentAttention, SelfAttention
 from .mlp import make_mlp
 from .moe import MoE
 from .norms import make_norm
@@ -46,6 +46,10 @@ class BlockConfig:
     moe_balance_coef: float = 0.01          # weight of the Switch load-balancing loss
     moe_z_coef: float = 1e-3                # weight of the router z-loss
     moe_mlp_ratio: Optional[float] = None   # an expert's hidden size ratio (None: mlp_ratio)
+    attention: Literal['mha', 'mla'] = 'mha'   # 'mla': multi-head latent attention (chapter Attention)
+    kv_lora_rank: int = 64                 # MLA: width d_c of the key/value latent
+    q_lora_rank: Optional[int] = None      # MLA: width of the query latent (None: full-rank queries)
+    rope_head_dim: int = 16                # MLA: d_h^R, the RoPE part of queries and the shared RoPE key
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -62,8 +66,12 @@ class TransformerBlock(nn.Module):
         c, llama = config, config.style == 'llama'
         norm, bias = ('rms', False) if llama else ('layer', True)
         self.ln1 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
-        self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, window=c.sliding_window, bias=bias,
-                                  dropout=c.dropout, rope=rope)
+        if c.attention == 'mla':
+            self.attn = MultiHeadLatentAttention(c.n_embd, c.n_head, c.kv_lora_rank, c.q_lora_rank, rope_dim=c.rope_head_dim,
+                                                 causal=causal, window=c.sliding_window, bias=bias, dropout=c.dropout,
+                                                 rope=rope, norm_eps=c.norm_eps)
+        else: self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, window=c.sliding_window, bias=bias,
+                                        dropout=c.dropout, rope=rope)
         self.ln2 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
         self.mlp = block_mlp(c)
 

@@ -21,7 +21,7 @@ def rope_frequencies(rotary_dim: int, theta: float = 10000.0) -> torch.Tensor:
     if rotary_dim < 2 or rotary_dim % 2:
         raise ConfigError(f"rotary_dim must be a positive even number, got {rotary_dim}.")
     if theta <= 0: raise ConfigError(f"RoPE theta must be positive, got {theta}.")
-    return theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    return theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64, device='cpu') / rotary_dim)
 
 def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     "cos and sin of the angles `positions[..., None] * freqs`: two float32 tensors of shape (*positions.shape, rotary_dim // 2)."
@@ -70,7 +70,8 @@ class RotaryEmbedding(nn.Module):
         self._build(max_seq_len)
 
     def _build(self, length: int, device: torch.device | None = None) -> None:
-        cos, sin = rope_cos_sin(torch.arange(length), self.rotary_dim, self.theta)
+        # the tables are computed on the CPU (float64) whatever the default device: models build under `torch.device('meta')`
+        cos, sin = rope_cos_sin(torch.arange(length, device='cpu'), self.rotary_dim, self.theta)
         dev = device if device is not None else (self.cos.device if hasattr(self, 'cos') else None)
         cos2, sin2 = _full_tables(cos, sin)  # full-width tables: fewer kernels per call while decoding
         for name, t in [('cos', cos), ('sin', sin), ('cos2', cos2), ('sin2', sin2)]:

@@ -8,14 +8,14 @@ Docs: https://bytropix.github.io/bytropix/gpt.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
-from ..core import DataError
+from ..core import ConfigError, DataError
 from ..layers.blocks import BlockConfig, DecoderState, TransformerBlock, init_gpt_weights
 from ..layers.moe import check_moe_config, collect_moe_aux
 from ..layers.norms import make_norm
@@ -23,7 +23,7 @@ from ..layers.rope import RotaryEmbedding
 from .base import BytropixModel, ModelConfig, ModelOutput, lm_loss, register_model
 
 # %% auto #0
-__all__ = ['GPTConfig', 'GPT']
+__all__ = ['GPTConfig', 'GPT', 'EncoderConfig', 'Encoder']
 
 # %% ../../nbs/21_gpt.ipynb #08c5468a
 @dataclass
@@ -37,6 +37,11 @@ class GPTConfig(ModelConfig):
     dropout: float = 0.0
     tie_embeddings: bool = True            # the output head reuses the token embedding matrix
     sliding_window: Optional[int] = None   # each token attends to its last W tokens (itself included)
+    causal: bool = True                    # False: bidirectional (masked diffusion, MLM encoders); no KV cache
+    attention: Literal['mha', 'mla'] = 'mha'   # 'mla': multi-head latent attention (DeepSeek-V2), llama style
+    kv_lora_rank: int = 64                 # MLA: key/value latent width d_c (the cache holds d_c + rope_head_dim per token)
+    q_lora_rank: Optional[int] = None      # MLA: query latent width (null: full-rank queries)
+    rope_head_dim: int = 16                # MLA: RoPE width d_h^R of queries and of the one shared RoPE key
     rope_theta: float = 10000.0
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
@@ -74,6 +79,14 @@ class GPTConfig(ModelConfig):
         self.check(self.norm_eps > 0, 'norm_eps', f"must be positive, got {self.norm_eps}.")
         self.check(self.init_std > 0, 'init_std', f"must be positive, got {self.init_std}.")
         check_moe_config(self)
+        if self.attention == 'mla':
+            self.check(self.style == 'llama', 'attention', "mla uses decoupled RoPE: it needs style llama, not gpt2.")
+            self.check(self.n_kv_head is None, 'n_kv_head', "does not apply to attention: mla (its heads share one latent); "
+                       "remove it and size the cache with kv_lora_rank.")
+            self.check(self.kv_lora_rank >= 1, 'kv_lora_rank', f"must be at least 1, got {self.kv_lora_rank}.")
+            self.check(self.q_lora_rank is None or self.q_lora_rank >= 1, 'q_lora_rank', f"must be at least 1 or null, got {self.q_lora_rank}.")
+            self.check(self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0, 'rope_head_dim',
+                       f"must be a positive even number (RoPE rotates pairs), got {self.rope_head_dim}.")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -95,14 +108,16 @@ class GPT(BytropixModel):
         c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd) if c.style == 'gpt2' else None
-        self.rope = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
+        rope_dim = c.rope_head_dim if c.attention == 'mla' else c.head_dim   # MLA rotates its decoupled part only
+        self.rope = RotaryEmbedding(rope_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope, causal=c.causal) for _ in range(c.n_layer))
         self.ln_f = make_norm('rms' if c.style == 'llama' else 'layer', c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         init_gpt_weights(self, c.n_layer, c.init_std)
         if c.tie_embeddings: self.lm_head.weight = self.wte.weight
         self.gradient_checkpointing = False
+        self.supports_incremental = c.causal  # a bidirectional stack has no cache: every token sees every other
 
     @property
     def incremental_limit(self) -> int | None:
@@ -154,3 +169,51 @@ def step(self: GPT, ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tenso
     x = self._embed(ids, state.pos)
     for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
     return self._head(x), state
+
+# %% ../../nbs/21_gpt.ipynb #3a0abe9d
+@dataclass
+class EncoderConfig(GPTConfig):
+    "A BERT-style encoder: the GPT trunk, bidirectional by default (`causal: true` trains a decoder head on the same trunk)."
+    causal: bool = False
+
+@register_model('encoder')
+class Encoder(GPT):
+    """The GPT trunk as a text encoder: `embed` pools its final hidden states into one vector per text. Bidirectional
+    encoders (task `mlm`) do not generate text; a causal one (task `lm`, the decoder head) generates like a GPT."""
+    config_class = EncoderConfig
+    is_encoder = True
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        "The final (normalised) hidden states (B, T, n_embd) of token ids (B, T)."
+        x = self._embed(ids, 0)
+        for block in self.blocks: x = block(x)
+        return self.ln_f(x)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], tokenizer: Any = None, pooling: str = 'mean',
+              batch_size: int = 32) -> torch.Tensor:
+        """One vector per text (N, n_embd): the mean of its final hidden states (`pooling='mean'`) or the first
+        token's (`'cls'`). Strings need the run's `tokenizer`; texts longer than `block_size` tokens are cut."""
+        if pooling not in ('mean', 'cls'): raise ConfigError(f"pooling must be `mean` or `cls`, got `{pooling}`.")
+        if isinstance(texts, str): texts = [texts]
+        if any(isinstance(t, str) for t in texts) and tokenizer is None:
+            raise ConfigError("embed needs the tokenizer to embed strings: model.embed(texts, tokenizer) (a run's "
+                              "tokenizer is Tokenizer.load(RUN_DIR)).")
+        seqs = [(tokenizer.encode(t) if isinstance(t, str) else list(t))[:self.config.block_size] or [0] for t in texts]
+        dev, out = self.lm_head.weight.device, [None] * len(seqs)
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs): by_len.setdefault(len(s), []).append(i)   # no padding: pads would be attended to
+        for idx in by_len.values():
+            for j in range(0, len(idx), batch_size):
+                chunk = idx[j:j + batch_size]
+                h = self.hidden_states(torch.tensor([seqs[i] for i in chunk], device=dev))
+                for i, v in zip(chunk, h.mean(1) if pooling == 'mean' else h[:, 0]): out[i] = v
+        return torch.stack(out)
+
+@patch
+def generate(self: Encoder, *args, **kw) -> torch.Tensor:
+    "A causal encoder generates like a GPT; a bidirectional one refuses."
+    if not self.config.causal:
+        raise ConfigError("This `encoder` is bidirectional: it embeds text (model.embed) and does not generate. Train a "
+                          "decoder head on the trunk (task lm with model.causal: true) or a masked-diffusion model (task mdlm).")
+    return BytropixModel.generate(self, *args, **kw)

@@ -97,7 +97,7 @@ def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'be
                  device: str = 'auto', precision: str | None = None, dtype: str = 'fp32', quant: str | None = None) -> dict:
     """Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`;
     `dtype`/`quant`: evaluate the model cast and quantized as for inference (`prepare_for_inference`)."""
-    from bytropix.config import prepare_task
+    from bytropix.config import get_task, prepare_task
     from bytropix.training.run import RunDir
     rd = RunDir(run_dir)
     run, model, info = rd.load_model(checkpoint, device)
@@ -105,6 +105,8 @@ def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'be
         from bytropix.quantization import prepare_for_inference
         prepare_for_inference(model, dtype, quant)
     data = prepare_task(run, rd.load_tokenizer())
+    setup_model = getattr(get_task(run.task), 'setup_model', None)
+    if setup_model is not None: setup_model(model, data, run)   # e.g. `mdlm` makes the loss its ELBO
     out = evaluate(model, data.val_batches, bytes_per_token=getattr(data, 'bytes_per_token', None),
                    max_batches=max_batches, precision=precision or run.train.precision)
     return {**out, 'step': info['step'], 'checkpoint': str(info['path'])}
