@@ -21,6 +21,7 @@ from .core import TASKS, ConfigBase, ConfigError, apply_overrides, atomic_write_
 from .data.datasets import DataConfig
 from .data.tokenizers import TokenizerConfig
 from .models.base import ModelConfig, get_config_class
+from .peft import PeftConfig
 
 # %% auto #0
 __all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config', 'save_config',
@@ -64,6 +65,8 @@ class TrainConfig(ConfigBase):
     sample_top_k: Optional[int] = 50
     max_nonfinite: int = 10            # abort after this many consecutive steps with non-finite loss/gradients
     tensorboard: bool = True           # write TensorBoard event files to RUN/tb
+    init_from: Optional[str] = None    # fine-tune: start from this export's (or run directory's) weights, architecture and tokenizer
+    peft: Optional[PeftConfig] = None  # LoRA/QLoRA adapters over a frozen trunk (see the PEFT chapter); null: train every weight
 
     def validate(self) -> None:
         c = self.check
@@ -139,6 +142,7 @@ class RunConfig(ConfigBase):
         fix = lambda v: os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) and v.strip() else v
         if self.data.source != 'default': self.data.source = fix(self.data.source)
         self.data.cache_dir, self.tokenizer.path = fix(self.data.cache_dir), fix(self.tokenizer.path)
+        self.train.init_from = fix(self.train.init_from)
         if isinstance(self.task_options, dict) and 'cache_dir' in self.task_options:
             self.task_options['cache_dir'] = fix(self.task_options['cache_dir'])
 

@@ -28,6 +28,7 @@ from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonF
                            get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model
+from ..peft import adapt_for_run, is_adapted, load_initial_model, merge_adapters
 from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state
 from .evaluation import autocast_context, evaluate, format_metric
 from .memory import check_step_memory
@@ -162,7 +163,7 @@ class Progress:
         if self.enabled: sys.stderr.write('\r\033[K'); sys.stderr.flush()
 
 # %% ../../nbs/44_trainer.ipynb #d3ecb6b3
-_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size')
+_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.peft')
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
@@ -292,11 +293,15 @@ def _setup(self: Trainer) -> None:
     self.device = resolve_device(tc.device)
     ckpt = self._start_point()
     seed_everything(tc.seed)
+    if tc.init_from and self.model is None:   # fine-tuning: the export's architecture, weights and tokenizer
+        self.model, init_tok = load_initial_model(tc.init_from)
+        self.tokenizer = self.tokenizer or init_tok
     needs_tok = getattr(get_task(run.task), 'needs_tokenizer', True)
     # the tokenizer is built (or reloaded) to prepare the data; with `data` given it is optional
     if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
     if self.data is None: self.data = prepare_task(run, self.tokenizer)
     self.resolved = self._build_model()
+    adapt_for_run(self.model, run, self.log)   # train.peft: freeze the trunk, add the adapters
     self._setup_training(ckpt)
 
 @patch
@@ -628,7 +633,8 @@ def _finish(self: Trainer, elapsed: float) -> dict:
     card = {'name': self.run.run_name, 'task': self.run.task, 'data': getattr(self.data, 'description', '') or f"task `{self.run.task}`",
             'steps': self.step, 'tokens seen': f"{self.tokens_seen:,}", 'tokenizer': getattr(self.tokenizer, 'kind', None) or 'none',
             'metrics': {k: v for k, v in ev.items() if isinstance(v, float)}}
-    if hasattr(self.model, 'save_pretrained'): self.rundir.write_export(self.model, self.tokenizer, card)
+    if hasattr(self.model, 'save_pretrained'):   # adapters are merged: the export is the plain architecture
+        self.rundir.write_export(merge_adapters(self.model) if is_adapted(self.model) else self.model, self.tokenizer, card)
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
              + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
     return metrics
