@@ -28,8 +28,8 @@ from .quantization import quantization_targets
 
 # %% auto #0
 __all__ = ['TRUNK_FORMATS', 'PeftConfig', 'name_matches', 'LoRALinear', 'LoRADelta', 'Bf16Storage', 'store_trunk', 'PeftReport',
-           'apply_peft', 'is_adapted', 'merge_adapters', 'adapt_for_run', 'load_initial_model', 'merge_path',
-           'cmd_merge']
+           'apply_peft', 'is_adapted', 'merge_adapters', 'PromptTuning', 'attach_prompt', 'adapt_for_run',
+           'export_form', 'load_initial_model', 'merge_path', 'cmd_merge']
 
 # %% ../nbs/46_peft.ipynb #86cb5547
 TRUNK_FORMATS = ('fp32', 'bf16', 'int8', 'nf4', 'nvfp4')
@@ -37,13 +37,14 @@ TRUNK_FORMATS = ('fp32', 'bf16', 'int8', 'nf4', 'nvfp4')
 @dataclass
 class PeftConfig(ConfigBase):
     "Parameter-efficient fine-tuning (`train.peft:` in a run config): LoRA adapters over a frozen, optionally low-bit trunk."
-    method: Literal['lora', 'qlora'] = 'lora'  # qlora: LoRA over a trunk stored in NF4 (Dettmers et al. 2023)
+    method: Literal['lora', 'qlora', 'prompt'] = 'lora'  # qlora: LoRA over an NF4 trunk; prompt: learned virtual tokens only
     r: int = 8                                 # adapter rank
     alpha: float = 16.0                        # the update B·A is scaled by alpha / r
     dropout: float = 0.0                       # dropout on an adapted linear layer's input (adapter path only)
     target: list[str] = field(default_factory=lambda: ['*'])  # weight matrices that get adapters: name patterns
     trainable: list[str] = field(default_factory=list)        # parameters trained in full besides the adapters (patterns)
     trunk: Optional[Literal['fp32', 'bf16', 'int8', 'nf4', 'nvfp4']] = None  # storage of the frozen matrices; null: fp32 (lora), nf4 (qlora)
+    virtual_tokens: int = 16                   # prompt: learned vectors read before every input
 
     def validate(self) -> None:
         c = self.check
@@ -52,6 +53,7 @@ class PeftConfig(ConfigBase):
         c(0 <= self.dropout < 1, 'dropout', f"must be in [0, 1), got {self.dropout}.")
         c(len(self.target) > 0 and all(isinstance(p, str) and p for p in self.target), 'target',
           f"must list at least one module name pattern (e.g. ['qkv', 'out_proj'] or ['*']), got {self.target!r}.")
+        c(self.virtual_tokens >= 1, 'virtual_tokens', f"must be at least 1, got {self.virtual_tokens}.")
         c(self.method != 'qlora' or self.trunk in (None, 'nf4'), 'trunk',
           f"qlora keeps the trunk in nf4, got {self.trunk!r}; for another trunk format use method: lora with trunk: {self.trunk}.")
 
@@ -208,6 +210,7 @@ def apply_peft(model: nn.Module, cfg: PeftConfig | dict) -> PeftReport:
         why = None if fmt == 'bf16' else _unsupported(fmt, t.shape)
         if why: kept[t.key] = why; continue
         store_trunk(model, t, fmt); stored.append(t.key)
+    if cfg.method == 'prompt': adapt = []; attach_prompt(model, cfg.virtual_tokens)
     for t in adapt:
         if t.key in train_full: continue
         mod = model.get_submodule(t.module) if t.module else model
@@ -216,10 +219,11 @@ def apply_peft(model: nn.Module, cfg: PeftConfig | dict) -> PeftReport:
             P.register_parametrization(mod, t.name, LoRADelta(t.shape, cfg.r, cfg.alpha, mod.parametrizations[t.name].original.device
                                        if P.is_parametrized(mod, t.name) else getattr(mod, t.name).device), unsafe=True)
     for n, p in model.named_parameters():
-        if n in train_full or '.lora_' in f".{n}": p.requires_grad_(True)
+        if n in train_full or '.lora_' in f".{n}" or n == 'prompt.embeddings': p.requires_grad_(True)
     model.peft = cfg.to_dict()
     uniq = {id(p): p for p in model.parameters()}.values()
-    return PeftReport(cfg.method, fmt, [t.key for t in adapt if t.key not in train_full], stored, kept,
+    adapted = ['prompt.embeddings'] if cfg.method == 'prompt' else [t.key for t in adapt if t.key not in train_full]
+    return PeftReport(cfg.method, fmt, adapted, stored, kept,
                       sum(p.numel() for p in uniq if p.requires_grad), sum(p.numel() for p in uniq))
 
 def _unsupported(fmt: str, shape: tuple) -> str | None:
@@ -245,19 +249,84 @@ def _effective(model: nn.Module, key: str) -> Tensor:
 def merge_adapters(model: nn.Module) -> BytropixModel:
     "A new plain model of `model`'s architecture whose weights are the adapted ones merged: W + (α/r)·B·A, trunk dequantized."
     if not is_adapted(model): raise ConfigError("This model has no adapters to merge (apply_peft adds them).")
+    if model.peft.get('method') == 'prompt':
+        raise ConfigError("Prompt tuning's virtual tokens are inputs, not weights: they cannot be merged into the architecture. "
+                          "Evaluate, generate from or serve the run directory itself (it reads the virtual tokens).")
     plain = build_model(model.arch, model.config).to(next(iter(model.parameters())).device)
     sd = {k: _effective(model, k).detach() for k in plain.state_dict()}
     plain.load_state_dict({k: v.to(plain.state_dict()[k].dtype) for k, v in sd.items()})
     return plain.train(model.training)
 
-# %% ../nbs/46_peft.ipynb #115b0493
+# %% ../nbs/46_peft.ipynb #837bc499
+class PromptTuning(nn.Module):
+    "`n` learned virtual-token vectors that replace the embeddings of `n` placeholder tokens put before every input."
+    def __init__(self, embedding: nn.Embedding, n: int):
+        super().__init__()
+        pick = torch.randint(0, embedding.num_embeddings, (n,))      # start from real tokens' embeddings (Lester et al.)
+        self.embeddings = nn.Parameter(embedding.weight.detach()[pick].clone().float())
+        self.n, self.active = n, False
+
+    def inject(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        "Forward hook of the token embedding: the first `n` positions read the virtual tokens (during a prompted forward)."
+        if not self.active or out.shape[-2] < self.n: return out
+        return torch.cat([self.embeddings.to(out.dtype).expand(out.shape[0], -1, -1), out[:, self.n:]], 1)
+
+def _prompted_inputs(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    "Forward pre-hook: `n` placeholder ids (and ignored targets) before the input; too long an inference input keeps its end."
+    from bytropix.models.base import IGNORE_INDEX
+    n, room = model.prompt.n, model.config.block_size - model.prompt.n
+    kwargs = dict(kwargs)
+    ids = args[0] if args else kwargs.pop('ids')
+    targets = args[1] if len(args) > 1 else kwargs.pop('targets', None)
+    if ids.shape[1] > room:
+        if targets is not None:
+            raise ConfigError(f"{ids.shape[1]} tokens and {n} virtual tokens exceed model.block_size={model.config.block_size}; "
+                              f"train on at most {room} tokens (train.block_size) or use fewer train.peft.virtual_tokens.")
+        ids = ids[:, -room:]
+    pad = ids.new_zeros(ids.shape[0], n)
+    if targets is not None: targets = torch.cat([torch.full_like(pad, IGNORE_INDEX), targets], 1)
+    model.prompt.active = True
+    return (torch.cat([pad, ids], 1), targets, *args[2:]), kwargs
+
+def _drop_prompt_logits(model: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+    model.prompt.active = False
+    out.logits = out.logits[:, model.prompt.n:]
+    return out
+
+def attach_prompt(model: nn.Module, n: int) -> PromptTuning:
+    "Give `model` `n` learned virtual tokens (`model.prompt`); generation then recomputes the sequence (no KV cache)."
+    V = model.config.vocab_size
+    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings >= V), None)
+    if emb is None: raise ConfigError(f"`train.peft.method`: prompt tuning needs a token embedding table (nn.Embedding); this "
+                                      f"{getattr(model, 'arch', type(model).__name__)} model has none. Use method: lora.")
+    if n >= model.config.block_size: raise ConfigError(f"`train.peft.virtual_tokens` = {n} leaves no room in model.block_size={model.config.block_size}.")
+    model.prompt = PromptTuning(emb, n).to(emb.weight.device)
+    emb.register_forward_hook(model.prompt.inject)
+    model.register_forward_pre_hook(_prompted_inputs, with_kwargs=True)
+    model.register_forward_hook(_drop_prompt_logits, with_kwargs=True)
+    model.supports_incremental = False   # `step` bypasses forward: decode by recomputing the prompted sequence
+    return model.prompt
+
+# %% ../nbs/46_peft.ipynb #1311b887
 def adapt_for_run(model: nn.Module, run: Any, log: Callable[[str], Any] | None = None) -> nn.Module:
     "Add the adapters of `run.train.peft` (when set) to a freshly built model: how a LoRA run's checkpoints are read back."
     cfg = getattr(getattr(run, 'train', None), 'peft', None)
     if cfg is not None:
+        room = model.config.block_size - (cfg.virtual_tokens if cfg.method == 'prompt' else 0)
+        if run.train.block_size > room:
+            raise ConfigError(f"`train.block_size` = {run.train.block_size} and {cfg.virtual_tokens} virtual tokens exceed "
+                              f"model.block_size={model.config.block_size}; lower train.block_size to {room}.")
         report = apply_peft(model, cfg)
         if log is not None: log(str(report))
     return model
+
+def export_form(model: nn.Module, log: Callable[[str], Any] | None = None) -> nn.Module | None:
+    "What a run exports: the model, its adapters merged; None for prompt tuning (the run directory serves it)."
+    if not is_adapted(model): return model
+    if model.peft.get('method') == 'prompt':
+        if log is not None: log("prompt tuning: no export (virtual tokens are not weights); use the run directory")
+        return None
+    return merge_adapters(model)
 
 def load_initial_model(path: str | os.PathLike, checkpoint: str = 'best') -> tuple[BytropixModel, Any]:
     "`(model, tokenizer)` of `train.init_from`: an export or a run directory (a LoRA run's adapters merged); float32, on the CPU."
@@ -267,7 +336,7 @@ def load_initial_model(path: str | os.PathLike, checkpoint: str = 'best') -> tup
     if is_adapted(model): model = merge_adapters(model)
     return model.float().train(), tok
 
-# %% ../nbs/46_peft.ipynb #6c63ffb7
+# %% ../nbs/46_peft.ipynb #ee9848c0
 @torch.no_grad()
 def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str = 'best') -> dict:
     "Merge the adapters of a LoRA run's checkpoint into a plain export at `out`; returns the largest logit difference found."
@@ -290,7 +359,7 @@ def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str 
     return {'adapted': sum(hasattr(m, 'lora_A') for m in model.modules()), 'max_logit_diff': diff,
             'out': str(dest), 'params': merged.num_parameters()}
 
-# %% ../nbs/46_peft.ipynb #8a3f84b3
+# %% ../nbs/46_peft.ipynb #9bf844a9
 def cmd_merge(args, out) -> int:
     "`bytropix merge`: fold a LoRA run's adapters into its weights and write a plain export."
     r = merge_path(args.path, args.out, args.checkpoint)

@@ -28,7 +28,7 @@ from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonF
                            get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model
-from ..peft import adapt_for_run, is_adapted, load_initial_model, merge_adapters
+from ..peft import adapt_for_run, export_form, load_initial_model
 from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state
 from .evaluation import autocast_context, evaluate, format_metric
 from .memory import check_step_memory
@@ -167,7 +167,7 @@ _MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'tr
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
-    return d
+    return {} if d is None else d   # null and absent (an older run's config) are alike
 
 def _scalar_aux(aux: dict) -> dict[str, float]:
     out = {}
@@ -633,8 +633,8 @@ def _finish(self: Trainer, elapsed: float) -> dict:
     card = {'name': self.run.run_name, 'task': self.run.task, 'data': getattr(self.data, 'description', '') or f"task `{self.run.task}`",
             'steps': self.step, 'tokens seen': f"{self.tokens_seen:,}", 'tokenizer': getattr(self.tokenizer, 'kind', None) or 'none',
             'metrics': {k: v for k, v in ev.items() if isinstance(v, float)}}
-    if hasattr(self.model, 'save_pretrained'):   # adapters are merged: the export is the plain architecture
-        self.rundir.write_export(merge_adapters(self.model) if is_adapted(self.model) else self.model, self.tokenizer, card)
+    export = export_form(self.model, self.log) if hasattr(self.model, 'save_pretrained') else None   # adapters merged
+    if export is not None: self.rundir.write_export(export, self.tokenizer, card)
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
              + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
     return metrics
