@@ -93,6 +93,15 @@ class LoRALinear(nn.Module):
         if self.merged: return y
         return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
+    @property
+    def weight(self) -> Tensor:
+        "The weight this layer computes with (base plus update), for code that reads a linear layer's `weight`."
+        w = self.base.weight
+        return w if self.merged else w + self.delta().to(w.dtype)
+
+    @property
+    def bias(self) -> Tensor | None: return self.base.bias
+
     def merged_weight(self) -> Tensor:
         "The weight of the equivalent plain linear layer: the (dequantized) base weight plus the update."
         w = self.base.weight.detach()
