@@ -26,3 +26,11 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_peft_quick():
+    out = run_quick('peft.py')
+    assert '| method | trainable params | share | weights MiB | weights+grads+Adam MiB | vs full FT |' in out
+    for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
+                   'prompt tuning (16)'):
+        assert f"| {method} |" in out, out
