@@ -2,8 +2,8 @@
 vs prompt tuning — trainable parameters, memory and bits per byte, all through the trainer (`train.init_from` +
 `train.peft`).
 
-A GPT is pretrained on the default corpus, exported, then fine-tuned on other text (Python's own documentation topics,
-`pydoc_data.topics`, which ships with Python) with each method for the same steps, batch and data order. Each fine-tune
+A GPT is pretrained on the code half of the default corpus (standard-library sources), exported, then fine-tuned on
+prose it has not seen (Python's documentation topics, `pydoc_data.topics`, which ships with Python) with each method for the same steps, batch and data order. Each fine-tune
 runs in its own process, so its peak resident memory is its own. Reported per method:
 
 - trainable parameters and their share of the model;
@@ -71,7 +71,8 @@ def pretrain(s: dict, work: Path) -> Path:
     from bytropix.config import load_config
     from bytropix.training.trainer import Trainer
     cfg = {**common(s, work/'base'), 'train.steps': s['pre_steps'], 'model.n_layer': s['n_layer'], 'model.n_embd': s['n_embd'],
-           'model.n_head': s['n_head'], 'model.block_size': s['block'] + VIRTUAL}   # room for prompt tuning's virtual tokens
+           'model.n_head': s['n_head'], 'model.block_size': s['block'] + VIRTUAL,   # room for prompt tuning's virtual tokens
+           'data.corpus_kind': 'code'}   # the base knows Python code; the fine-tuning text is English documentation
     Trainer(load_config(None, cfg), log=None, progress=False).fit()
     return work/'base'/'export'
 
@@ -128,7 +129,7 @@ def main() -> None:
     t0 = time.perf_counter()
     base = pretrain(s, work)
     text = write_new_text(work/'text')
-    print(f"base: GPT {s['n_layer']} layers × {s['n_embd']}, pretrained {s['pre_steps']} steps on the default corpus "
+    print(f"base: GPT {s['n_layer']} layers × {s['n_embd']}, pretrained {s['pre_steps']} steps on the default corpus's code "
           f"({time.perf_counter() - t0:.0f} s); fine-tuning: {s['ft_steps']} steps × {s['batch']}×{s['block']} tokens "
           f"on Python's documentation topics; torch threads {__import__('torch').get_num_threads()}\n")
     rows = {}
