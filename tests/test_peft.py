@@ -90,3 +90,24 @@ def test_qlora_resume_is_bit_exact(base_export, tmp_path):
     a, b = (load_file(tmp_path/d/'checkpoints'/'step-6'/'model.safetensors') for d in ('a', 'b'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith('qweight.qdata') for k in a)      # the NF4 trunk is what the checkpoint holds
+
+
+@pytest.mark.parametrize('arch, model', [
+    ('wubu', dict(n_layer=1, vocab_size=256, block_size=32)),
+    ('bdh', dict(n_layer=2, n_embd=64, n_head=4, mlp_internal_dim_multiplier=16, vocab_size=256, block_size=32, dropout=0.0)),
+])
+def test_lora_from_any_export(arch, model, tmp_path):
+    "`train.init_from` takes any architecture's export; the run's merged export computes what the adapted model does."
+    from bytropix.models.base import build_model
+    torch.manual_seed(0)
+    build_model(arch, model).save_pretrained(tmp_path/'base')
+    run = load_config(None, {'out_dir': str(tmp_path/'ft'), 'train.init_from': str(tmp_path/'base'), 'train.steps': 2,
+                             'train.batch_size': 2, 'train.block_size': 32, 'train.eval_batches': 1, 'train.sample_interval': 0,
+                             'train.tensorboard': False, 'data.max_train_tokens': 20000, 'data.max_val_tokens': 2000,
+                             'train.peft': {'r': 2, 'trunk': 'nf4'}})
+    t = Trainer(run, log=None, progress=False)
+    t.fit()
+    assert t.model.arch == arch and load_config(tmp_path/'ft'/'config.yaml').arch == arch
+    x = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    adapted, _, _ = load_trained(tmp_path/'ft', 'latest', device='cpu')
+    torch.testing.assert_close(BytropixModel.from_pretrained(tmp_path/'ft'/'export')(x).logits, adapted(x).logits, atol=1e-4, rtol=0)
