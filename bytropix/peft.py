@@ -266,7 +266,7 @@ def merge_adapters(model: nn.Module) -> BytropixModel:
     plain.load_state_dict({k: v.to(plain.state_dict()[k].dtype) for k, v in sd.items()})
     return plain.train(model.training)
 
-# %% ../nbs/46_peft.ipynb #837bc499
+# %% ../nbs/46_peft.ipynb #1f5fee0b
 class PromptTuning(nn.Module):
     "`n` learned virtual-token vectors that replace the embeddings of `n` placeholder tokens put before every input."
     def __init__(self, embedding: nn.Embedding, n: int):
@@ -316,7 +316,7 @@ def attach_prompt(model: nn.Module, n: int) -> PromptTuning:
     model.supports_incremental = False   # `step` bypasses forward: decode by recomputing the prompted sequence
     return model.prompt
 
-# %% ../nbs/46_peft.ipynb #1311b887
+# %% ../nbs/46_peft.ipynb #81693e6f
 def adapt_for_run(model: nn.Module, run: Any, log: Callable[[str], Any] | None = None) -> nn.Module:
     "Add the adapters of `run.train.peft` (when set) to a freshly built model: how a LoRA run's checkpoints are read back."
     cfg = getattr(getattr(run, 'train', None), 'peft', None)
@@ -345,7 +345,7 @@ def load_initial_model(path: str | os.PathLike, checkpoint: str = 'best') -> tup
     if is_adapted(model): model = merge_adapters(model)
     return model.float().train(), tok
 
-# %% ../nbs/46_peft.ipynb #ee9848c0
+# %% ../nbs/46_peft.ipynb #0acc585c
 @torch.no_grad()
 def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str = 'best') -> dict:
     "Merge the adapters of a LoRA run's checkpoint into a plain export at `out`; returns the largest logit difference found."
@@ -368,7 +368,7 @@ def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str 
     return {'adapted': sum(hasattr(m, 'lora_A') for m in model.modules()), 'max_logit_diff': diff,
             'out': str(dest), 'params': merged.num_parameters()}
 
-# %% ../nbs/46_peft.ipynb #9bf844a9
+# %% ../nbs/46_peft.ipynb #2de52042
 def cmd_merge(args, out) -> int:
     "`bytropix merge`: fold a LoRA run's adapters into its weights and write a plain export."
     r = merge_path(args.path, args.out, args.checkpoint)
