@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,11 @@ def main() -> None:
     if args.child: return finetune(args)
     s = sizes(args.quick, args)
     work = Path(tempfile.mkdtemp(prefix='bench-peft-'))
+    try: run_all(args, s, work)
+    finally: shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args, s: dict, work: Path) -> None:
     t0 = time.perf_counter()
     base = pretrain(s, work)
     text = write_new_text(work/'text')

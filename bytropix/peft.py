@@ -109,7 +109,7 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str: return f"r={self.r}, alpha={self.alpha:g}" + (', merged' if self.merged else '')
 
-# %% ../nbs/46_peft.ipynb #176736d4
+# %% ../nbs/46_peft.ipynb #791daa42
 def _plain_weight(self: LoRALinear) -> nn.Parameter:
     w = self.base.weight
     if type(self.base) is not nn.Linear or P.is_parametrized(self.base) or not w.is_floating_point():
@@ -132,7 +132,7 @@ def unmerge(self: LoRALinear) -> LoRALinear:
     if self.merged: _plain_weight(self).sub_(self.delta().to(self.base.weight.dtype)); self.merged = False
     return self
 
-# %% ../nbs/46_peft.ipynb #c487d516
+# %% ../nbs/46_peft.ipynb #1086ec9a
 class LoRADelta(nn.Module):
     "A parametrization adding a trainable rank-`r` update to a raw weight W (..., m, n): W + (α/r)·B·A, B = 0 at first."
     def __init__(self, shape: tuple, r: int = 8, alpha: float = 16.0, device=None):
@@ -161,7 +161,7 @@ class Bf16Storage(nn.Module):
         plist = module.parametrizations[name]
         plist.original = nn.Parameter(plist.original.detach().to(torch.bfloat16), requires_grad=False)
 
-# %% ../nbs/46_peft.ipynb #c3de37f9
+# %% ../nbs/46_peft.ipynb #dd7a891a
 def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, child = path.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -175,7 +175,7 @@ def store_trunk(model: nn.Module, target, fmt: str) -> None:
     elif target.kind == 'linear': _set_module(model, target.module, QuantizedLinear.from_linear(mod, fmt))
     else: quantize_parameter_(mod, target.name, fmt)
 
-# %% ../nbs/46_peft.ipynb #b6f926e7
+# %% ../nbs/46_peft.ipynb #6421bbcb
 @dataclass
 class PeftReport:
     "What `apply_peft` did: the adapted weights, the frozen weights stored in the trunk format, the trainable share."
@@ -185,15 +185,16 @@ class PeftReport:
     stored: list[str]
     kept: dict[str, str]
     trainable: int
-    total: int
+    total: int          # the model's parameters before adaptation
 
     def __str__(self) -> str:
-        s = (f"{self.method}: adapters on {len(self.adapted)} weight matrices; trainable {self.trainable:,} of {self.total:,} "
-             f"parameters ({self.trainable / max(self.total, 1):.2%})")
+        what = 'learned virtual tokens' if self.method == 'prompt' else f"adapters on {len(self.adapted)} weight matrices"
+        s = (f"{self.method}: {what}; trainable {self.trainable:,} parameters ({self.trainable / max(self.total, 1):.2%} of "
+             f"the model's {self.total:,})")
         if self.trunk != 'fp32': s += f"; {len(self.stored)} frozen matrices stored in {self.trunk}"
-        return s + (f"; kept in float32: {len(self.kept)}" if self.kept else '')
+        return s + (f"; kept in float32: {len(self.kept)}" if self.kept and self.trunk != 'fp32' else '')
 
-# %% ../nbs/46_peft.ipynb #3e484a30
+# %% ../nbs/46_peft.ipynb #dff89810
 def _check_patterns(patterns: list[str], names: list[str], field: str) -> None:
     for p in patterns:
         if not any(name_matches(n, [p]) for n in names):
@@ -206,6 +207,7 @@ def apply_peft(model: nn.Module, cfg: PeftConfig | dict) -> PeftReport:
     cfg = cfg if isinstance(cfg, PeftConfig) else PeftConfig.from_dict(cfg, _path='train.peft')
     if is_adapted(model): raise ConfigError("This model already has adapters; merge them (merge_adapters) before adding new ones.")
     fmt = cfg.trunk_format
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())   # before the trunk becomes buffers
     targets, kept = quantization_targets(model)          # every matrix the model multiplies by; tied ones are kept
     _check_patterns(cfg.target, [n for t in targets for n in (t.module, t.key) if n], 'target')
     pnames = [n for n, _ in model.named_parameters()]
@@ -230,10 +232,9 @@ def apply_peft(model: nn.Module, cfg: PeftConfig | dict) -> PeftReport:
     for n, p in model.named_parameters():
         if n in train_full or '.lora_' in f".{n}" or n == 'prompt.embeddings': p.requires_grad_(True)
     model.peft = cfg.to_dict()
-    uniq = {id(p): p for p in model.parameters()}.values()
     adapted = ['prompt.embeddings'] if cfg.method == 'prompt' else [t.key for t in adapt if t.key not in train_full]
-    return PeftReport(cfg.method, fmt, adapted, stored, kept,
-                      sum(p.numel() for p in uniq if p.requires_grad), sum(p.numel() for p in uniq))
+    trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+    return PeftReport(cfg.method, fmt, adapted, stored, kept, trainable, total)
 
 def _unsupported(fmt: str, shape: tuple) -> str | None:
     from bytropix.layers.quantized import get_format
@@ -243,7 +244,7 @@ def is_adapted(model: nn.Module) -> bool:
     "Does `model` carry adapters added by `apply_peft`?"
     return getattr(model, 'peft', None) is not None
 
-# %% ../nbs/46_peft.ipynb #035c74ed
+# %% ../nbs/46_peft.ipynb #8a66e51e
 def _effective(model: nn.Module, key: str) -> Tensor:
     "The tensor the adapted `model` computes with where the plain model has parameter `key`."
     path, _, name = key.rpartition('.')
@@ -266,7 +267,7 @@ def merge_adapters(model: nn.Module) -> BytropixModel:
     plain.load_state_dict({k: v.to(plain.state_dict()[k].dtype) for k, v in sd.items()})
     return plain.train(model.training)
 
-# %% ../nbs/46_peft.ipynb #1f5fee0b
+# %% ../nbs/46_peft.ipynb #02235c34
 class PromptTuning(nn.Module):
     "`n` learned virtual-token vectors that replace the embeddings of `n` placeholder tokens put before every input."
     def __init__(self, embedding: nn.Embedding, n: int):
@@ -316,7 +317,7 @@ def attach_prompt(model: nn.Module, n: int) -> PromptTuning:
     model.supports_incremental = False   # `step` bypasses forward: decode by recomputing the prompted sequence
     return model.prompt
 
-# %% ../nbs/46_peft.ipynb #81693e6f
+# %% ../nbs/46_peft.ipynb #9f85866a
 def adapt_for_run(model: nn.Module, run: Any, log: Callable[[str], Any] | None = None) -> nn.Module:
     "Add the adapters of `run.train.peft` (when set) to a freshly built model: how a LoRA run's checkpoints are read back."
     cfg = getattr(getattr(run, 'train', None), 'peft', None)
@@ -345,7 +346,7 @@ def load_initial_model(path: str | os.PathLike, checkpoint: str = 'best') -> tup
     if is_adapted(model): model = merge_adapters(model)
     return model.float().train(), tok
 
-# %% ../nbs/46_peft.ipynb #0acc585c
+# %% ../nbs/46_peft.ipynb #8c33f3da
 @torch.no_grad()
 def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str = 'best') -> dict:
     "Merge the adapters of a LoRA run's checkpoint into a plain export at `out`; returns the largest logit difference found."
@@ -368,7 +369,7 @@ def merge_path(path: str | os.PathLike, out: str | os.PathLike, checkpoint: str 
     return {'adapted': sum(hasattr(m, 'lora_A') for m in model.modules()), 'max_logit_diff': diff,
             'out': str(dest), 'params': merged.num_parameters()}
 
-# %% ../nbs/46_peft.ipynb #2de52042
+# %% ../nbs/46_peft.ipynb #403b1924
 def cmd_merge(args, out) -> int:
     "`bytropix merge`: fold a LoRA run's adapters into its weights and write a plain export."
     r = merge_path(args.path, args.out, args.checkpoint)
