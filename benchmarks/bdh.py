@@ -123,7 +123,10 @@ def main(argv=None):
     ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     ap.add_argument('--mode', choices=['naive', 'chunked'], help=argparse.SUPPRESS)
     ap.add_argument('--train', action='store_true', help=argparse.SUPPRESS)
+    ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.quick:   # explicit flags still win over the quick sizes
+        ap.set_defaults(**dict(contexts=[16, 64], rec_tokens=4, recompute_tokens=[2], mem_len=128, train_mem_len=64, chunk=32, n_embd=32, mult=4)); a = ap.parse_args(argv)
     if a.worker: return _worker(a)
 
     torch.set_num_threads(a.threads)

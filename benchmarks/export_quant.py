@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
 from bytropix.config import load_config, prepare_task
-from bytropix.data.tokenizers import Tokenizer
 from bytropix.quantization import METHODS, cast_for_inference, import_torchao, quantize_model, save_quantized
-from bytropix.training.evaluation import evaluate, load_run_model
+from bytropix.training.evaluation import evaluate
+from bytropix.training.run import RunDir
 from bytropix.training.trainer import Trainer
 
 TARGETS = {'int8': (0.5, 0.3), 'int8-dyn': (0.5, 0.3), 'int4': (3.0, 0.2)}   # method: (max bpb increase %, max size ratio)
@@ -77,8 +77,8 @@ def file_bytes(model, method, tmp: Path) -> int:
 
 
 def bench_model(name: str, run_dir: Path, a, tmp: Path, log) -> list[dict]:
-    run, base, _ = load_run_model(run_dir, 'latest', device='cpu')
-    tok = Tokenizer.load(run_dir / 'tokenizer.json')
+    run, base, _ = RunDir(run_dir).load_model('latest', device='cpu')
+    tok = RunDir(run_dir).load_tokenizer()
     data = prepare_task(run, tok)
     vocab = base.config.vocab_size
     bpb = lambda m: evaluate(m, data.val_batches, data.bytes_per_token, max_batches=a.eval_batches)['bpb']

@@ -45,7 +45,10 @@ def main(argv=None):
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--target', type=float, default=5.0)
+    ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.quick:   # explicit flags still win over the quick sizes
+        ap.set_defaults(**dict(prompt_len=24, new_tokens=8, n_layer=2, n_embd=32, n_head=2, block_size=64, repeats=1, target=0.0)); a = ap.parse_args(argv)
     if a.prompt_len + a.new_tokens > a.block_size:
         ap.error(f'prompt-len + new-tokens = {a.prompt_len + a.new_tokens} exceeds block-size {a.block_size}')
 

@@ -228,7 +228,10 @@ def main(argv=None) -> dict:
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--png', default='hyperbolic_vs_euclidean.png', help='Poincaré-disk picture of the 2-D embeddings')
     ap.add_argument('--json', help='also write the results here')
+    ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.quick:   # explicit flags still win over the quick sizes
+        ap.set_defaults(**dict(branching=2, depth=3, dims=[2], steps=20, negatives=5, batch=64, pair_batch=64, png=None)); a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     names, edges = read_edges(a.edges) if a.edges else balanced_tree(a.branching, a.depth)

@@ -183,7 +183,10 @@ def main(argv=None):
     p.add_argument('--budget', type=float); p.add_argument('--batch', type=int); p.add_argument('--lr', type=float)
     p.add_argument('--wd', type=float); p.add_argument('--warmup', type=int); p.add_argument('--eval-batch', type=int)
     p.add_argument('--log-every', type=int); p.add_argument('--eval-every', type=int)
+    p.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     args = p.parse_args(argv)
+    if args.quick:   # explicit flags still win over the quick sizes
+        p.set_defaults(**dict(n_train=32, n_test=16, width=32, heads=2, segments=2, budget=2e3, batch=16, warmup=5, eval_batch=32, log_every=1000)); args = p.parse_args(argv)
 
     small = dict(box=3, difficulty='medium', min_guesses=0, min_givens=0, size=9, loops=0.0, min_path_len=0,
                  n_train=1000, n_test=500, augment=1, workers=1, width=64, heads=4, layers=2, multiple_of=16, N=2, T=2,

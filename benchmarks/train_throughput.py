@@ -169,7 +169,10 @@ def main(argv=None) -> dict:
                     help="re-run with glibc's malloc thresholds pinned (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): "
                          "freed activation memory is kept instead of being returned to the OS and faulted in again, "
                          "which takes the run-to-run page-fault differences out of the comparison (Linux/glibc)")
+    ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.quick:   # explicit flags still win over the quick sizes
+        ap.set_defaults(**dict(steps=3, repeats=1, warmup_run_steps=1, eval_batches=1)); a = ap.parse_args(argv)
     if a.pin_malloc and argv is None and not os.environ.get('MALLOC_TRIM_THRESHOLD_'):
         env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(2**32), 'MALLOC_TRIM_THRESHOLD_': str(2**34)}
         sys.stdout.flush()

@@ -196,7 +196,10 @@ def main(argv=None) -> dict:
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out-dir', default='.', help='where the PNGs (and results.json) go')
+    ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.quick:   # explicit flags still win over the quick sizes
+        ap.set_defaults(**dict(steps=4, batch_size=2, block_size=32, warmup=1, eval_interval=2, val_batches=1, n_layer=1, n_embd=32, level_dims=[16, 8], stability_steps=2, stability_layers=1, stability_level_dims=[16, 8])); a = ap.parse_args(argv)
     os.makedirs(a.out_dir, exist_ok=True)
     common = dict(steps=a.steps, batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, warmup=a.warmup,
                   eval_interval=a.eval_interval, val_batches=a.val_batches, device=a.device, threads=a.threads,

@@ -25,7 +25,8 @@ from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointErr
 
 # %% auto #0
 __all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',
-           'cmd_train', 'cmd_eval', 'cmd_generate', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
+           'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval', 'cmd_generate', 'cmd_solve',
+           'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
 
 # %% ../nbs/55_cli.ipynb #4dc049b5
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -228,11 +229,24 @@ def _add_train(sub) -> None:
 
 _BUILTINS['train'] = _add_train
 
+# %% ../nbs/55_cli.ipynb #f09f2e41
+def add_inference_flags(p: argparse.ArgumentParser) -> None:
+    "`--dtype` and `--quant` for commands that run a trained model (see `bytropix.quantization.prepare_for_inference`)."
+    from bytropix.quantization import INFERENCE_DTYPES, METHODS
+    p.add_argument('--dtype', choices=INFERENCE_DTYPES, default='fp32', help="compute dtype of the weights (default fp32)")
+    p.add_argument('--quant', choices=sorted(METHODS), default=None, help="quantize the weights with this method first")
+
+def prepare_inference_model(model: Any, args: argparse.Namespace) -> Any:
+    "Apply `--quant`/`--dtype` to a loaded model (unchanged at the defaults)."
+    if args.quant is None and args.dtype == 'fp32': return model
+    from bytropix.quantization import prepare_for_inference
+    return prepare_for_inference(model, args.dtype, args.quant)
+
 # %% ../nbs/55_cli.ipynb #da580b79
 def cmd_eval(args, out: TextIO) -> int:
     "Evaluate a run's checkpoint on its validation data."
     from bytropix.training.evaluation import evaluate_run, format_metric
-    r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device)
+    r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device, dtype=args.dtype, quant=args.quant)
     if args.json:   # non-finite numbers as strings ('inf'): strict JSON, as in metrics.jsonl
         _emit(out, json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in r.items()}, indent=2))
         return 0
@@ -246,6 +260,7 @@ def _add_eval(sub) -> None:
     e = sub.add_parser('eval', help="evaluate a trained run", description="Validation loss, perplexity and bits per byte "
                        "(puzzle runs: exact and token accuracy) of a run's checkpoint.")
     e.add_argument('run', help="run directory (out_dir of bytropix train)")
+    add_inference_flags(e)
     e.add_argument('--checkpoint', default='best', help="best (default), latest, a step number or a checkpoint path")
     e.add_argument('--max-batches', type=_number(int, 1), default=None, help="evaluate at most this many batches (default: all)")
     e.add_argument('--device', default='auto')
@@ -263,6 +278,7 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
     if is_puzzle_model(model):
         raise ConfigError(f"{args.path} holds a `{model.arch}` puzzle solver, which does not generate text; "
                           f"use `bytropix solve {args.path}`.")
+    model = prepare_inference_model(model, args)
     if args.seed is not None: torch.manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop))
@@ -307,6 +323,7 @@ def _add_generate(sub) -> None:
     g = sub.add_parser('generate', help="generate text from a trained model",
                        description="Continue a prompt with a trained language model (a run directory or an export).")
     g.add_argument('path', help="run directory or exported model directory")
+    add_inference_flags(g)
     g.add_argument('--prompt', default=None, help="text to continue")
     g.add_argument('--max-new-tokens', type=_number(int, 1), default=200)
     g.add_argument('--temperature', type=_number(float, 0), default=0.8, help="0 is greedy")

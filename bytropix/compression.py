@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 from .core import COMMANDS, TASKS, CheckpointError, ConfigBase, ConfigError, DataError
-from .models.base import IGNORE_INDEX, WEIGHTS_FILE, BytropixModel
+from .models.base import IGNORE_INDEX, TOKENIZER_FILE, WEIGHTS_FILE, BytropixModel
 from .quantization import _get, _install, _load_source, _val_metrics, quantization_targets
 
 # %% auto #0
@@ -273,7 +273,7 @@ def prepare_distill(run, tokenizer=None):
     if s_tok != t_tok:
         raise DataError(f"task_options.teacher: the teacher's tokenizer ({t_tok.kind}, {t_tok.vocab_size} ids) differs from the "
                         f"student's ({s_tok.kind}, {s_tok.vocab_size} ids); set tokenizer.path to the teacher's tokenizer.json "
-                        f"({Path(o.teacher)/'tokenizer.json'}) so both predict the same vocabulary.")
+                        f"({Path(o.teacher)/TOKENIZER_FILE}) so both predict the same vocabulary.")
     data.teacher, data.teacher_attached = teacher, False
     data.train = _NeedsTeacher(data.train, data)
     data.description = f"{data.description}; distilled from {o.teacher} (τ={o.temperature}, α={o.alpha})"

@@ -50,6 +50,7 @@ class TrainConfig(ConfigBase):
     precision: Literal['fp32', 'bf16', 'fp16'] = 'fp32'  # autocast dtype; fp16 adds a GradScaler
     grad_checkpointing: bool = False   # recompute activations in the backward pass (less memory, ~30% slower)
     compile: bool = False              # torch.compile the model for training
+    qat: Optional[Literal['int8', 'int4']] = None  # quantization-aware training of the linear weights; the export is quantized
     seed: int = 1337
     device: str = 'auto'               # 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...
     num_threads: Optional[int] = None  # torch CPU threads; null: torch's default

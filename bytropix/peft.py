@@ -321,6 +321,9 @@ def attach_prompt(model: nn.Module, n: int) -> PromptTuning:
 def adapt_for_run(model: nn.Module, run: Any, log: Callable[[str], Any] | None = None) -> nn.Module:
     "Add the adapters of `run.train.peft` (when set) to a freshly built model: how a LoRA run's checkpoints are read back."
     cfg = getattr(getattr(run, 'train', None), 'peft', None)
+    if cfg is not None and getattr(run.train, 'qat', None):
+        raise ConfigError(f"`train.qat` ({run.train.qat}) and `train.peft` cannot be combined: QAT trains every weight through "
+                          "its rounding, PEFT freezes them. For a quantized fine-tune use train.peft.method: qlora.")
     if cfg is not None:
         room = model.config.block_size - (cfg.virtual_tokens if cfg.method == 'prompt' else 0)
         if run.train.block_size > room:
@@ -343,6 +346,10 @@ def load_initial_model(path: str | os.PathLike, checkpoint: str = 'best') -> tup
     from bytropix.training.run import load_trained
     try: model, tok, _ = load_trained(path, checkpoint, device='cpu')
     except CheckpointError as e: raise CheckpointError(f"`train.init_from`: {e}") from None
+    from bytropix.quantization import is_quantized
+    if is_quantized(model):
+        raise ConfigError(f"`train.init_from`: {path} is a quantized model; start from its float export or run (for a "
+                          "fine-tune over a 4-bit trunk use train.peft.method: qlora, which quantizes the trunk itself).")
     if is_adapted(model): model = merge_adapters(model)
     return model.float().train(), tok
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 from .core import (COMMANDS, CheckpointError, ConfigError, DataError, as_dtype, atomic_path, atomic_write_text,
                            did_you_mean)
 from .layers.quantized import QuantizedLinear, QuantizedWeight, get_format, quantize_parameter_, quantized_parameters
-from .models.base import (CARD_FILE, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, BytropixModel, _shared_aliases,
+from .models.base import (CARD_FILE, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, BytropixModel, _shared_aliases, file_sha256,
                                   get_model_class, model_card)
 
 # %% auto #0
@@ -259,11 +259,13 @@ def save_quantized(model: BytropixModel, directory: str | os.PathLike, tokenizer
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     tensors, header = _flatten_for_export(model)
     with atomic_path(d/WEIGHTS_FILE) as tmp: save_file(tensors, str(tmp), metadata={'arch': model.arch, **header})
-    if tokenizer is not None: tokenizer.save(d/TOKENIZER_FILE)
+    written = [WEIGHTS_FILE]
+    if tokenizer is not None: tokenizer.save(d/TOKENIZER_FILE); written.append(TOKENIZER_FILE)
     q = model.quantization
     info = {**(card or {}), 'quantization': f"{q['method']} ({len(q['weights'])} weight matrices; {METHODS[q['method']].description})"}
     atomic_write_text(d/CARD_FILE, model_card(model, info))
-    meta = {'arch': model.arch, 'config': model.config.to_dict(), 'bytropix_version': __version__, 'quantization': q}
+    files = {n: {'bytes': (d/n).stat().st_size, 'sha256': file_sha256(d/n)} for n in written}   # checked by from_pretrained
+    meta = {'arch': model.arch, 'config': model.config.to_dict(), 'bytropix_version': __version__, 'quantization': q, 'files': files}
     atomic_write_text(d/CONFIG_FILE, json.dumps(meta, indent=2) + '\n')   # last: its presence marks a complete export
     return d
 
@@ -420,17 +422,13 @@ def convert_qat(model: nn.Module) -> QuantizationReport:
 # %% ../nbs/60_quantization.ipynb #46b7f4bb
 def _load_source(path: str, checkpoint: str, allow_quantized: bool = False) -> tuple[BytropixModel, Any, Any]:
     "`(model, tokenizer, run)` of a run directory or an export (a quantized export only when `allow_quantized`)."
-    from bytropix.cli import load_model_and_tokenizer
+    from bytropix.training.run import RunDir, load_trained
     p = Path(path)
-    if (p/CONFIG_FILE).is_file() and not (p/'config.yaml').is_file():
+    if (p/CONFIG_FILE).is_file() and not (p/RunDir.CONFIG).is_file() and not allow_quantized:
         try: q = json.loads((p/CONFIG_FILE).read_text()).get('quantization')
-        except (OSError, json.JSONDecodeError, AttributeError): q = None
-        if q and not allow_quantized:
-            raise ConfigError(f"{p} is already quantized ({q.get('method', '?')}); use the original run or float export instead.")
-        if q:
-            from bytropix.data.tokenizers import Tokenizer, byte_tokenizer
-            return load_quantized(p), (Tokenizer.load(p/TOKENIZER_FILE) if (p/TOKENIZER_FILE).is_file() else byte_tokenizer()), None
-    return load_model_and_tokenizer(p, checkpoint, 'cpu')
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError): q = None
+        if q: raise ConfigError(f"{p} is already quantized ({q.get('method', '?')}); use the original run or float export instead.")
+    return load_trained(p, checkpoint, 'cpu')   # from_pretrained loads quantized exports too
 
 def _val_metrics(model: nn.Module, run: Any, tokenizer: Any, batches: int) -> dict:
     from bytropix.config import prepare_task

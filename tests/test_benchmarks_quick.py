@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 'PYTHONPATH': str(ROOT)}
 
 
-def run_quick(script: str) -> str:
-    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), '--quick'], capture_output=True, text=True,
+def run_quick(script: str, *args: str) -> str:
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), '--quick', *args], capture_output=True, text=True,
                        env=ENV, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
@@ -26,6 +26,49 @@ def test_export_quant_quick():
     out = run_quick('export_quant.py')
     for method in ('fp32', 'bf16', 'fp16', 'int8', 'int8-dyn', 'int4', 'nvfp4', 'mxfp4', 'nf4'): assert f"\n{method} " in out, out
     assert 'tok/s b16' in out and 'targets (int8' in out
+
+
+def test_generation_quick():
+    out = run_quick('generation.py')
+    assert 'KV cache  :' in out and 'recompute :' in out and 'speed-up (KV cache / recompute)' in out
+
+
+def test_bdh_quick():
+    out = run_quick('bdh.py')
+    assert '| context | recurrent (ms/token) | recompute (ms/token) |' in out
+    assert '| pass | T | naive (MiB) | chunked (MiB) |' in out and 'train step (fwd+bwd)' in out
+
+
+def test_reasoning_quick():
+    out = run_quick('reasoning.py')
+    assert '| model | params | optimizer steps |' in out
+    assert all(m in out for m in ('| HRM (', '| TRM (', '| Transformer ('))
+
+
+def test_hyperbolic_vs_euclidean_quick():
+    out = run_quick('hyperbolic_vs_euclidean.py')
+    assert '| 2 | Poincaré |' in out and '| 2 | Euclidean |' in out
+
+
+def test_train_throughput_quick():
+    out = run_quick('train_throughput.py')
+    assert 'bpb difference (trainer - plain) / plain' in out
+
+
+def test_wubu_vs_gpt_quick(tmp_path):
+    out = run_quick('wubu_vs_gpt.py', '--out-dir', str(tmp_path))
+    assert '| model | parameters | validation bpb' in out and 'WuBu / GPT: bpb' in out
+    assert {'wubu_vs_gpt.png', 'wubu_levels.png', 'wubu_vs_gpt.json'} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_geometry_quick():
+    out = run_quick('geometry.py', '--no-compile')
+    assert 'mobius_add' in out and 'expmap0' in out
+
+
+def test_kernels_quick():
+    out = run_quick('kernels.py')   # TRITON_INTERPRET=1 (set by tools/test.sh) runs the Triton kernels on the CPU
+    assert '--quick: interpreter smoke test' in out
 
 
 def test_peft_quick():

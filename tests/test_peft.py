@@ -111,3 +111,14 @@ def test_lora_from_any_export(arch, model, tmp_path):
     x = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
     adapted, _, _ = load_trained(tmp_path/'ft', 'latest', device='cpu')
     torch.testing.assert_close(BytropixModel.from_pretrained(tmp_path/'ft'/'export')(x).logits, adapted(x).logits, atol=1e-4, rtol=0)
+
+
+def test_init_from_a_quantized_export_and_qat_with_peft_are_refused(base_export, tmp_path, capsys):
+    rc, text = run('quantize', base_export, '--method', 'int8', '--out', tmp_path/'q', capsys=capsys)
+    assert rc == 0, text
+    rc, text = run('train', *TINY_LM, '--out_dir', tmp_path/'a', '--train.init_from', tmp_path/'q', '--train.peft.r', '4',
+                   capsys=capsys)
+    assert rc == 2 and 'is a quantized model; start from its float export' in text, text
+    rc, text = run('train', *TINY_LM, '--out_dir', tmp_path/'b', '--train.init_from', base_export, '--train.peft.r', '4',
+                   '--train.qat', 'int8', capsys=capsys)
+    assert rc == 2 and '`train.qat` (int8) and `train.peft` cannot be combined' in text, text

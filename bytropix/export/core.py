@@ -137,9 +137,9 @@ def format_table() -> str:
 # %% ../../nbs/56_export.ipynb #e56t0014
 def load_export_source(source: str | os.PathLike, checkpoint: str = 'best') -> tuple[Any, Any]:
     "`(model, tokenizer)` of a run or `save_pretrained` directory, on the CPU; the tokenizer is None when there is none."
-    from bytropix.cli import load_model_and_tokenizer
     from bytropix.models.base import TOKENIZER_FILE
-    model, tok, _ = load_model_and_tokenizer(source, checkpoint, device='cpu')
+    from bytropix.training.run import load_trained
+    model, tok, _ = load_trained(source, checkpoint, device='cpu')
     if not (Path(source)/TOKENIZER_FILE).is_file() and getattr(model.config, 'vocab_size', None) != tok.vocab_size:
         tok = None  # the byte-level fallback does not describe this model's ids
     return model, tok

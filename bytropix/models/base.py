@@ -210,6 +210,9 @@ def verify_export(directory: str | os.PathLike, meta: dict, checksums: bool = Tr
 @patch
 def save_pretrained(self: BytropixModel, directory: str | os.PathLike, tokenizer: Any = None, card: dict | None = None) -> Path:
     "Write `model.safetensors`, `tokenizer.json` (if given), a model card `README.md`, then `config.json` with their checksums."
+    if getattr(self, 'quantization', None):   # a quantized model writes its codes and their manifest instead
+        from bytropix.quantization import save_quantized
+        return save_quantized(self, directory, tokenizer, card)
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     from bytropix import __version__
     save_weights(self, d/WEIGHTS_FILE, metadata={'arch': self.arch})
@@ -239,6 +242,9 @@ def from_pretrained(cls: BytropixModel, directory: str | os.PathLike, map_locati
     model_cls = get_model_class(meta['arch'])
     if cls is not BytropixModel and not issubclass(model_cls, cls):
         raise CheckpointError(f"{d} holds a `{meta['arch']}` model, not a {cls.__name__}; load it with BytropixModel.from_pretrained.")
+    if 'quantization' in meta:   # written by save_quantized: rebuild the quantized modules, load their codes
+        from bytropix.quantization import load_quantized
+        return load_quantized(d, meta, map_location)
     model = model_cls(model_cls.config_class.from_dict(meta['config'], _path='model'))
     load_weights(model, d/WEIGHTS_FILE, device=map_location)
     return model.to(map_location).eval()

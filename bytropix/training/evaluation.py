@@ -84,12 +84,16 @@ def format_metric(v: float, decimals: int = 4) -> str:
 
 # %% ../../nbs/43_evaluation.ipynb #7331d7b1
 def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', max_batches: int | None = None,
-                 device: str = 'auto', precision: str | None = None) -> dict:
-    "Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`."
+                 device: str = 'auto', precision: str | None = None, dtype: str = 'fp32', quant: str | None = None) -> dict:
+    """Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`;
+    `dtype`/`quant`: evaluate the model cast and quantized as for inference (`prepare_for_inference`)."""
     from bytropix.config import prepare_task
     from bytropix.training.run import RunDir
     rd = RunDir(run_dir)
     run, model, info = rd.load_model(checkpoint, device)
+    if quant is not None or dtype != 'fp32':
+        from bytropix.quantization import prepare_for_inference
+        prepare_for_inference(model, dtype, quant)
     data = prepare_task(run, rd.load_tokenizer())
     out = evaluate(model, data.val_batches, bytes_per_token=getattr(data, 'bytes_per_token', None),
                    max_batches=max_batches, precision=precision or run.train.precision)

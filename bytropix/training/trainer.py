@@ -163,7 +163,7 @@ class Progress:
         if self.enabled: sys.stderr.write('\r\033[K'); sys.stderr.flush()
 
 # %% ../../nbs/44_trainer.ipynb #d3ecb6b3
-_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.peft')
+_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.qat', 'train.peft')
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
@@ -302,6 +302,8 @@ def _setup(self: Trainer) -> None:
     if self.data is None: self.data = prepare_task(run, self.tokenizer)
     self.resolved = self._build_model()
     adapt_for_run(self.model, run, self.log)   # train.peft: freeze the trunk, add the adapters
+    setup_model = getattr(get_task(run.task), 'setup_model', None)
+    if setup_model is not None: setup_model(self.model, self.data, run)   # e.g. `distill` attaches its frozen teacher
     self._setup_training(ckpt)
 
 @patch
@@ -314,6 +316,9 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
         if not hasattr(model, 'gradient_checkpointing'):
             raise ConfigError(f"`train.grad_checkpointing`: {type(model).__name__} does not support gradient checkpointing; set it to false.")
         model.gradient_checkpointing = True
+    if tc.qat:   # before the optimizer and the checkpoint: a resumed run rebuilds the same fake-quantized modules
+        from bytropix.quantization import prepare_qat
+        prepare_qat(model, tc.qat)
     self.optimizer = build_optimizer(model, tc, self.device)
     self.scheduler = LRScheduler(self.optimizer, tc)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
@@ -633,6 +638,9 @@ def _finish(self: Trainer, elapsed: float) -> dict:
     card = {'name': self.run.run_name, 'task': self.run.task, 'data': getattr(self.data, 'description', '') or f"task `{self.run.task}`",
             'steps': self.step, 'tokens seen': f"{self.tokens_seen:,}", 'tokenizer': getattr(self.tokenizer, 'kind', None) or 'none',
             'metrics': {k: v for k, v in ev.items() if isinstance(v, float)}}
+    if self.tc.qat:   # the trained fake-quantized weights become the quantized model the export holds
+        from bytropix.quantization import convert_qat
+        convert_qat(self.model)
     export = export_form(self.model, self.log) if hasattr(self.model, 'save_pretrained') else None   # adapters merged
     if export is not None: self.rundir.write_export(export, self.tokenizer, card)
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
