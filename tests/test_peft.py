@@ -122,3 +122,9 @@ def test_init_from_a_quantized_export_and_qat_with_peft_are_refused(base_export,
     rc, text = run('train', *TINY_LM, '--out_dir', tmp_path/'b', '--train.init_from', base_export, '--train.peft.r', '4',
                    '--train.qat', 'int8', capsys=capsys)
     assert rc == 2 and '`train.qat` (int8) and `train.peft` cannot be combined' in text, text
+
+
+def test_merge_has_help(capsys):
+    with pytest.raises(SystemExit) as e: main(['merge', '--help'])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and text.startswith('usage: bytropix merge') and 'train.peft' in text
