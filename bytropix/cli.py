@@ -281,7 +281,7 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
     model = prepare_inference_model(model, args)
     if args.seed is not None: torch.manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-              repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop))
+              repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop), **_decoding_options(args, tok))
     if args.chat: return _chat(model, tok, args, kw, out, inp)
     if args.prompt is None: raise ConfigError("generate needs --prompt TEXT (or --chat for an interactive session).")
     prompt = unescape(args.prompt, '--prompt') if args.escapes else args.prompt
@@ -291,7 +291,23 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
             for piece in stream_text(model, tok, prompt, args.max_new_tokens, **kw): out.write(piece); out.flush()
             out.write('\n'); out.flush()
         else: _emit(out, _complete(model, tok, prompt, args.max_new_tokens, **kw))
+    if 'draft_stats' in kw: print(f"bytropix generate: speculative decoding: {kw['draft_stats']}", file=sys.stderr)
     return 0
+
+def _decoding_options(args, tok) -> dict:
+    "Beam-search and speculative-decoding options of `generate` from the parsed flags (the draft loaded and checked)."
+    kw = {k: getattr(args, k) for k in ('num_beams', 'num_beam_groups', 'length_penalty', 'diversity_penalty',
+                                        'early_stopping') if getattr(args, k) != _GENERATE_DEFAULTS[k]}
+    if args.draft is not None:
+        from bytropix.decoding import SpeculativeStats
+        from bytropix.training.run import load_trained
+        draft, dtok, _ = load_trained(args.draft, 'best', args.device)
+        if dtok != tok:
+            raise ConfigError(f"The draft {args.draft} uses another tokenizer than {args.path} ({dtok!r} vs {tok!r}); "
+                              "speculative decoding needs a draft trained with the same tokenizer.")
+        draft = prepare_inference_model(draft, args) if not is_puzzle_model(draft) else draft  # same --dtype/--quant
+        kw.update(draft=draft, num_draft_tokens=args.num_draft_tokens, draft_stats=SpeculativeStats())
+    return kw
 
 # %% ../nbs/55_cli.ipynb #a647644e
 def _chat(model, tok, args, kw, out: TextIO, inp: TextIO) -> int:
@@ -338,11 +354,19 @@ def _add_generate(sub) -> None:
     g.add_argument('--chat', action='store_true', help="interactive session on stdin")
     g.add_argument('--user-prefix', default='User: ')
     g.add_argument('--assistant-prefix', default='Assistant: ')
+    g.add_argument('--num-beams', type=_number(int, 1), default=1, help="beam search with N beams (deterministic)")
+    g.add_argument('--length-penalty', type=float, default=1.0, help="beam score = log p / length^α (0: plain log p)")
+    g.add_argument('--early-stopping', action='store_true', help="end beam search once N hypotheses are finished")
+    g.add_argument('--num-beam-groups', type=_number(int, 1), default=1, help="diverse beam search: groups of beams")
+    g.add_argument('--diversity-penalty', type=_number(float, 0), default=0.0, help="penalty between beam groups")
+    g.add_argument('--draft', default=None, metavar='RUN_OR_EXPORT', help="speculative decoding with this draft model")
+    g.add_argument('--num-draft-tokens', type=_number(int, 1), default=4, help="tokens the draft proposes per round")
     g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
     g.add_argument('--device', default='auto')
     g.set_defaults(func=cmd_generate)
 
 _BUILTINS['generate'] = _add_generate
+_GENERATE_DEFAULTS = dict(num_beams=1, num_beam_groups=1, length_penalty=1.0, diversity_penalty=0.0, early_stopping=False)
 
 # %% ../nbs/55_cli.ipynb #f514d17f
 def cmd_solve(args, out: TextIO) -> int:

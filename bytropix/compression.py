@@ -153,13 +153,12 @@ def prune_path(path: str | os.PathLike, sparsity: float | None, out: str | os.Pa
 # %% ../nbs/61_compression.ipynb #7e68c67f
 def cmd_prune(args, out) -> int:
     "`bytropix prune`: magnitude-prune a run or export (optionally fine-tune) into an export."
+    from bytropix.training.evaluation import format_change
     r = prune_path(args.path, args.sparsity, args.out, args.pattern, args.scope, args.finetune_steps, args.lr, args.checkpoint,
                    None if args.no_eval else args.eval_batches, log=lambda s: out.write(s + '\n'))
     lines = [f"pruned {r['pruned']} weight matrices ({r['pattern']}, {r['scope']}) to {r['sparsity']:.1%} sparsity"]
-    key = 'bpb' if 'dense/bpb' in r else 'loss'
-    if f'dense/{key}' in r:
-        a, b = r[f'dense/{key}'], r[f'pruned/{key}']
-        lines.append(f"validation {key} ({r['dense/batches']} batches): dense {a:.4f} → pruned {b:.4f} ({(b - a) / a * 100:+.2f}%)")
+    change = format_change(r, 'dense', 'pruned', ('dense', 'pruned'))
+    if change: lines.append(change)
     lines.append(f"export: {args.out}")
     out.write('\n'.join(lines) + '\n')
     return 0

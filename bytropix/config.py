@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 
 from .core import TASKS, ConfigBase, ConfigError, apply_overrides, atomic_write_text
-from .data.datasets import DataConfig
+from .data.datasets import DataConfig, absolute_source
 from .data.tokenizers import TokenizerConfig
 from .models.base import ModelConfig, get_config_class
 from .peft import PeftConfig
@@ -66,6 +66,9 @@ class TrainConfig(ConfigBase):
     sample_top_k: Optional[int] = 50
     max_nonfinite: int = 10            # abort after this many consecutive steps with non-finite loss/gradients
     tensorboard: bool = True           # write TensorBoard event files to RUN/tb
+    label_smoothing: float = 0.0       # ε of label-smoothed cross-entropy on training forwards (validation stays plain)
+    monitor_interval: int = 0          # every N steps: per-layer gradient norms and update/weight ratios (TensorBoard); 0: off
+    wandb: Optional[str] = None        # a Weights & Biases project to log to (needs `wandb`); null: off
     init_from: Optional[str] = None    # fine-tune: start from this export's (or run directory's) weights, architecture and tokenizer
     peft: Optional[PeftConfig] = None  # LoRA/QLoRA adapters over a frozen trunk (see the PEFT chapter); null: train every weight
 
@@ -88,6 +91,11 @@ class TrainConfig(ConfigBase):
         c(self.num_threads is None or 1 <= self.num_threads <= 4096, 'num_threads',
           f"must be between 1 and 4096, or null (torch's default), got {self.num_threads}.")
         c(self.sample_temperature >= 0, 'sample_temperature', f"must be ≥ 0 (0: greedy), got {self.sample_temperature}.")
+        c(0 <= self.label_smoothing < 1, 'label_smoothing', f"must be in [0, 1) (0: off; 0.1 is usual), got {self.label_smoothing}.")
+        c(self.monitor_interval >= 0, 'monitor_interval', f"must be ≥ 0 (0: off), got {self.monitor_interval}.")
+        c(self.wandb is None or bool(self.wandb.strip()), 'wandb', "is empty; give a W&B project name or null (off).")
+        c(not self.monitor_interval or self.tensorboard or self.wandb, 'monitor_interval',
+          "per-layer statistics go to TensorBoard or W&B: set train.tensorboard: true or train.wandb, or 0 (off).")
         c(self.sample_top_k is None or self.sample_top_k >= 1, 'sample_top_k', f"must be at least 1 or null, got {self.sample_top_k}.")
         if self.device != 'auto':
             try: torch.device(self.device)
@@ -141,11 +149,15 @@ class RunConfig(ConfigBase):
         # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:
         # paths are read relative to the working directory once, here, and kept absolute.
         fix = lambda v: os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) and v.strip() else v
-        if self.data.source != 'default': self.data.source = fix(self.data.source)
+        self.data.source = absolute_source(self.data.source)
+        for m in self.data.mixture:
+            if isinstance(m, dict) and isinstance(m.get('source'), str): m['source'] = absolute_source(m['source'])
         self.data.cache_dir, self.tokenizer.path = fix(self.data.cache_dir), fix(self.tokenizer.path)
         self.train.init_from = fix(self.train.init_from)
-        if isinstance(self.task_options, dict) and 'cache_dir' in self.task_options:
-            self.task_options['cache_dir'] = fix(self.task_options['cache_dir'])
+        try: keys = ('cache_dir', *getattr(getattr(get_task(self.task), 'options_class', None), 'path_fields', ()))
+        except ConfigError: keys = ('cache_dir',)   # an unknown task: validate() says so
+        for k in keys:   # the task's options that are paths (an options class lists them in `path_fields`)
+            if isinstance(self.task_options, dict) and k in self.task_options: self.task_options[k] = fix(self.task_options[k])
 
     @property
     def model_config(self) -> ModelConfig:

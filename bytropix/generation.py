@@ -16,8 +16,8 @@ import torch
 from .core import ConfigError, DataError, NonFiniteError
 
 # %% auto #0
-__all__ = ['StopSpec', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'sample_logits', 'normalize_stop',
-           'StopMatcher', 'generate', 'generate_batch', 'stream', 'stream_text']
+__all__ = ['StopSpec', 'apply_repetition_penalty', 'top_k_filter', 'top_p_filter', 'token_probs', 'sample_logits',
+           'normalize_stop', 'StopMatcher', 'generate', 'generate_batch', 'stream', 'stream_text']
 
 # %% ../nbs/50_generation.ipynb #de7ca085
 def apply_repetition_penalty(logits: torch.Tensor, seq: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -50,11 +50,12 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, 
     if not repetition_penalty > 0:
         raise ConfigError(f"repetition_penalty must be positive (1.0 = off), got {repetition_penalty}.")
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    "One token per row of `logits` (B, V): argmax when `temperature == 0`, else a sample after top-k/top-p filtering. → (B,)"
+def token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    "The distribution tokens are drawn from (B, V), float32: one-hot on the argmax when `temperature == 0`."
     _check_sampling(temperature, top_k, top_p)
-    if temperature == 0: return logits.argmax(-1)
+    if temperature == 0:
+        return torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits.float() / temperature
     if top_k is not None: logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1: logits = top_p_filter(logits, top_p)
@@ -62,7 +63,15 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     if not torch.isfinite(probs).all():   # torch.multinomial would fail with an internal error
         raise NonFiniteError("The model produced non-finite logits (NaN or inf): its weights are damaged or diverged. "
                              "Use a checkpoint from before the divergence, or export the model again.")
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return probs
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    "One token per row of `logits` (B, V): argmax when `temperature == 0`, else a sample of `token_probs`. → (B,)"
+    _check_sampling(temperature, top_k, top_p)
+    if temperature == 0: return logits.argmax(-1)
+    return torch.multinomial(token_probs(logits, temperature, top_k, top_p), 1, generator=generator)[:, 0]
+
 
 # %% ../nbs/50_generation.ipynb #19399955
 StopSpec = int | Sequence[int] | Sequence[Sequence[int]] | None
@@ -129,29 +138,66 @@ def _model_device(model) -> torch.device:
     return p.device if p is not None else torch.device('cpu')
 
 class _Context:
-    "Next-token logits for a growing sequence, through the model's incremental state or by recomputation."
+    "Logits for a growing sequence, through the model's incremental state or by recomputation."
     def __init__(self, model: Any, use_cache: bool):
         self.model, self.block = model, int(model.config.block_size)
         self.cached = bool(use_cache and getattr(model, 'supports_incremental', False))
         self.limit = getattr(model, 'incremental_limit', self.block) if self.cached else 0
-        self.state, self.seen = None, 0
+        self.state, self.seen, self._snap = None, 0, None
 
     @torch.no_grad()
-    def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
+    def logits(self, seq: torch.Tensor, n: int = 1) -> torch.Tensor:
+        "Logits (B, n, V) predicting the tokens after each of the last `n` positions of `seq` (B, T)."
         T = seq.shape[1]
         if self.cached and (self.limit is None or T <= self.limit):
             if self.state is None: self.state = self.model.init_state(seq.shape[0], seq.device, _param_dtype(self.model))
+            self.rows = seq.shape[0]
+            if T - self.seen < n: raise RuntimeError(f"{n} logits asked but only {T - self.seen} new tokens given.")
             logits, self.state = self.model.step(seq[:, self.seen:], self.state)
             self.seen = T
-            return logits[:, -1]
-        self.cached, self.state = False, None  # past the limit: slide by recomputation (and free the cache)
-        return self.model(seq[:, -self.block:]).logits[:, -1]
+            return logits[:, -n:]
+        self.cached, self.state, self._snap = False, None, None  # past the limit: slide by recomputation (free the cache)
+        if T <= self.block: return self.model(seq).logits[:, -n:]
+        # each position sees its own last block_size tokens, exactly as when decoding one token at a time
+        return torch.stack([self.model(seq[:, max(0, e - self.block):e]).logits[:, -1] for e in range(T - n + 1, T + 1)], 1)
 
+    def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        "Logits (B, V) of the token after `seq`."
+        return self.logits(seq, 1)[:, -1]
+
+    def _uncache(self) -> None:
+        self.cached, self.state, self._snap = False, None, None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        "Row i of the state becomes row `index[i]` (beam search); a state that cannot do it falls back to recomputation."
+        if self.state is None: return
+        if hasattr(self.state, 'reorder'): self.state = self.state.reorder(index)
+        else: self._uncache()
+
+    def _truncatable(self) -> bool:
+        return hasattr(self.state, 'truncate') and not getattr(self.state, 'windowed', False)
+
+    def mark(self) -> None:
+        "Remember this point: a later `rewind` may return to any length ≥ the tokens consumed now."
+        self._snap = None
+        if self.state is None: self._snap = (None, 0)          # going back = prefilling again
+        elif not self._truncatable():                         # a recurrent or windowed state: keep a copy to return to
+            if hasattr(self.state, 'reorder'): self._snap = (self.state.reorder(torch.arange(self.rows)), self.seen)
+
+    def rewind(self, length: int) -> None:
+        "Forget consumed tokens at positions ≥ `length` (rejected draft tokens); they are recomputed when fed again."
+        if self.state is None or self.seen <= length: return
+        if self._truncatable(): self.state.truncate(length); self.seen = length
+        elif self._snap is not None: (self.state, self.seen), self._snap = self._snap, None  # replayed by the next call
+        else: self._uncache()
+
+# %% ../nbs/50_generation.ipynb #1f3bd64d
 def _steps(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float = 1.0, stop: StopSpec = None,
-           generator: torch.Generator | None = None, use_cache: bool = True,
-           keep_stop: bool = False) -> Iterator[list[list[int]]]:
-    "Decode; yield, per step, the tokens each row may emit now (stop sequences held back/trimmed); a final flush last."
+           generator: torch.Generator | None = None, use_cache: bool = True, keep_stop: bool = False,
+           **decoding) -> Iterator[dict[int, list[int]]]:
+    """Decode; yield, per step, {row: tokens it may emit now} (stop sequences held back/trimmed); a final flush last.
+    `decoding`: the beam-search and speculative-decoding options of `bytropix.decoding`."""
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
         raise DataError(f"ids must be a (batch, time) tensor of token ids, got {getattr(ids, 'shape', type(ids))}.")
     ids = ids.to(_model_device(model))
@@ -160,39 +206,62 @@ def _steps(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens}.")
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
-    matchers = [StopMatcher(normalize_stop(stop), keep_stop) for _ in range(ids.shape[0])]
+    stops = normalize_stop(stop)
+    matchers = [StopMatcher(stops, keep_stop) for _ in range(ids.shape[0])]
+    rounds = None
+    if decoding:   # the decoding chapter builds on this one: imported only when asked for
+        from bytropix.decoding import decoding_rounds
+        rounds = decoding_rounds(model, ids.long(), int(max_new_tokens), temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repetition_penalty=repetition_penalty, stops=stops, generator=generator,
+                                 use_cache=use_cache, finished=lambda b: matchers[b].done, **decoding)
     was_training = model.training
     model.eval()
     try:
-        ctx, seq = _Context(model, use_cache), ids.long()
-        for _ in range(int(max_new_tokens)):
-            logits = ctx.next_logits(seq).float()
-            logits = apply_repetition_penalty(logits, seq, repetition_penalty)
-            tok = sample_logits(logits, temperature, top_k, top_p, generator)
-            seq = torch.cat([seq, tok[:, None]], dim=1)
-            yield [m.push(t) for m, t in zip(matchers, tok.tolist())]
-            if all(m.done for m in matchers): return
-        yield [m.flush() for m in matchers]
+        if rounds is None: rounds = _sampling_rounds(model, ids.long(), int(max_new_tokens), temperature, top_k, top_p,
+                                                     repetition_penalty, generator, use_cache)
+        left = len(matchers)
+        for new in rounds:                        # {row: new tokens}: only the rows that advanced
+            out = {}
+            for b, toks in new.items():
+                m = matchers[b]
+                if m.done: continue
+                out[b] = [t for tok in toks for t in m.push(tok)]
+                left -= m.done
+            yield out
+            if not left: return
+        yield {b: m.flush() for b, m in enumerate(matchers)}
     finally:
         model.train(was_training)
+
+def _sampling_rounds(model, seq: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                     top_p: float | None, repetition_penalty: float, generator, use_cache: bool) -> Iterator[dict[int, list[int]]]:
+    "Ancestral sampling (greedy at temperature 0): one token per row per round."
+    ctx = _Context(model, use_cache)
+    for _ in range(max_new_tokens):
+        logits = apply_repetition_penalty(ctx.next_logits(seq).float(), seq, repetition_penalty)
+        tok = sample_logits(logits, temperature, top_k, top_p, generator)
+        seq = torch.cat([seq, tok[:, None]], dim=1)
+        yield {b: [t] for b, t in enumerate(tok.tolist())}
 
 # %% ../nbs/50_generation.ipynb #f0164e5d
 def _generate_lists(model, ids: torch.Tensor, max_new_tokens: int, **kw) -> list[list[int]]:
     rows = [r for r in ids.tolist()]
     for released in _steps(model, ids, max_new_tokens, **kw):
-        for r, toks in zip(rows, released): r.extend(toks)
+        for b, toks in released.items(): rows[b].extend(toks)
     return rows
 
 def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0, stop: StopSpec = None,
              generator: torch.Generator | None = None, use_cache: bool = True, keep_stop: bool = False,
-             pad_id: int = -1) -> torch.Tensor:
-    "Continue `ids` (B, T) by up to `max_new_tokens` tokens → (B, T + n); rows that hit a stop early are padded with `pad_id`."
+             pad_id: int = -1, **decoding) -> torch.Tensor:
+    """Continue `ids` (B, T) by up to `max_new_tokens` tokens → (B, T + n); rows that hit a stop early are padded with `pad_id`.
+    `decoding`: beam search (`num_beams`, `length_penalty`, `early_stopping`, `num_beam_groups`, `diversity_penalty`) or
+    speculative decoding (`draft`, `num_draft_tokens`, `draft_stats`); see `bytropix.decoding`."""
     squeeze = isinstance(ids, torch.Tensor) and ids.ndim == 1
     x = ids[None] if squeeze else ids
     rows = _generate_lists(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, stop=stop, generator=generator,
-                           use_cache=use_cache, keep_stop=keep_stop)
+                           use_cache=use_cache, keep_stop=keep_stop, **decoding)
     n = max(len(r) for r in rows)
     out = torch.tensor([r + [pad_id] * (n - len(r)) for r in rows], dtype=torch.long, device=x.device)
     return out[0] if squeeze else out
@@ -221,7 +290,7 @@ def stream(model, ids: torch.Tensor, max_new_tokens: int, **kw) -> Iterator[int]
     if isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] != 1:
         raise DataError(f"stream decodes one prompt at a time, got a batch of {ids.shape[0]}; use generate for batches.")
     for released in _steps(model, ids, max_new_tokens, **kw):
-        yield from released[0]
+        yield from released.get(0, ())
 
 def stream_text(model, tokenizer: Any, prompt: str | Sequence[int] | torch.Tensor, max_new_tokens: int,
                 **kw) -> Iterator[str]:

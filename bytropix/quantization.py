@@ -473,15 +473,14 @@ def _fmt_bytes(b: float) -> str: return f"{b / 2**20:.2f} MiB" if b >= 2**20 els
 
 def cmd_quantize(args, out) -> int:
     "`bytropix quantize`: quantize a run or export into a quantized export and report size and quality."
+    from bytropix.training.evaluation import format_change
     r = quantize_path(args.path, args.method, args.out, args.checkpoint, None if args.no_eval else args.eval_batches)
     lines = [f"quantized {r['quantized']} weight matrices with {r['method']}: {_fmt_bytes(r['linear_bytes_fp32'])} → "
              f"{_fmt_bytes(r['linear_bytes'])} ({r['linear_bytes'] / max(r['linear_bytes_fp32'], 1):.3f}×)"]
     if r['skipped']: lines.append(f"kept in float32: {'; '.join(f'{k}: {v}' for k, v in list(r['skipped'].items())[:4])}"
                                   + (' ...' if len(r['skipped']) > 4 else ''))
-    key = 'bpb' if 'fp32/bpb' in r else 'loss'
-    if f'fp32/{key}' in r:
-        a, b = r[f'fp32/{key}'], r[f'quant/{key}']
-        lines.append(f"validation {key} ({r['fp32/batches']} batches): float32 {a:.4f} → {args.method} {b:.4f} ({(b - a) / a * 100:+.2f}%)")
+    change = format_change(r, 'fp32', 'quant', ('float32', args.method))
+    if change: lines.append(change)
     lines.append(f"export: {args.out} ({_fmt_bytes(r['export_bytes'])})")
     out.write('\n'.join(lines) + '\n')
     return 0

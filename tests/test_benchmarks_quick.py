@@ -71,6 +71,18 @@ def test_kernels_quick():
     assert '--quick: interpreter smoke test' in out
 
 
+def test_speculative_quick(tmp_path):
+    out = run_quick('speculative.py', '--out-dir', str(tmp_path))
+    assert '| decoding | tokens/s | speed-up | acceptance | tokens per target call | identical to target |' in out
+    assert '| target alone |' in out and '| draft, k = 2 |' in out and 'best speed-up' in out
+
+
+def test_lr_find_quick():
+    out = run_quick('lr_find.py')
+    assert '| lr | from | final val bpb | / best grid bpb |' in out and '| lr-find |' in out
+    assert 'sweep cost:' in out and 'suggested lr' in out
+
+
 def test_peft_quick():
     out = run_quick('peft.py')
     assert '| method | trainable params | share | weights MiB | weights+grads+Adam MiB | vs full FT |' in out

@@ -28,10 +28,10 @@ from .tokenizers import Tokenizer, build_tokenizer, byte_tokenizer
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FORMATS', 'EXTENSIONS', 'COMPRESSIONS', 'STREAM_VAL_TOKENS', 'PACK_VERSION', 'DataConfig', 'resolve_source',
-           'iter_texts', 'load_text_dataset', 'document_separator', 'token_dtype', 'PackedTokens', 'cached_pack',
-           'tokenize_and_pack', 'BlockLoader', 'val_blocks', 'StreamingBlockLoader', 'pack_stream', 'PreparedData',
-           'split_fingerprints', 'prepare_data', 'LMTaskOptions', 'run_tokenizer', 'prepare_lm']
+__all__ = ['FORMATS', 'EXTENSIONS', 'COMPRESSIONS', 'STREAM_VAL_TOKENS', 'PACK_VERSION', 'DataConfig', 'absolute_source',
+           'resolve_source', 'iter_texts', 'load_text_dataset', 'document_separator', 'token_dtype', 'PackedTokens',
+           'cached_pack', 'tokenize_and_pack', 'BlockLoader', 'val_blocks', 'StreamingBlockLoader', 'pack_stream',
+           'PreparedData', 'split_fingerprints', 'prepare_data', 'LMTaskOptions', 'run_tokenizer', 'prepare_lm']
 
 # %% ../../nbs/32_datasets.ipynb #24fabb60
 FORMATS = ('text', 'json', 'csv', 'parquet', 'arrow')
@@ -56,6 +56,10 @@ class DataConfig(ConfigBase):
     num_proc: int = 1
     max_train_tokens: Optional[int] = None
     max_val_tokens: Optional[int] = None
+    subset: Optional[str] = None       # `hf:` sources: the dataset's configuration (subset) name
+    filters: dict[str, Any] = field(default_factory=dict)   # length / dedup / regex filters (bytropix.data.sources)
+    augment: dict[str, Any] = field(default_factory=dict)   # opt-in augmentation of the training split (bytropix.data.sources)
+    mixture: list[dict[str, Any]] = field(default_factory=list)  # weighted sources replacing `source` (bytropix.data.sources)
 
     def validate(self) -> None:
         self.check(bool(self.source.strip()), 'source', "is empty; use 'default' or a file, folder or glob.")
@@ -65,6 +69,9 @@ class DataConfig(ConfigBase):
         for f in ('max_train_tokens', 'max_val_tokens'):
             v = getattr(self, f)
             self.check(v is None or v > 0, f, f"must be positive (or null for all), got {v}.")
+        if self.filters or self.augment or self.mixture or self.source.startswith('hf:'):
+            from bytropix.data.sources import check_data_options   # the options' own chapter validates them
+            check_data_options(self)
 
 # %% ../../nbs/32_datasets.ipynb #c5940a1b
 def _strip_compression(path: str) -> str:
@@ -78,6 +85,14 @@ def _format_of(path: str) -> str | None:
 
 def _is_saved_dataset(p: Path) -> bool:
     return (p / 'dataset_dict.json').is_file() or (p / 'state.json').is_file()
+
+def absolute_source(source: str) -> str:
+    "`source` with a local path made absolute ('default' and Hub names `hf:NAME` stay; a local `hf:` folder becomes absolute)."
+    if not isinstance(source, str) or not source.strip() or source == 'default': return source
+    if source.startswith('hf:'):
+        rest = os.path.expanduser(source[3:])
+        return 'hf:' + os.path.abspath(rest) if os.path.exists(rest) else source
+    return os.path.abspath(os.path.expanduser(source))
 
 def resolve_source(source: str, format: str | None = None) -> tuple[str, list[str]]:
     "The format and the sorted files of a file/folder/glob `source` (a saved `datasets` folder: 'arrow', [folder])."
@@ -96,8 +111,8 @@ def resolve_source(source: str, format: str | None = None) -> tuple[str, list[st
     elif os.path.isfile(src): files = [src]
     else:
         raise DataError(f"data.source `{source}` does not exist (no such file or folder). Use 'default' for the embedded "
-                        "corpus, a local file, folder or glob; for a Hugging Face Hub dataset, load it with "
-                        "datasets.load_dataset and pass the object to load_text_dataset/prepare_data.")
+                        "corpus, a local file, folder or glob; for a Hugging Face dataset (Hub name or local dataset folder) write "
+                        f"`hf:{source}`.")
     if format is not None:
         if format not in FORMATS: raise ConfigError(f"Unknown data format `{format}`." + did_you_mean(format, FORMATS))
         return format, files
@@ -266,6 +281,9 @@ def load_text_dataset(data: DataConfig | dict | str | Any = None, config: DataCo
     import datasets
     cfg, obj = _split_args(data, config)
     fp, what = None, 'the dataset'
+    if obj is None and (cfg.mixture or cfg.source.startswith('hf:')):
+        from bytropix.data.sources import load_source_dataset   # Hub datasets and mixtures: their own chapter
+        return load_source_dataset(cfg)
     if obj is None:
         if cfg.source == 'default':
             obj = load_default_corpus(cfg.corpus_kind, validation_fraction=cfg.validation_fraction,
@@ -302,6 +320,9 @@ def load_text_dataset(data: DataConfig | dict | str | Any = None, config: DataCo
         with quiet_datasets(): splits = _hash_split(train, cfg, fp, what)
     else: _check_column(splits['validation'], cfg.text_column, 'validation', what)
     cls = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
+    if cfg.filters or cfg.augment:
+        from bytropix.data.sources import transform_splits   # filters and augmentation: their own chapter
+        return transform_splits(cls(splits), cfg, what)
     return cls(splits)
 
 # %% ../../nbs/32_datasets.ipynb #6f12521e
@@ -646,7 +667,7 @@ class PreparedData:
 def split_fingerprints(cfg: DataConfig) -> dict[str, str] | None:
     """The data fingerprints of the train and validation splits of `cfg`'s source, when they can be known without
     loading it (the cached default corpus; files, from their names, sizes and times); else `None`."""
-    if cfg.streaming: return None
+    if cfg.streaming or cfg.filters or cfg.augment or cfg.mixture: return None   # datasets fingerprints the transforms
     if cfg.source == 'default':
         if cfg.validation_split not in (None, 'validation'): return None
         info = cached_corpus_info(cfg.corpus_kind, validation_fraction=cfg.validation_fraction,
@@ -666,6 +687,9 @@ def prepare_data(data: DataConfig | dict | str | Any = None, tokenizer: Tokenize
     object with `config` for the settings) with `tokenizer` (default: byte level)."""
     cfg, obj = _split_args(data, config)
     tokenizer = tokenizer or byte_tokenizer()
+    if cfg.mixture and obj is None:
+        from bytropix.data.sources import prepare_mixture   # weighted sources: their own chapter
+        return prepare_mixture(cfg, tokenizer, block_size, batch_size, seed)
     col, cache = cfg.text_column, cfg.cache_dir
     if obj is not None: src = 'the dataset'
     elif cfg.source == 'default': src = f"the default corpus ({cfg.corpus_kind})"

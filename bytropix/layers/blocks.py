@@ -8,6 +8,7 @@ Docs: https://bytropix.github.io/bytropix/blocks.html.md"""
 # %% ../../nbs/14_blocks.ipynb #8b2af23d
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Literal, Optional
@@ -89,3 +90,25 @@ class DecoderState:
     def pos(self) -> int:
         "Number of tokens consumed so far."
         return self.caches[0].pos
+
+    @property
+    def windowed(self) -> bool:
+        "True when a cache keeps only a sliding window (then `truncate` can go back only within the last update)."
+        return any(c.window is not None for c in self.caches)
+
+    def reorder(self, index: torch.Tensor) -> DecoderState:
+        "A new state whose row i is row `index[i]` of this one (beam search; `index` may repeat rows or change the batch size)."
+        out = []
+        for c in self.caches:
+            n = copy.copy(c)
+            n.k, n.v = c.k.index_select(0, index.to(c.k.device)), c.v.index_select(0, index.to(c.v.device))
+            out.append(n)
+        return DecoderState(out)
+
+    def truncate(self, pos: int) -> None:
+        "Forget the tokens at positions ≥ `pos` (speculative decoding rejects drafted tokens); in place."
+        for c in self.caches:
+            drop = c.pos - pos
+            if drop < 0 or drop > c.length or (c.window is not None and c.length - drop < min(pos, c.window - 1)):
+                raise ValueError(f"Cannot rewind a KV cache at position {c.pos} holding {c.length} tokens to position {pos}.")
+            c.length -= drop; c.pos -= drop

@@ -8,6 +8,8 @@ Docs: https://bytropix.github.io/bytropix/models_base.html.md"""
 # %% ../../nbs/20_models_base.ipynb #5dba74fe
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -15,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,9 +28,9 @@ from ..core import (CheckpointError, ConfigBase, ConfigError, Registry, atomic_p
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'EXPORT_FILES', 'MODELS', 'ModelConfig',
-           'ModelOutput', 'lm_loss', 'save_weights', 'load_weights', 'rename_legacy_keys', 'BytropixModel',
-           'file_sha256', 'verify_export', 'register_model', 'get_model_class', 'get_config_class', 'build_model',
-           'model_card']
+           'ModelOutput', 'label_smoothing', 'lm_loss', 'save_weights', 'load_weights', 'rename_legacy_keys',
+           'BytropixModel', 'file_sha256', 'verify_export', 'register_model', 'get_model_class', 'get_config_class',
+           'build_model', 'model_card']
 
 # %% ../../nbs/20_models_base.ipynb #c9499cf7
 @dataclass
@@ -50,10 +52,19 @@ class ModelOutput:
 
 # %% ../../nbs/20_models_base.ipynb #34f7daac
 IGNORE_INDEX = -100
+_LABEL_SMOOTHING = contextvars.ContextVar('bytropix_label_smoothing', default=0.0)
+
+@contextlib.contextmanager
+def label_smoothing(eps: float) -> Iterator[None]:
+    "Within the block, `lm_loss` smooths its targets by `eps` (the trainer sets `train.label_smoothing` around training forwards only)."
+    token = _LABEL_SMOOTHING.set(float(eps))
+    try: yield
+    finally: _LABEL_SMOOTHING.reset(token)
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    "Mean next-token cross-entropy in float32 (half-precision logits lose too much in the log-sum-exp)."
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+    "Mean next-token cross-entropy in float32 (half-precision logits lose too much in the log-sum-exp); see `label_smoothing`."
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index,
+                           label_smoothing=_LABEL_SMOOTHING.get())
 
 # %% ../../nbs/20_models_base.ipynb #c3122bf2
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

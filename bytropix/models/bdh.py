@@ -134,6 +134,10 @@ class BDHState:
         "Memory held by the state (constant in the context length)."
         return sum(r.numel() * r.element_size() for r in self.rho)
 
+    def reorder(self, index: torch.Tensor) -> BDHState:
+        "A new state whose row i is row `index[i]` of this one (beam search; a copy, so also a snapshot to return to)."
+        return BDHState([r.index_select(0, index.to(r.device)) for r in self.rho], self.pos)
+
 @dataclass
 class BDHActivations:
     "Neuron activations of a BDH forward pass: `x_sparse[l]`, `y_sparse[l]` of shape (B, H, T, N) for each layer l."

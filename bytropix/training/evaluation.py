@@ -19,7 +19,7 @@ from ..core import ConfigError, DataError
 from ..models.base import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'autocast_context', 'evaluate', 'format_metric', 'evaluate_run']
+__all__ = ['PRECISIONS', 'autocast_context', 'evaluate', 'format_metric', 'format_change', 'evaluate_run']
 
 # %% ../../nbs/43_evaluation.ipynb #e8da2645
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -81,6 +81,16 @@ def format_metric(v: float, decimals: int = 4) -> str:
     if not isinstance(v, (int, float)) or isinstance(v, bool): return str(v)
     if not math.isfinite(v): return str(float(v))
     return f"{v:.{decimals}f}" if abs(v) < 1e6 else f"{v:.4g}"
+
+# %% ../../nbs/43_evaluation.ipynb #7e18330b
+def format_change(r: dict, before: str, after: str, labels: tuple[str, str]) -> str | None:
+    """`validation bpb (N batches): A 1.8884 → B 1.8949 (+0.34%)` from `r['before/bpb']`, `r['after/bpb']` (the loss
+    when there is no bpb); None when `r` holds no such pair (the model was not evaluated)."""
+    key = 'bpb' if f'{before}/bpb' in r else 'loss'
+    if f'{before}/{key}' not in r: return None
+    a, b = r[f'{before}/{key}'], r[f'{after}/{key}']
+    return (f"validation {key} ({r[f'{before}/batches']} batches): {labels[0]} {format_metric(a)} → {labels[1]} "
+            f"{format_metric(b)} ({(b - a) / a * 100:+.2f}%)")
 
 # %% ../../nbs/43_evaluation.ipynb #7331d7b1
 def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', max_batches: int | None = None,

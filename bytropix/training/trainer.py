@@ -27,7 +27,7 @@ from fastcore.basics import patch
 from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonFiniteError, atomic_write_text,
                            get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
-from ..models.base import BytropixModel, build_model
+from ..models.base import BytropixModel, build_model, label_smoothing
 from ..peft import adapt_for_run, export_form, load_initial_model
 from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state
 from .evaluation import autocast_context, evaluate, format_metric
@@ -334,6 +334,9 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
     self.tb = TensorBoard(rd.tb_dir if tc.tensorboard else None, purge_step=self.step + 1 if ckpt else None, log=self.log)
     if ckpt is None: self.tb.hparams(_flat({k: v for k, v in self.resolved.to_dict().items() if k != 'out_dir'}),
                                      ['val/loss', 'val/bpb', 'train/loss'])
+    if tc.monitor_interval or tc.wandb:   # per-layer statistics, Weights & Biases (callbacks of bytropix.training.recipes)
+        from bytropix.training.recipes import attach_monitoring
+        attach_monitoring(self)
     self._sample_ids = None
     if tc.sample_interval and self.tokenizer is not None and run.task == 'lm':
         ids = self.tokenizer.encode(tc.sample_prompt)
@@ -426,7 +429,7 @@ def train_step(self: Trainer) -> dict:
     for _ in range(tc.grad_accum):
         x, y = next(self.loader)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with autocast_context(self.device, tc.precision): out = model(x, y)
+        with autocast_context(self.device, tc.precision), label_smoothing(tc.label_smoothing): out = model(x, y)
         if out.loss is None: raise DataError(f"{type(self.model).__name__} returned no loss; the trainer passes targets.")
         loss = out.loss.float()
         self.scaler.scale(loss / tc.grad_accum).backward()
