@@ -21,6 +21,7 @@ from .core import TASKS, ConfigBase, ConfigError, apply_overrides, atomic_write_
 from .data.datasets import DataConfig, absolute_source
 from .data.tokenizers import TokenizerConfig
 from .models.base import ModelConfig, get_config_class
+from .peft import PeftConfig
 
 # %% auto #0
 __all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config', 'save_config',
@@ -75,6 +76,8 @@ class TrainConfig(ConfigBase):
     fsdp_cpu_offload: bool = False     # fsdp: keep sharded weights, gradients and optimizer state in CPU memory
     ddp_find_unused: bool = False      # ddp: allow parameters that get no gradient in a step (slower)
     dist_timeout: float = 300.0        # seconds a collective may wait for the other ranks before the job fails
+    init_from: Optional[str] = None    # fine-tune: start from this export's (or run directory's) weights, architecture and tokenizer
+    peft: Optional[PeftConfig] = None  # LoRA/QLoRA adapters over a frozen trunk (see the PEFT chapter); null: train every weight
 
     def validate(self) -> None:
         c = self.check
@@ -159,6 +162,7 @@ class RunConfig(ConfigBase):
         for m in self.data.mixture:
             if isinstance(m, dict) and isinstance(m.get('source'), str): m['source'] = absolute_source(m['source'])
         self.data.cache_dir, self.tokenizer.path = fix(self.data.cache_dir), fix(self.tokenizer.path)
+        self.train.init_from = fix(self.train.init_from)
         try: keys = ('cache_dir', *getattr(getattr(get_task(self.task), 'options_class', None), 'path_fields', ()))
         except ConfigError: keys = ('cache_dir',)   # an unknown task: validate() says so
         for k in keys:   # the task's options that are paths (an options class lists them in `path_fields`)

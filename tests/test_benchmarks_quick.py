@@ -125,3 +125,11 @@ def test_encoder_tasks_quick():
     out = run_quick('encoder_tasks.py')
     assert '| features | prose vs code (probe acc.) |' in out
     for name in ('| encoder (MLM) |', '| GPT (causal LM), mean of hidden states |', '| bag of bytes (histogram) |'): assert name in out
+
+
+def test_peft_quick():
+    out = run_quick('peft.py')
+    assert '| method | trainable params | share | weights MiB | weights+grads+Adam MiB | vs full FT |' in out
+    for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
+                   'prompt tuning (16)'):
+        assert f"| {method} |" in out, out

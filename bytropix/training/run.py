@@ -210,7 +210,8 @@ def load_model(self: RunDir, checkpoint: str | int | os.PathLike = 'best', devic
     path = self.resolve_checkpoint(checkpoint)
     dev = resolve_device(device)
     check_model_memory(run.arch, run.model_config, dev, what=str(self.config_file))  # a damaged config: no huge allocation
-    model = build_model(run.arch, run.model_config)
+    from bytropix.peft import adapt_for_run
+    model = adapt_for_run(build_model(run.arch, run.model_config), run)   # a LoRA run's checkpoints hold its adapters
     info = load_checkpoint(path, model, map_location=dev)
     return run, model.to(dev).eval(), info
 

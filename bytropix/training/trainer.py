@@ -28,6 +28,7 @@ from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonF
                            get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model, label_smoothing
+from ..peft import adapt_for_run, export_form, load_initial_model
 from .checkpoint import STATE_FILE, is_resumable, load_checkpoint, read_state, write_checkpoint
 from .distributed import (NullLog, peer_error, rank_state, save_sharded_checkpoint, setup_distributed,
                                           shard_loader, start_distributed, wrap_model)
@@ -164,11 +165,11 @@ class Progress:
         if self.enabled: sys.stderr.write('\r\033[K'); sys.stderr.flush()
 
 # %% ../../nbs/44_trainer.ipynb #d3ecb6b3
-_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.qat')
+_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.qat', 'train.peft')
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
-    return d
+    return {} if d is None else d   # null and absent (an older run's config) are alike
 
 def _scalar_aux(aux: dict) -> dict[str, float]:
     out = {}
@@ -305,11 +306,15 @@ def _prepare(self: Trainer, ckpt: Path | None) -> None:
     "Seed, then tokenizer, data and model (with the task's additions)."
     tc, run = self.tc, self.run
     seed_everything(tc.seed)
+    if tc.init_from and self.model is None:   # fine-tuning: the export's architecture, weights and tokenizer
+        self.model, init_tok = load_initial_model(tc.init_from)
+        self.tokenizer = self.tokenizer or init_tok
     needs_tok = getattr(get_task(run.task), 'needs_tokenizer', True)
     # the tokenizer is built (or reloaded) to prepare the data; with `data` given it is optional
     if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
     if self.data is None: self.data = prepare_task(run, self.tokenizer)
     self.resolved = self._build_model()
+    adapt_for_run(self.model, run, self.log)   # train.peft: freeze the trunk, add the adapters
     setup_model = getattr(get_task(run.task), 'setup_model', None)
     if setup_model is not None: setup_model(self.model, self.data, run)   # e.g. `distill` attaches its frozen teacher
 
@@ -674,7 +679,10 @@ def _finish(self: Trainer, elapsed: float) -> dict:
         convert_qat(self.model)
     if hasattr(self.model, 'save_pretrained'):
         model = self.model if self.dist is None else self.dist.full_model(self.model)   # FSDP2: gathered on rank 0
-        if self.is_main: self.rundir.write_export(model, self.tokenizer, card); self.model = model
+        if self.is_main:
+            export = export_form(model, self.log)   # adapters merged; None for prompt tuning (nothing to merge)
+            if export is not None: self.rundir.write_export(export, self.tokenizer, card)
+            self.model = model
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
              + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
     return metrics
