@@ -161,6 +161,8 @@ def test_every_image_loads_and_every_figure_is_shown(visit):
         assert all(seen['plotly']), f'{out}: a plotly plot was not drawn'
         assert len(seen['mermaid']) == exp['mermaid'] and all(seen['mermaid']), f'{out}: mermaid diagrams not drawn'
     assert any(visit['seen'][o]['mermaid'] for o in visit['seen']), 'the index should carry the architecture diagrams'
+    for page in ('geometry.html', 'bdh.html', 'wubu.html', 'viz.html'):   # chapters whose pictures the reader must see
+        assert sum(i['output'] for i in visit['seen'][page]['images']) >= 1, f'{page} shows no figure'
 
 
 def test_every_internal_link_resolves(visit):
