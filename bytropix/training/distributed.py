@@ -25,9 +25,9 @@ from ..core import BytropixError, CheckpointError, ConfigError
 
 # %% auto #0
 __all__ = ['PARALLEL_MODES', 'PeerFailed', 'launched_world', 'resolve_parallel', 'Distributed', 'start_distributed',
-           'check_parallel', 'fsdp_units', 'wrap_model', 'peer_error', 'rank_state', 'RankSlice', 'shard_loader',
-           'NullLog', 'sharded_state', 'save_sharded_checkpoint', 'load_sharded', 'is_sharded',
-           'load_whole_into_sharded', 'setup_distributed', 'launch']
+           'check_parallel', 'replicated_parameters', 'fsdp_units', 'wrap_model', 'peer_error', 'rank_state',
+           'RankSlice', 'shard_loader', 'NullLog', 'sharded_state', 'save_sharded_checkpoint', 'load_sharded',
+           'is_sharded', 'load_whole_into_sharded', 'setup_distributed', 'launch']
 
 # %% ../../nbs/47_distributed.ipynb #a47d0006
 PARALLEL_MODES = ('auto', 'none', 'ddp', 'fsdp')
@@ -154,20 +154,21 @@ def start_distributed(tc: Any, device: torch.device) -> Distributed | None:
     return Distributed(parallel, device, tc.dist_timeout)
 
 def check_parallel(d: Distributed, model: nn.Module, batch_size: int, cpu_offload: bool = False) -> None:
-    """Refuse what cannot be split over the ranks: a batch the world size does not divide, FSDP of manifold parameters,
-    CPU offload without an accelerator to offload from."""
+    """Refuse what cannot be split over the ranks: a batch the world size does not divide, CPU offload without an
+    accelerator to offload from."""
     if batch_size % d.world_size:
         near = max(d.world_size, batch_size // d.world_size * d.world_size)
         raise ConfigError(f"`train.batch_size` = {batch_size} is not divisible by the {d.world_size} processes (the batch is "
                           f"split evenly over the ranks); use a multiple of {d.world_size}, e.g. {near}.")
-    manifold = model.manifold_parameters() if hasattr(model, 'manifold_parameters') else []
-    if d.parallel == 'fsdp' and manifold:
-        raise ConfigError(f"`train.parallel: fsdp`: {getattr(model, 'arch', type(model).__name__)} keeps {len(manifold)} "
-                          "parameter(s) on a manifold (Riemannian Adam), which FSDP2 cannot shard; use `train.parallel: ddp` "
-                          "(or a Euclidean embedding).")
     if d.parallel == 'fsdp' and cpu_offload and d.device.type == 'cpu':
         raise ConfigError("`train.fsdp_cpu_offload` moves weights, gradients and optimizer state from GPU memory to the CPU; "
                           "this run already trains on the CPU: set it to false.")
+
+def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters FSDP2 keeps whole on every rank: points on a manifold (a shard of a point of the ball is not a
+    point, and Riemannian Adam needs the whole point) and scalars (curvatures, scales: nothing to shard)."""
+    manifold = {id(p) for p in (model.manifold_parameters() if hasattr(model, 'manifold_parameters') else [])}
+    return [p for p in model.parameters() if id(p) in manifold or p.ndim == 0]
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
     "The submodules FSDP2 shards as units of their own (gathered one at a time): every block of the model's block lists."
@@ -177,7 +178,8 @@ _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16,
 
 def wrap_model(model: nn.Module, d: Distributed, tc: Any) -> nn.Module:
     """The module the training step calls: `DistributedDataParallel(model)` (ddp), or `model` itself sharded in place by
-    FSDP2's `fully_shard` — each block a unit, then the root (fsdp)."""
+    FSDP2's `fully_shard` — each block a unit, then the root (fsdp); `replicated_parameters` stay whole on every rank,
+    their gradients averaged by `grad_sync`."""
     if d.parallel == 'ddp':
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None,
@@ -187,6 +189,9 @@ def wrap_model(model: nn.Module, d: Distributed, tc: Any) -> nn.Module:
     if tc.fsdp_param_dtype or tc.fsdp_reduce_dtype:
         kw['mp_policy'] = MixedPrecisionPolicy(param_dtype=_DTYPES[tc.fsdp_param_dtype], reduce_dtype=_DTYPES[tc.fsdp_reduce_dtype])
     if tc.fsdp_cpu_offload: kw['offload_policy'] = CPUOffloadPolicy()
+    kw['ignored_params'] = set(replicated := replicated_parameters(model))
+    for p in replicated: torch.distributed.broadcast(p.data, src=0)   # the same start on every rank (as DDP does)
+    model._replicated_params = replicated
     for unit in fsdp_units(model): fully_shard(unit, reshard_after_forward=tc.fsdp_reshard_after_forward, **kw)
     fully_shard(model, reshard_after_forward=tc.fsdp_reshard_after_forward, **kw)
     return model
@@ -196,13 +201,29 @@ def wrap_model(model: nn.Module, d: Distributed, tc: Any) -> nn.Module:
 @contextlib.contextmanager
 def grad_sync(self: Distributed, model: nn.Module, sync: bool):
     "Reduce gradients over the ranks in this backward pass only when `sync` (the last micro-batch of an accumulation)."
-    if sync: yield; return
+    if sync:
+        yield
+        self.average_replicated(model)
+        return
     if hasattr(model, 'no_sync'):   # DDP
         with model.no_sync(): yield
         return
     model.set_requires_gradient_sync(False)   # FSDP2
     try: yield
     finally: model.set_requires_gradient_sync(True)
+
+@patch
+def average_replicated(self: Distributed, model: nn.Module) -> None:
+    """Average the gradients of the parameters FSDP2 left whole (`replicated_parameters`) over the ranks: one
+    all-reduce of them all, flattened. Every rank then takes the same step, so they stay identical."""
+    import torch.distributed as dist
+    params = [p for p in getattr(model, '_replicated_params', []) if p.requires_grad]
+    if not params: return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]   # same shapes on every rank
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= self.world_size
+    for p, v in zip(params, flat.split([p.numel() for p in params])): p.grad = v.view_as(p).to(p.dtype, copy=True)
 
 @patch
 @contextlib.contextmanager
@@ -368,7 +389,7 @@ def setup_distributed(t: Any) -> None:
 
 # %% ../../nbs/47_distributed.ipynb #a47d0025
 def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run `python -m bytropix.cli *argv` on `nproc` processes of this machine with torchrun's engine (what
+    """Run `python -m bytropix *argv` on `nproc` processes of this machine with torchrun's engine (what
     `bytropix train CONFIG --nproc N` does); returns the job's exit status (the first failing rank's)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -376,7 +397,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     logging.getLogger('torch.distributed.elastic').setLevel(logging.ERROR)   # the ranks report their own errors
     cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f'bytropix-{uuid.uuid4().hex[:8]}',
                        rdzv_backend='c10d', rdzv_endpoint='localhost:0', max_restarts=0, monitor_interval=0.1)
-    try: elastic_launch(cfg, sys.executable)('-m', 'bytropix.cli', *argv)
+    try: elastic_launch(cfg, sys.executable)('-m', 'bytropix', *argv)
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
         return code if code > 0 else 128 - code   # killed by a signal: the shell's 128 + N

@@ -201,14 +201,24 @@ def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     "The global L2 norm of the gradients of `params` (float32; inf/nan when any gradient is non-finite)."
     grads = [p.grad for p in params if p.grad is not None]
     if not grads: return torch.zeros(())
-    return torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=None).float()
+    sharded = [g for g in grads if hasattr(g, 'device_mesh')]
+    if not sharded or len(sharded) == len(grads): return torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=None).float()
+    # FSDP2 with parameters it keeps whole (manifold points, scalars): DTensor and plain gradients, norms taken apart
+    whole = [g for g in grads if not hasattr(g, 'device_mesh')]
+    parts = torch.nn.utils.get_total_norm(sharded, 2.0, foreach=None).full_tensor(), torch.nn.utils.get_total_norm(whole, 2.0, foreach=None)
+    return torch.linalg.vector_norm(torch.stack([parts[0].float(), parts[1].float().to(parts[0].device)]))
 
 @torch.no_grad()
 def clip_grad_norm_(params: Sequence[torch.Tensor], max_norm: float, total_norm: torch.Tensor | None = None) -> torch.Tensor:
     "Rescale gradients so their global norm is at most `max_norm`; returns the norm before clipping."
     params = [p for p in params if p.grad is not None]
     if total_norm is None: total_norm = grad_norm(params)
-    if params: torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm.to(params[0].grad.device), foreach=None)
+    if not params: return total_norm
+    if any(hasattr(p.grad, 'device_mesh') for p in params) and not hasattr(total_norm, 'device_mesh'):
+        from torch.distributed.tensor.experimental import implicit_replication   # a plain norm scales DTensor gradients
+        with implicit_replication():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm.to(params[0].grad.device), foreach=None)
+    else: torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm.to(params[0].grad.device), foreach=None)
     return total_norm
 
 def clip_gradients(params: Sequence[torch.Tensor], clip_grad: float | None = None, agc: float | None = None,
