@@ -224,3 +224,36 @@ def test_ddp_with_grad_accum_equals_one_process(data, tmp_path):
     train(data, tmp_path/'a2', args, nproc=2)
     assert max(abs(a - b) for a, b in zip(losses(tmp_path/'a1'), losses(tmp_path/'a2'))) <= 1e-5
     assert_close(weights(tmp_path/'a1'), weights(tmp_path/'a2'))
+
+
+@pytest.fixture(scope='module')
+def stream_run(data) -> Path:
+    "2 ranks reading a streamed text file, checkpoints at steps 3 and 6."
+    train(data, data/'stream', cfg(data, steps=6, save_interval=3) + ['--data.streaming', 'true'], nproc=2)
+    return data/'stream'
+
+
+def test_streaming_ranks_read_their_own_documents(stream_run):
+    "Each rank tokenizes only its documents of the stream (r, r + 2, ...), and the checkpoint holds every rank's position."
+    from bytropix.training.checkpoint import TRAINING_STATE_FILE
+    st = torch.load(stream_run/'checkpoints'/'step-6'/TRAINING_STATE_FILE, weights_only=True)
+    loaders = [r['loader'] for r in st['ranks']]
+    assert [(s['rank'], s['world_size']) for s in loaders] == [(0, 2), (1, 2)]
+    assert all(s['examples'] > 0 and s['batches'] == 6 for s in loaders)
+    assert [s['rank'] for s in st['loader']['ranks']] == [0, 1]   # what a resume on another world size reads
+
+
+@slow
+def test_streaming_resume_bit_exact_and_on_one_process(data, stream_run, tmp_path):
+    import shutil
+    out = tmp_path/'s'
+    shutil.copytree(stream_run, out)
+    shutil.rmtree(out/'checkpoints'/'step-6'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
+    args = cfg(data, steps=6, save_interval=3) + ['--data.streaming', 'true', '--resume']
+    one = tmp_path/'s1'
+    shutil.copytree(out, one)
+    train(data, out, args, nproc=2)
+    a, b = weights(stream_run), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a) and losses(stream_run) == losses(out)
+    r = train(data, one, args)   # 2 → 1: continues from the first document a rank had not read
+    assert 'resumed from' in r.stdout and len(losses(one)) == 6

@@ -530,7 +530,7 @@ def val_blocks(tokens, block_size: int, batch_size: int, max_batches: int | None
 class StreamingBlockLoader:
     """Endless `(x, y)` batches of consecutive blocks from an `IterableDataset`, tokenized on the fly; resumable bit
     for bit through `state_dict()` / `load_state_dict()`."""
-    rows = slice(None)   # the rows of every batch this process takes (all; see `shard`)
+    rank, world = 0, 1   # this process reads documents rank, rank + world, ... of the stream (all; see `shard`)
 
     def __init__(self, dataset, tokenizer: Tokenizer, block_size: int, batch_size: int, text_column: str = 'text',
                  max_tokens: int | None = None, encode_batch: int = 64, name: str = 'the training stream'):
@@ -538,7 +538,7 @@ class StreamingBlockLoader:
         self.ds, self.tok, self.col, self.name = dataset, tokenizer, text_column, name
         self.T, self.B, self.max_tokens, self.k = int(block_size), int(batch_size), max_tokens, encode_batch
         self.sep, _ = document_separator(tokenizer)
-        self.epoch, self.examples, self.epoch_tokens, self.batches = 0, 0, 0, 0
+        self.epoch, self.examples, self.epoch_tokens, self.batches, self.start = 0, 0, 0, 0, 0
         self.buf = np.zeros(0, np.int64)
         self._it, self._pending = None, deque()
 
@@ -547,9 +547,17 @@ class StreamingBlockLoader:
     @property
     def batch_size(self) -> int: return self.B
 
+    @property
+    def cap(self) -> int | None:
+        "This process's share of `max_tokens` per epoch."
+        return None if self.max_tokens is None else -(-self.max_tokens // self.world)
+
     def _open(self) -> None:
         if hasattr(self.ds, 'set_epoch'): self.ds.set_epoch(self.epoch)
-        self._it = itertools.islice(iter(self.ds), self.examples, None)   # skip documents already consumed
+        # this process's documents of the epoch: start + rank, start + rank + world, ...; those already consumed (and
+        # the other processes' documents) are skipped without being tokenized
+        first = self.start + self.rank + self.examples * self.world
+        self._it = itertools.islice(iter(self.ds), first, None, self.world)
         self._pending.clear()
 
     def _next_doc(self) -> list[int] | None:
@@ -574,13 +582,13 @@ class StreamingBlockLoader:
         parts, have = [self.buf], len(self.buf)
         while have < n:
             doc = None
-            if self.max_tokens is None or self.epoch_tokens < self.max_tokens: doc = self._next_doc()
+            if self.cap is None or self.epoch_tokens < self.cap: doc = self._next_doc()
             if doc is None:                               # end of the epoch: start over
                 if self.examples == 0 and self.epoch_tokens == 0:
                     raise DataError(f"{self.name} yielded no text: it is empty or its `{self.col}` column is empty.")
-                self.epoch, self.examples, self.epoch_tokens, self._it = self.epoch + 1, 0, 0, None
+                self.epoch, self.examples, self.epoch_tokens, self.start, self._it = self.epoch + 1, 0, 0, 0, None
                 continue
-            if self.max_tokens is not None: doc = doc[:self.max_tokens - self.epoch_tokens]
+            if self.cap is not None: doc = doc[:self.cap - self.epoch_tokens]
             self.epoch_tokens += len(doc)
             parts.append(np.asarray(doc, np.int64)); have += len(doc)
         self.buf = np.concatenate(parts)
@@ -591,31 +599,47 @@ def __iter__(self: StreamingBlockLoader) -> StreamingBlockLoader: return self
 
 @patch
 def __next__(self: StreamingBlockLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    n = self.B * self.T + 1
-    self._fill(n)
-    starts = (np.arange(self.B, dtype=np.int64) * self.T)[self.rows]
-    out = _blocks_xy(self.buf, starts, self.T)
-    self.buf = self.buf[self.B * self.T:]                  # the last target starts the next batch
+    b = self.B // self.world                               # this process's rows of the global batch
+    self._fill(b * self.T + 1)
+    out = _blocks_xy(self.buf, np.arange(b, dtype=np.int64) * self.T, self.T)
+    self.buf = self.buf[b * self.T:]                       # the last target starts the next batch
     self.batches += 1
     return out
 
 @patch
 def state_dict(self: StreamingBlockLoader) -> dict:
     "The position: ints and one int64 tensor of buffered tokens (loadable with `torch.load(weights_only=True)`)."
-    return {'version': 1, 'epoch': self.epoch, 'examples': self.examples, 'epoch_tokens': self.epoch_tokens,
-            'batches': self.batches, 'block_size': self.T, 'batch_size': self.B,
-            'buffer': torch.from_numpy(self.buf.copy())}
+    return {'version': 2, 'epoch': self.epoch, 'examples': self.examples, 'epoch_tokens': self.epoch_tokens,
+            'batches': self.batches, 'block_size': self.T, 'batch_size': self.B, 'rank': self.rank,
+            'world_size': self.world, 'start': self.start, 'buffer': torch.from_numpy(self.buf.copy())}
 
 @patch
 def load_state_dict(self: StreamingBlockLoader, state: dict) -> None:
-    "Continue exactly where the loader that produced `state` stopped (re-reading the stream up to that point)."
+    """Continue exactly where the loader that produced `state` stopped (re-reading the stream up to that point); a
+    state of another number of processes (`ranks`: all of theirs) continues from the first document one of them had
+    not read (see `shard`)."""
     got = {k: int(state.get(k, -1)) for k in ('block_size', 'batch_size')}
     if got != {'block_size': self.T, 'batch_size': self.B}:
         raise DataError(f"The saved streaming-loader state has {got}, but this loader has block_size={self.T}, "
                         f"batch_size={self.B}; resume with the same batch shape.")
-    self.epoch, self.examples, self.epoch_tokens, self.batches = (int(state[k]) for k in ('epoch', 'examples', 'epoch_tokens', 'batches'))
-    self.buf = state['buffer'].numpy().astype(np.int64)
     self._it = None
+    states = state.get('ranks') or [state]
+    if len(states) > 1 or (int(state.get('world_size', 1)), int(state.get('rank', 0))) != (self.world, self.rank):
+        return self._continue_from(states)
+    self.epoch, self.examples, self.epoch_tokens, self.batches = (int(state[k]) for k in ('epoch', 'examples', 'epoch_tokens', 'batches'))
+    self.start = int(state.get('start', 0))
+    self.buf = state['buffer'].numpy().astype(np.int64)
+
+@patch
+def _continue_from(self: StreamingBlockLoader, states: list[dict]) -> None:
+    "Resume from the states of all processes of a run on another number of processes."
+    w = int(states[0].get('world_size', 1))
+    self.epoch = min(int(s['epoch']) for s in states)
+    behind = [s for s in states if int(s['epoch']) == self.epoch]
+    # every document before `start` was read by its process; the tokens they held but had not served are dropped
+    self.start = min(int(s.get('start', 0)) + int(s.get('rank', 0)) + int(s['examples']) * w for s in behind)
+    self.examples, self.batches, self.buf = 0, int(states[0]['batches']), np.zeros(0, np.int64)
+    self.epoch_tokens = sum(int(s['epoch_tokens']) for s in behind) * w // len(behind) // self.world
 
 @patch
 def __repr__(self: StreamingBlockLoader) -> str:
@@ -638,8 +662,11 @@ def shard(self: BlockLoader, rank: int, world_size: int) -> BlockLoader:
 
 @patch
 def shard(self: StreamingBlockLoader, rank: int, world_size: int) -> StreamingBlockLoader:
-    "Yield only rank `rank`'s rows of every global batch (every rank reads the stream; each keeps its blocks)."
-    self.rows = _rank_rows(self.B, rank, world_size)
+    """Read and tokenize only rank `rank`'s documents of the stream (indices ≡ rank mod `world_size`), serving
+    `batch_size / world_size` rows per batch: no document is tokenized or served by two ranks within an epoch."""
+    _rank_rows(self.B, rank, world_size)   # checks
+    if self.examples or self.batches: raise ConfigError("shard a StreamingBlockLoader before reading from it.")
+    self.rank, self.world = rank, world_size
     return self
 
 # %% ../../nbs/32_datasets.ipynb #135c616d

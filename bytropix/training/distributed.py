@@ -256,8 +256,9 @@ def peer_error(e: BaseException) -> BaseException:
 # %% ../../nbs/47_distributed.ipynb #a47d0019
 def rank_state(info: dict, d: Distributed) -> dict:
     """The data position and RNG state this rank resumes from (`info`: what `load_checkpoint` returned): its own at
-    the same world size; at another, rank 0's position (the global batch order does not depend on the world size)
-    and, on ranks above 0, the RNG stream seeded at the start."""
+    the same world size; at another, the global position (the batch order of an in-memory split does not depend on
+    the world size; a stream continues from every rank's position, see `StreamingBlockLoader.shard`) and, on ranks
+    above 0, the RNG stream seeded at the start."""
     ranks = info.get('ranks')
     if ranks and len(ranks) == d.world_size: return {**info, **ranks[d.rank]}
     return {**info, 'rng': info.get('rng') if d.rank == 0 else None}
@@ -312,9 +313,12 @@ def save_sharded_checkpoint(d: Distributed, directory: str | os.PathLike, model:
     state = sharded_state(model, optimizer)
     d.agree(lambda: dcp.save(state, checkpoint_id=str(tmp)))
     def finish() -> None:
+        loader = ranks[0]['loader']
+        if isinstance(loader, dict) and 'world_size' in loader:   # per-rank streams: a resume elsewhere needs them all
+            loader = {**loader, 'ranks': [r['loader'] for r in ranks]}
         training = {'optimizer': None, 'scheduler': None if scheduler is None else scheduler.state_dict(),
                     'scaler': None if scaler is None or not scaler.is_enabled() else scaler.state_dict(),
-                    'loader': ranks[0]['loader'], 'rng': ranks[0]['rng'], 'ranks': ranks}
+                    'loader': loader, 'rng': ranks[0]['rng'], 'ranks': ranks}
         torch.save(to_safe(training, 'training_state'), tmp/TRAINING_STATE_FILE)
         write_state(tmp, step=step, arch=getattr(model, 'arch', ''), metrics=metrics, extra=extra,
                     resumable=loader_state is not None, sharded={'format': 'dcp', 'parallel': d.parallel, 'world_size': d.world_size})
