@@ -1,12 +1,19 @@
-"""Training on several processes with real torchrun workers on gloo (CPU): DDP and FSDP2 equal one process, sharded
-checkpoints resume bit for bit after SIGKILL and across world sizes, a failing rank ends the job with its message.
-The CI set runs DDP, its 2 → 1 resume and export, and a failing rank; BYTROPIX_SLOW=1 adds the rest."""
+"""Training on several processes with real torchrun workers on gloo (CPU): DDP and FSDP2 equal one process (gpt and
+wubu, whose manifold parameters stay identical on every rank), sharded checkpoints resume bit for bit after SIGKILL and
+across world sizes (2 → 1, 1 → 2), a failing rank ends the job with its message, streams are split over the ranks.
+The CI set covers each property once with as few launches as possible (one-process references run in this process);
+BYTROPIX_SLOW=1 adds longer variants (uninterrupted reference runs, FSDP2 over all 20 steps, 1 → 2 under DDP, bad
+inputs, an unreachable rendezvous, gradient accumulation, streaming resume)."""
+import contextlib
+import io
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,6 +83,16 @@ def train(data: Path, out: Path, args: list[str], nproc: int = 1, env: dict | No
     return r
 
 
+def train_here(out: Path, args: list[str]) -> str:
+    "`bytropix train` in this process (one-process references: no interpreter to start); returns what it printed."
+    from bytropix.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = main(['train', *args, '--out_dir', str(out), '--no-progress', '--sample-tokens', '0'], out=buf)
+    assert code == 0, buf.getvalue()[-3000:]
+    return buf.getvalue()
+
+
 def losses(out: Path) -> list[float]:
     import json
     return [r['train/loss'] for r in map(json.loads, (out/'metrics.jsonl').read_text().splitlines()) if 'train/loss' in r]
@@ -91,63 +108,152 @@ def assert_close(a: dict, b: dict, tol: float = 1e-5) -> None:
     assert worst <= tol, worst
 
 
+def assert_same_run(ref: Path, out: Path, tol: float = 1e-5) -> None:
+    "Losses of every step and final weights within `tol` (0: bit for bit)."
+    la, lb = losses(ref), losses(out)
+    assert len(la) == len(lb) and max(abs(a - b) for a, b in zip(la, lb)) <= tol, (la, lb)
+    assert_close(weights(ref), weights(out), tol)
+
+
+def restart_from(run: Path, to: Path, step: int = 10) -> Path:
+    "A copy of `run` as it was after its checkpoint at `step` (later checkpoints, best and export removed)."
+    shutil.copytree(run, to)
+    for d in [*(to/'checkpoints').glob('step-*'), to/'best', to/'export']:
+        if d.exists() and (not d.name.startswith('step-') or int(d.name.split('-')[1].split('.')[0]) > step): shutil.rmtree(d)
+    return to
+
+
 @pytest.fixture(scope='module')
 def one_process(data) -> Path:
     "The reference: one process, global batch 4, 20 steps."
-    train(data, data/'one', cfg(data))
+    train_here(data/'one', cfg(data))
     return data/'one'
 
 
 @pytest.fixture(scope='module')
 def wubu_one(data) -> Path:
     "The wubu reference: one process, global batch 4, 20 steps."
-    train(data, data/'wubu1', cfg(data, 'wubu'))
+    train_here(data/'wubu1', cfg(data, 'wubu'))
     return data/'wubu1'
 
 
 @pytest.fixture(scope='module')
-def ddp_run(data) -> Path:
-    "2 ranks × 2 rows under DDP (the default on several processes), checkpoints at steps 10 and 20; `torchrun -m bytropix`."
-    train(data, data/'ddp', cfg(data), nproc=2, module=True)
-    return data/'ddp'
+def ddp_run(data) -> SimpleNamespace:
+    """2 ranks × 2 rows under DDP (the default on several processes), checkpoint at step 10; rank 1 is SIGKILLed after
+    step 13, then the run resumes on 2 ranks. Also keeps a copy at step 10 (for 2 → 1) and the losses logged before the kill."""
+    out = data/'ddp'
+    r = train(data, out, cfg(data), nproc=2, env={'BYT_KILL': '1@13'}, check=False)
+    assert r.returncode != 0 and (out/'checkpoints'/'step-10'/'state.json').is_file(), r.stderr[-3000:]
+    assert not (out/'checkpoints'/'step-20').exists()
+    before = losses(out)
+    at10 = restart_from(out, data/'ddp-at10')
+    train(data, out, [*cfg(data), '--resume'], nproc=2)
+    return SimpleNamespace(out=out, before_kill=before, at10=at10)
 
 
 def test_ddp_equals_one_process(one_process, ddp_run):
-    assert len(losses(ddp_run)) == 20
-    assert max(abs(a - b) for a, b in zip(losses(one_process), losses(ddp_run))) <= 1e-5
-    assert_close(weights(one_process), weights(ddp_run))
-    st = (ddp_run/'checkpoints'/'step-10'/'state.json').read_text()
+    assert_same_run(one_process, ddp_run.out)
+    st = (ddp_run.out/'checkpoints'/'step-10'/'state.json').read_text()
     assert '"world_size": 2' in st and '__1_0.distcp' in st   # every rank wrote its part
-    assert not list(ddp_run.glob('checkpoints/*.tmp-*'))
+    assert not list(ddp_run.out.glob('checkpoints/*.tmp-*'))
+
+
+def test_sigkill_one_rank_then_resume_bit_exact(ddp_run):
+    "The steps after the checkpoint that ran before the kill are repeated bit for bit by the resumed run."
+    after = losses(ddp_run.out)
+    assert len(ddp_run.before_kill) >= 12 and ddp_run.before_kill[10:] == after[10:len(ddp_run.before_kill)]
+    assert ddp_run.before_kill[:10] == after[:10]
 
 
 def test_resume_2_to_1_and_export(data, one_process, ddp_run, tmp_path):
     "A sharded checkpoint of 2 ranks continues in one process exactly like the uninterrupted one-process run."
-    import shutil
-    out = tmp_path/'r'
-    shutil.copytree(ddp_run, out)
-    shutil.rmtree(out/'checkpoints'/'step-20'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
-    r = train(data, out, [*cfg(data), '--resume'])
-    assert 'resumed from' in r.stdout and 'step-10' in r.stdout
-    assert_close(weights(one_process), weights(out))
+    out = restart_from(ddp_run.at10, tmp_path/'r')
+    printed = train_here(out, [*cfg(data), '--resume'])
+    assert 'resumed from' in printed and 'step-10' in printed
+    assert_same_run(one_process, out)
     # a sharded checkpoint read in a plain process (`load_trained`, what `bytropix export/evaluate/generate` use) holds
     # the weights the run exported; `bytropix export --format hf` converts it (and checks the logits itself)
+    from bytropix.cli import main
     from bytropix.training.run import load_trained
-    model, _, _ = load_trained(ddp_run, 'latest', device='cpu')
-    assert_close(weights(ddp_run), {k: v for k, v in model.state_dict().items() if k in weights(ddp_run)}, 0.0)
-    e = subprocess.run([sys.executable, '-m', 'bytropix.cli', 'export', str(ddp_run), '--checkpoint', 'latest', '--format', 'hf',
-                        '--out', str(tmp_path/'hf')], capture_output=True, text=True, env=ENV, cwd=ROOT)
-    assert e.returncode == 0, e.stderr[-2000:]
+    model, _, _ = load_trained(ddp_run.out, 'latest', device='cpu')
+    assert_close(weights(ddp_run.out), {k: v for k, v in model.state_dict().items() if k in weights(ddp_run.out)}, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(['export', str(ddp_run.out), '--checkpoint', 'latest', '--format', 'hf', '--out', str(tmp_path/'hf')]) == 0
     assert (tmp_path/'hf'/'model.safetensors').is_file()
 
 
-def test_failing_rank_ends_the_job(data, tmp_path):
-    t0 = time.monotonic()
-    r = train(data, tmp_path/'f', cfg(data, dist_timeout=60), nproc=2, env={'BYT_RAISE': '1@3'}, check=False)
-    assert r.returncode != 0 and time.monotonic() - t0 < 120
+def test_resume_1_to_2_fsdp(data, one_process, tmp_path):
+    """A one-process checkpoint continues on 2 ranks under FSDP2 (whole tensors → each rank's shards) like the
+    uninterrupted run; launched as the documented `torchrun --nproc-per-node 2 -m bytropix train ...`."""
+    out = restart_from(one_process, tmp_path/'uf')
+    train(data, out, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2, module=True)
+    assert_same_run(one_process, out)
+
+
+@pytest.mark.parametrize('parallel', ['ddp', 'fsdp'])
+def test_wubu_equals_one_process_manifold_identical(data, wubu_one, parallel, tmp_path):
+    "wubu with points of the Poincaré ball (Riemannian Adam) and scalar curvatures, under DDP and under FSDP2."
+    (tmp_path/'m').mkdir()
+    train(data, tmp_path/'w2', [*cfg(data, 'wubu'), '--train.parallel', parallel], nproc=2, env={'BYT_MANIFOLD': str(tmp_path/'m')})
+    assert_same_run(wubu_one, tmp_path/'w2')
+    m0, m1 = (torch.load(tmp_path/'m'/f'rank{r}.pt') for r in (0, 1))
+    assert len(m0) > 3 and all(torch.equal(a, b) for a, b in zip(m0, m1))   # bit-identical on both ranks
+    points = [p for p in m0 if p.ndim == 2]
+    assert points and all((p.norm(dim=-1) < 1).all() for p in points)   # still inside the unit ball (c = 1)
+
+
+@pytest.fixture(scope='module')
+def stream_fail(data) -> SimpleNamespace:
+    "2 ranks reading a streamed text file, a checkpoint every 2 steps; rank 1 raises in step 5."
+    out, t0 = data/'stream-fail', time.monotonic()
+    r = train(data, out, cfg(data, steps=8, save_interval=2, dist_timeout=60) + ['--data.streaming', 'true'], nproc=2,
+              env={'BYT_RAISE': '1@5'}, check=False)
+    return SimpleNamespace(out=out, r=r, seconds=time.monotonic() - t0)
+
+
+def test_failing_rank_ends_the_job(stream_fail):
+    r = stream_fail.r
+    assert r.returncode != 0 and stream_fail.seconds < 120
     err = r.stdout + r.stderr
-    assert err.count('injected failure on rank 1 at step 3') == 1, err[-3000:]
+    assert err.count('injected failure on rank 1 at step 5') == 1, err[-3000:]
     assert 'raise DataError' not in err   # one line from the failing rank (torchrun adds its own summary), no rank's traceback
+
+
+def test_streaming_ranks_read_their_own_documents(stream_fail):
+    "Each rank tokenizes only its documents of the stream (r, r + 2, ...), and the checkpoint holds every rank's position."
+    from bytropix.training.checkpoint import TRAINING_STATE_FILE
+    st = torch.load(stream_fail.out/'checkpoints'/'step-4'/TRAINING_STATE_FILE, weights_only=True)
+    loaders = [r['loader'] for r in st['ranks']]
+    assert [(s['rank'], s['world_size']) for s in loaders] == [(0, 2), (1, 2)]
+    assert all(s['examples'] > 0 and s['batches'] == 4 for s in loaders)
+    assert [s['rank'] for s in st['loader']['ranks']] == [0, 1]   # what a resume on another world size reads
+    assert not (stream_fail.out/'checkpoints'/'step-6').exists()
+
+
+# -- BYTROPIX_SLOW=1 --
+
+@pytest.fixture(scope='module')
+def ddp_uninterrupted(data) -> Path:
+    train(data, data/'ddp-u', cfg(data), nproc=2)
+    return data/'ddp-u'
+
+
+@slow
+def test_sigkill_resume_equals_uninterrupted_bit_for_bit(ddp_run, ddp_uninterrupted):
+    assert_same_run(ddp_uninterrupted, ddp_run.out, 0.0)
+
+
+@slow
+def test_fsdp_equals_one_process(data, one_process, tmp_path):
+    train(data, tmp_path/'fsdp', [*cfg(data), '--train.parallel', 'fsdp'], nproc=2)
+    assert_same_run(one_process, tmp_path/'fsdp')
+
+
+@slow
+def test_resume_1_to_2_ddp(data, one_process, tmp_path):
+    out = restart_from(one_process, tmp_path/'u')
+    train(data, out, [*cfg(data), '--resume'], nproc=2)
+    assert_same_run(one_process, out)
 
 
 @slow
@@ -157,51 +263,6 @@ def test_bad_inputs_one_line(data, tmp_path):
     lines = [l for l in (r.stdout + r.stderr).splitlines() if 'error:' in l]
     assert len(lines) == 1 and 'not divisible by the 2 processes' in lines[0], r.stderr[-2000:]
     assert not (tmp_path/'b'/'checkpoints').exists()
-
-
-@slow
-def test_fsdp_equals_one_process(data, one_process, tmp_path):
-    train(data, tmp_path/'fsdp', [*cfg(data), '--train.parallel', 'fsdp'], nproc=2)
-    assert max(abs(a - b) for a, b in zip(losses(one_process), losses(tmp_path/'fsdp'))) <= 1e-5
-    assert_close(weights(one_process), weights(tmp_path/'fsdp'))
-
-
-@pytest.mark.parametrize('parallel', ['ddp', 'fsdp'])
-def test_wubu_equals_one_process_manifold_identical(data, wubu_one, parallel, tmp_path):
-    "wubu with points of the Poincaré ball (Riemannian Adam) and scalar curvatures, under DDP and under FSDP2."
-    (tmp_path/'m').mkdir()
-    train(data, tmp_path/'w2', [*cfg(data, 'wubu'), '--train.parallel', parallel], nproc=2, env={'BYT_MANIFOLD': str(tmp_path/'m')})
-    assert max(abs(a - b) for a, b in zip(losses(wubu_one), losses(tmp_path/'w2'))) <= 1e-5
-    assert_close(weights(wubu_one), weights(tmp_path/'w2'))
-    m0, m1 = (torch.load(tmp_path/'m'/f'rank{r}.pt') for r in (0, 1))
-    assert len(m0) > 3 and all(torch.equal(a, b) for a, b in zip(m0, m1))   # bit-identical on both ranks
-    points = [p for p in m0 if p.ndim == 2]
-    assert points and all((p.norm(dim=-1) < 1).all() for p in points)   # still inside the unit ball (c = 1)
-
-
-@slow
-def test_sigkill_one_rank_then_resume_bit_exact(data, ddp_run, tmp_path):
-    r = train(data, tmp_path/'k', cfg(data), nproc=2, env={'BYT_KILL': '1@13'}, check=False)
-    assert r.returncode != 0
-    assert (tmp_path/'k'/'checkpoints'/'step-10'/'state.json').is_file()
-    train(data, tmp_path/'k', [*cfg(data), '--resume'], nproc=2)
-    a, b = weights(ddp_run), weights(tmp_path/'k')
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(ddp_run) == losses(tmp_path/'k')
-
-
-@slow
-def test_resume_1_to_2(data, one_process, tmp_path):
-    import shutil
-    out = tmp_path/'u'
-    shutil.copytree(one_process, out)
-    shutil.rmtree(out/'checkpoints'/'step-20'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
-    fsdp = tmp_path/'uf'
-    shutil.copytree(out, fsdp)
-    train(data, out, [*cfg(data), '--resume'], nproc=2)
-    assert_close(weights(one_process), weights(out))
-    train(data, fsdp, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2)   # whole tensors → each rank's shards
-    assert_close(weights(one_process), weights(fsdp))
 
 
 @slow
@@ -220,40 +281,18 @@ def test_unreachable_rendezvous_one_line(data, tmp_path):
 def test_ddp_with_grad_accum_equals_one_process(data, tmp_path):
     "Accumulation composes: the all-reduce runs in the last micro-batch's backward only, the result is unchanged."
     args = cfg(data, steps=6, grad_accum=2, save_interval=0)
-    train(data, tmp_path/'a1', args)
+    train_here(tmp_path/'a1', args)
     train(data, tmp_path/'a2', args, nproc=2)
-    assert max(abs(a - b) for a, b in zip(losses(tmp_path/'a1'), losses(tmp_path/'a2'))) <= 1e-5
-    assert_close(weights(tmp_path/'a1'), weights(tmp_path/'a2'))
-
-
-@pytest.fixture(scope='module')
-def stream_run(data) -> Path:
-    "2 ranks reading a streamed text file, checkpoints at steps 3 and 6."
-    train(data, data/'stream', cfg(data, steps=6, save_interval=3) + ['--data.streaming', 'true'], nproc=2)
-    return data/'stream'
-
-
-def test_streaming_ranks_read_their_own_documents(stream_run):
-    "Each rank tokenizes only its documents of the stream (r, r + 2, ...), and the checkpoint holds every rank's position."
-    from bytropix.training.checkpoint import TRAINING_STATE_FILE
-    st = torch.load(stream_run/'checkpoints'/'step-6'/TRAINING_STATE_FILE, weights_only=True)
-    loaders = [r['loader'] for r in st['ranks']]
-    assert [(s['rank'], s['world_size']) for s in loaders] == [(0, 2), (1, 2)]
-    assert all(s['examples'] > 0 and s['batches'] == 6 for s in loaders)
-    assert [s['rank'] for s in st['loader']['ranks']] == [0, 1]   # what a resume on another world size reads
+    assert_same_run(tmp_path/'a1', tmp_path/'a2')
 
 
 @slow
-def test_streaming_resume_bit_exact_and_on_one_process(data, stream_run, tmp_path):
-    import shutil
-    out = tmp_path/'s'
-    shutil.copytree(stream_run, out)
-    shutil.rmtree(out/'checkpoints'/'step-6'); shutil.rmtree(out/'best'); shutil.rmtree(out/'export')
-    args = cfg(data, steps=6, save_interval=3) + ['--data.streaming', 'true', '--resume']
-    one = tmp_path/'s1'
-    shutil.copytree(out, one)
-    train(data, out, args, nproc=2)
-    a, b = weights(stream_run), weights(out)
-    assert all(torch.equal(a[k], b[k]) for k in a) and losses(stream_run) == losses(out)
-    r = train(data, one, args)   # 2 → 1: continues from the first document a rank had not read
-    assert 'resumed from' in r.stdout and len(losses(one)) == 6
+def test_streaming_resume_bit_exact_and_on_one_process(data, tmp_path):
+    "A streamed run resumes bit for bit on 2 ranks, and continues on one process (from the first unread document)."
+    args = cfg(data, steps=6, save_interval=3) + ['--data.streaming', 'true']
+    train(data, tmp_path/'s', args, nproc=2)
+    out, one = restart_from(tmp_path/'s', tmp_path/'s2', 3), restart_from(tmp_path/'s', tmp_path/'s1', 3)
+    train(data, out, [*args, '--resume'], nproc=2)
+    assert_same_run(tmp_path/'s', out, 0.0)
+    printed = train_here(one, [*args, '--resume'])
+    assert 'resumed from' in printed and len(losses(one)) == 6
