@@ -63,6 +63,7 @@ def data(tmp_path_factory) -> Path:
 
 def cfg(data: Path, arch: str = 'gpt', **train) -> list[str]:
     model = {'gpt': ['--model.n_layer', '2', '--model.n_head', '2', '--model.n_embd', '32'],
+             'bdh': ['--model.n_layer', '2', '--model.n_head', '2', '--model.n_embd', '32', '--model.dropout', '0'],
              'wubu': ['--model.n_layer', '1', '--model.n_head', '2', '--model.n_embd', '32', '--model.embedding', 'hyperbolic']}[arch]
     t = {**dict(steps=20, batch_size=4, block_size=16, lr=3e-3, warmup_steps=0, eval_interval=0, eval_batches=2, log_interval=1,
                 save_interval=10, keep_last=0, sample_interval=0, tensorboard='false', device='cpu', seed=1), **train}
@@ -71,12 +72,14 @@ def cfg(data: Path, arch: str = 'gpt', **train) -> list[str]:
 
 
 def train(data: Path, out: Path, args: list[str], nproc: int = 1, env: dict | None = None, timeout: float = 240,
-          check: bool = True, module: bool = False) -> subprocess.CompletedProcess:
-    """`bytropix train` (through the fault-injecting child) on `nproc` torchrun processes; `module`: the documented
-    `torchrun --nproc-per-node N -m bytropix train ...` itself."""
+          check: bool = True, how: str = 'child') -> subprocess.CompletedProcess:
+    """`bytropix train` on `nproc` torchrun processes: through the fault-injecting child (`how='child'`), as the
+    documented `torchrun --nproc-per-node N -m bytropix train ...` (`'module'`), or as `bytropix train ... --nproc N`
+    (`'flag'`: the CLI starts torchrun's engine itself)."""
     argv = ['train', *args, '--out_dir', str(out), '--no-progress', '--sample-tokens', '0']
-    launcher = [] if nproc == 1 else ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(nproc)]
-    script = ['-m', 'bytropix'] if module else [str(data/'child.py')]
+    launcher = [] if nproc == 1 or how == 'flag' else ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(nproc)]
+    script = ['-m', 'bytropix'] if how != 'child' else [str(data/'child.py')]
+    if how == 'flag': argv += ['--nproc', str(nproc)]
     r = subprocess.run([sys.executable, *launcher, *script, *argv], capture_output=True, text=True,
                        env={**ENV, **(env or {})}, timeout=timeout, cwd=ROOT)
     if check: assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -184,9 +187,9 @@ def test_resume_2_to_1_and_export(data, one_process, ddp_run, tmp_path):
 
 def test_resume_1_to_2_fsdp(data, one_process, tmp_path):
     """A one-process checkpoint continues on 2 ranks under FSDP2 (whole tensors → each rank's shards) like the
-    uninterrupted run; launched as the documented `torchrun --nproc-per-node 2 -m bytropix train ...`."""
+    uninterrupted run; launched as `bytropix train ... --nproc 2` (torchrun's engine running `python -m bytropix`)."""
     out = restart_from(one_process, tmp_path/'uf')
-    train(data, out, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2, module=True)
+    train(data, out, [*cfg(data), '--resume', '--train.parallel', 'fsdp'], nproc=2, how='flag')
     assert_same_run(one_process, out)
 
 
@@ -250,9 +253,17 @@ def test_fsdp_equals_one_process(data, one_process, tmp_path):
 
 
 @slow
+def test_bdh_fsdp_equals_one_process(data, tmp_path):
+    train_here(tmp_path/'b1', cfg(data, 'bdh'))
+    train(data, tmp_path/'b2', [*cfg(data, 'bdh'), '--train.parallel', 'fsdp'], nproc=2)
+    assert_same_run(tmp_path/'b1', tmp_path/'b2')
+
+
+@slow
 def test_resume_1_to_2_ddp(data, one_process, tmp_path):
+    "1 → 2 under DDP, launched as the documented `torchrun --nproc-per-node 2 -m bytropix train ...`."
     out = restart_from(one_process, tmp_path/'u')
-    train(data, out, [*cfg(data), '--resume'], nproc=2)
+    train(data, out, [*cfg(data), '--resume'], nproc=2, how='module')
     assert_same_run(one_process, out)
 
 
