@@ -133,3 +133,10 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_stackwise_quick():
+    out = run_quick('stackwise.py')
+    assert '| run | steps | train FLOPs / e2e | val bpb (ELBO) | bpb / e2e | wall s | wall / e2e | peak MB | trunk cache hits |' in out
+    for name in ('end to end, same FLOPs', 'progressive, frozen + trunk cache', 'progressive, QLoRA trunk (NF4)'):
+        assert f'\n| {name} |' in out, out
