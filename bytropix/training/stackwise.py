@@ -1,4 +1,4 @@
-"""Grow a deep model a stack of blocks at a time — append or prepend, frozen trunk with LoRA/QLoRA, cached trunk activations, masked diffusion by default.
+"""Grow a deep model a stack of blocks at a time (append or prepend), frozen trunk with LoRA/QLoRA, cached trunk activations, masked diffusion by default.
 
 Docs: https://bytropix.github.io/bytropix/stackwise.html.md"""
 
