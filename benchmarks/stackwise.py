@@ -11,7 +11,7 @@ its peak resident memory is its own (CPU: Python and torch included). Training d
 sees its examples several times — the regime in which a trunk cache can pay off.
 
     python benchmarks/stackwise.py --quick     # tiny: seconds (the smoke test)
-    python benchmarks/stackwise.py             # 8 blocks × 128 wide, k = 2, 4 stages of 100 steps (~8 min on 2 cores)
+    python benchmarks/stackwise.py             # 8 blocks × 96 wide, k = 2, 4 stages of 60 steps (~10 min on 2 busy cores)
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 def sizes(quick: bool) -> dict:
     if quick: return dict(n_layer=4, k=1, n_embd=32, n_head=2, stage_steps=3, batch=4, block=16, tokens=2000, eval_batches=2, eval_points=2)
-    return dict(n_layer=8, k=2, n_embd=128, n_head=4, stage_steps=100, batch=8, block=64, tokens=24000, eval_batches=16, eval_points=4)
+    return dict(n_layer=8, k=2, n_embd=96, n_head=4, stage_steps=60, batch=8, block=64, tokens=12000, eval_batches=16, eval_points=4)
 
 FROZEN = {'embeddings': 'frozen'}
 RUNS = {   # name: stages 2-4 (None: end to end), cache
