@@ -140,3 +140,40 @@ def test_adapters_on_a_missing_module_and_tied_embeddings(tmp_path, capsys):
     rc, text, err = run(capsys, 'train', ROOT/'configs'/'stackwise.yaml', '--out_dir', tmp_path/'t', *TINY,
                         '--train.steps', '16', '--model.tie_embeddings', 'true', '--train.stackwise', json.dumps(sw))
     assert rc == 2 and '`train.stackwise.stages[1].embeddings`' in err and 'head' in err, err
+
+
+slow = pytest.mark.skipif(__import__('os').environ.get('BYTROPIX_SLOW') != '1', reason='long: runs with BYTROPIX_SLOW=1')
+
+CHILD = '''
+import sys, time
+sys.path.insert(0, sys.argv[4])
+from tests.test_stackwise import _run
+from bytropix.training.trainer import Trainer
+delay = float(sys.argv[3])
+cb = [lambda t, s, r: time.sleep(delay)] if delay else []
+Trainer(_run(__import__('pathlib').Path(sys.argv[1]), 'mixed'), resume=sys.argv[2] == '1', callbacks=cb, log=None, progress=False).fit()
+'''
+
+
+@slow
+def test_sigkill_mid_stage_two_resumes_bit_exact(tmp_path):
+    "A StackWise run killed with SIGKILL in stage 2 (after its step-5 checkpoint) and resumed equals the uninterrupted run."
+    import os, subprocess, sys, time
+    script = tmp_path/'child.py'
+    script.write_text(CHILD)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0', 'PYTHONPATH': str(ROOT)}
+    go = lambda out, resume, delay: subprocess.Popen([sys.executable, str(script), str(out), resume, str(delay), str(ROOT)],
+                                                     env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ref, killed = go(tmp_path/'a', '0', 0), go(tmp_path/'b', '0', 0.3)
+    assert ref.wait(300) == 0, ref.communicate()[0]
+    deadline = time.monotonic() + 300
+    while not (tmp_path/'b'/'checkpoints'/'step-5'/'state.json').is_file():
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0]
+        time.sleep(0.02)
+    time.sleep(0.5)   # into step 6 or 7: mid-stage 2 (steps 5-8)
+    killed.send_signal(signal.SIGKILL); killed.wait()
+    resumed = go(tmp_path/'b', '1', 0)
+    assert resumed.wait(300) == 0, resumed.communicate()[0]
+    a, b = (load_file(str(p/'export'/'model.safetensors')) for p in (tmp_path/'a', tmp_path/'b'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _records(tmp_path/'a') == _records(tmp_path/'b')
