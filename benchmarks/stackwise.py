@@ -12,6 +12,7 @@ sees its examples several times — the regime in which a trunk cache can pay of
 
     python benchmarks/stackwise.py --quick     # tiny: seconds (the smoke test)
     python benchmarks/stackwise.py             # 8 blocks × 96 wide, k = 2, 4 stages of 60 steps (~10 min on 2 busy cores)
+    python benchmarks/stackwise.py --only cache  # the trunk cache's step time alone (uncached, cold, warm; a minute)
 """
 import argparse
 import json
@@ -95,6 +96,36 @@ def child(spec: str) -> None:
                       'hit_rate': sum(hits) / len(hits) if hits else None, 'trainable_last': train}))
 
 
+def cache_step_times(s: dict, reps: int) -> dict:
+    "Seconds per training step of the last stage (median of `reps`, interleaved): uncached, cache cold (all misses), warm (all hits)."
+    import torch
+    import bytropix.models.gpt  # noqa: F401
+    from bytropix.config import RunConfig
+    from bytropix.training.diffusion import setup_mdlm
+    from bytropix.training.stackwise import CachedTrunkObjective, StackRack, TrunkCache
+    torch.manual_seed(0)
+    run = RunConfig.from_dict(config(s, Path('/nonexistent'), FROZEN, 'memory')).resolved(257)
+    rack, m = StackRack(run), None
+    for i in range(s['n_layer'] // s['k']): m = rack.build(i, m)
+    setup_mdlm(m, None, run)
+    L, k = s['n_layer'], s['k']
+    obj = CachedTrunkObjective(m, range(0, L - k), range(L - k, L), TrunkCache('memory'), variants=1)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    xs = [torch.randint(0, 256, (s['batch'], s['block'])) for _ in range(4)]
+    m.train()
+    for x in xs: m(x, x)   # fill the cache
+    def step(kind: str, x) -> float:
+        if kind == 'cold': obj.cache = TrunkCache('memory')
+        t0 = time.perf_counter()
+        out = obj._forward(x, x) if kind == 'uncached' else m(x, x)
+        out.loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+    times = {'uncached': [], 'cold': [], 'warm': []}
+    for r in range(reps):
+        for kind in times: times[kind].append(step(kind, xs[r % 4]))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def run_one(d: dict, quick: bool = False) -> dict:
     if quick:   # the smoke test: in this process (peak memory is then the process's so far)
         import contextlib, io
@@ -109,10 +140,17 @@ def run_one(d: dict, quick: bool = False) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--quick', action='store_true', help='tiny sizes: seconds (the smoke test)')
+    ap.add_argument('--only', choices=('runs', 'cache'), help='only the runs table, or only the trunk-cache step timing')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child: return child(args.child)
     s = sizes(args.quick)
+    if args.only != 'cache': table(s, args)
+    if args.only != 'runs': cache_table(s, args)
+
+
+def table(s: dict, args) -> None:
+    "Progressive schedules against end-to-end training (each run in its own process)."
     n = s['n_layer'] // s['k']
     nb, nh = block_and_head_weights(s)
     ref = flops(s, {})   # the progressive frozen-trunk schedule's FLOPs: the end-to-end budget
@@ -137,6 +175,17 @@ def main() -> None:
         hit = f"{r['hit_rate']:.0%}" if r['hit_rate'] is not None else '–'
         print(f"| {name} | {steps} | {f / rows[0][2]:.2f} | {r['bpb']:.4f} | {r['bpb'] / base['bpb']:.3f} | {r['wall_s']:.1f} | "
               f"{r['wall_s'] / base['wall_s']:.2f} | {r['peak_mb']:.0f} | {hit} |")
+
+
+def cache_table(s: dict, args) -> None:
+    "The trunk cache's effect on one training step of the last stage."
+    c = cache_step_times(s, 3 if args.quick else 15)
+    print(f"\nTrunk cache, one training step of the last stage ({s['n_layer'] - s['k']} frozen blocks below {s['k']} new ones, "
+          f"median of {3 if args.quick else 15}, interleaved):\n")
+    print('| trunk | ms / step | speed-up vs uncached |')
+    print('|---|---|---|')
+    for kind, what in (('uncached', 'recomputed (no cache)'), ('cold', 'cache cold: every example a miss'), ('warm', 'cache warm: every example a hit')):
+        print(f"| {what} | {c[kind] * 1e3:.1f} | {c['uncached'] / c[kind]:.2f}× |")
 
 
 if __name__ == '__main__':

@@ -140,3 +140,4 @@ def test_stackwise_quick():
     assert '| run | steps | train FLOPs / e2e | val bpb (ELBO) | bpb / e2e | wall s | wall / e2e | peak MB | trunk cache hits |' in out
     for name in ('end to end, same FLOPs', 'progressive, frozen + trunk cache', 'progressive, QLoRA trunk (NF4)'):
         assert f'\n| {name} |' in out, out
+    assert '| trunk | ms / step | speed-up vs uncached |' in out and '| cache warm: every example a hit |' in out
