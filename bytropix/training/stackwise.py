@@ -25,6 +25,7 @@ from fastcore.basics import patch
 from ..core import ConfigBase, ConfigError, DataError, atomic_path
 from ..data.datasets import BlockLoader, _epoch_seed
 from ..models.base import ModelOutput, build_model, get_config_class, lm_loss
+from ..layers.quantized import QuantizedLinear
 from ..peft import PeftConfig, apply_peft, export_form, name_matches
 from ..quantization import quantization_targets
 from ..core import TASKS
@@ -460,11 +461,12 @@ def describe(self: StackwiseRun) -> str:
     new = self.rack.new_blocks(i)
     train = sum(p.numel() for p in {id(p): p for p in m.parameters()}.values() if p.requires_grad)
     total = sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+    total += sum(q.in_features * q.out_features for q in m.modules() if isinstance(q, QuantizedLinear))   # low-bit trunk matrices
     trunk = '' if i == 0 else f"; trunk {st.trunk}" + (f" ({st.trunk_storage})" if st.trunk in ('lora', 'qlora') else '')
     cache = f"; trunk cache: {self.sw.cache}" if self.sw.caches(i) else ''
     return (f"stackwise stage {i + 1}/{n}: {self.rack.depth(i)} blocks, new stack = blocks {new.start}–{new.stop - 1} "
             f"({st.add if i else 'first'}){trunk}; embeddings {st.embeddings}; head trains; {train:,} of {total:,} "
-            f"parameters train; {st.steps} steps at lr {st.lr or self.t.tc.lr:g}{cache}")
+            f"weights train; {st.steps} steps at lr {st.lr or self.t.tc.lr:g}{cache}")
 
 def attach_stackwise(trainer: Any, ckpt: Path | None) -> StackwiseRun:
     "The trainer's hook: replace its model with the current stage's (`trainer.stackwise` then grows it between stages)."
