@@ -177,3 +177,20 @@ def test_sigkill_mid_stage_two_resumes_bit_exact(tmp_path):
     a, b = (load_file(str(p/'export'/'model.safetensors')) for p in (tmp_path/'a', tmp_path/'b'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _records(tmp_path/'a') == _records(tmp_path/'b')
+
+
+def test_lm_task_cached_stage_equals_the_full_model():
+    "Task lm works too: no corruption, one cache entry per example; cached loss = recomputed = the whole model's loss."
+    from bytropix.training.stackwise import CachedTrunkObjective, StackRack, TrunkCache
+    d = load_config(None, ['task=lm', 'model.n_layer=2', 'model.n_head=2', 'model.n_embd=32', 'model.tie_embeddings=false',
+                           'train.steps=4', 'train.block_size=16']).to_dict()
+    d['train']['stackwise'] = {'stack_size': 1, 'cache': 'memory', 'stages': [{'steps': 2}, {'steps': 2, 'embeddings': 'frozen'}]}
+    rack = StackRack(RunConfig.from_dict(d).resolved(256))
+    m = rack.build(1, rack.build(0)).train()
+    obj = CachedTrunkObjective(m, range(0, 1), range(1, 2), TrunkCache('memory'))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (3, 16), generator=g), torch.randint(0, 256, (3, 16), generator=g)
+    a, b = m(x, y).loss, m(x, y).loss
+    assert obj.cache.misses == 3 and obj.cache.hits == 3 and torch.equal(a, b)
+    assert torch.allclose(a, obj._forward(x, y).loss, atol=1e-5)
+    assert m(x).logits.shape == (3, 16, 256)   # no targets: the model's own forward
