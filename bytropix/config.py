@@ -22,6 +22,7 @@ from .data.datasets import DataConfig, absolute_source
 from .data.tokenizers import TokenizerConfig
 from .models.base import ModelConfig, get_config_class
 from .peft import PeftConfig
+from .training.stackwise import StackwiseConfig
 
 # %% auto #0
 __all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config', 'save_config',
@@ -81,6 +82,7 @@ class TrainConfig(ConfigBase):
     dist_timeout: float = 300.0        # seconds a collective may wait for the other ranks before the job fails
     init_from: Optional[str] = None    # fine-tune: start from this export's (or run directory's) weights, architecture and tokenizer
     peft: Optional[PeftConfig] = None  # LoRA/QLoRA adapters over a frozen trunk (see the PEFT chapter); null: train every weight
+    stackwise: Optional[StackwiseConfig] = None  # progressive stack training (see the StackWise chapter); null: the whole model at once
 
     def validate(self) -> None:
         c = self.check
@@ -160,6 +162,7 @@ class RunConfig(ConfigBase):
         opts = getattr(prepare, 'options_class', None)
         if opts is not None: self._task_options = opts.from_dict(self.task_options, _path='task_options')
         if (check := getattr(prepare, 'check_run', None)) is not None: check(self)   # e.g. `mdlm` needs a bidirectional model
+        if self.train.stackwise is not None: self.train.stackwise.check_run(self)   # a stage schedule this model can grow by
 
     def _absolute_paths(self) -> None:
         # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:

@@ -356,6 +356,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is Any: return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args: return None
+        if len(opts := [a for a in args if a is not type(None)]) == 1: return _coerce(value, opts[0], path)  # Optional[X]: X's own message
         errs = []
         for a in args:
             if a is type(None): continue

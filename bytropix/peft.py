@@ -320,6 +320,9 @@ def attach_prompt(model: nn.Module, n: int) -> PromptTuning:
 # %% ../nbs/46_peft.ipynb #9f85866a
 def adapt_for_run(model: nn.Module, run: Any, log: Callable[[str], Any] | None = None) -> nn.Module:
     "Add the adapters of `run.train.peft` (when set) to a freshly built model: how a LoRA run's checkpoints are read back."
+    if getattr(getattr(run, 'train', None), 'stackwise', None) is not None:   # a StackWise run: its last stage's adapters
+        from bytropix.training.stackwise import final_stage_model
+        return final_stage_model(model, run)
     cfg = getattr(getattr(run, 'train', None), 'peft', None)
     if cfg is not None and getattr(run.train, 'qat', None):
         raise ConfigError(f"`train.qat` ({run.train.qat}) and `train.peft` cannot be combined: QAT trains every weight through "

@@ -139,3 +139,11 @@ def test_recipe_quick():
     out = run_quick('recipe.py', '--variants', 'muon+wsd')
     assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out
     assert '\n| baseline | (default) |' in out and '\n| muon+wsd | train.optimizer=muon' in out
+
+
+def test_stackwise_quick():
+    out = run_quick('stackwise.py')
+    assert '| run | steps | train FLOPs / e2e | val bpb (ELBO) | bpb / e2e | wall s | wall / e2e | peak MB | trunk cache hits |' in out
+    for name in ('end to end, same FLOPs', 'progressive, frozen + trunk cache', 'progressive, QLoRA trunk (NF4)'):
+        assert f'\n| {name} |' in out, out
+    assert '| trunk | ms / step | speed-up vs uncached |' in out and '| cache warm: every example a hit |' in out

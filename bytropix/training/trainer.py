@@ -165,7 +165,8 @@ class Progress:
         if self.enabled: sys.stderr.write('\r\033[K'); sys.stderr.flush()
 
 # %% ../../nbs/44_trainer.ipynb #d3ecb6b3
-_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.qat', 'train.peft')
+_MUST_MATCH = ('arch', 'model', 'task', 'task_options', 'data', 'tokenizer', 'train.batch_size', 'train.block_size', 'train.qat', 'train.peft',
+               'train.stackwise')
 
 def _get(d: dict, dotted: str) -> Any:
     for k in dotted.split('.'): d = d.get(k, {}) if isinstance(d, dict) else {}
@@ -314,6 +315,9 @@ def _prepare(self: Trainer, ckpt: Path | None) -> None:
     if self.tokenizer is None and self.data is None and needs_tok: self.tokenizer = self._build_tokenizer(ckpt is not None)
     if self.data is None: self.data = prepare_task(run, self.tokenizer)
     self.resolved = self._build_model()
+    if tc.stackwise is not None:   # progressive stack training: the current stage's model, its task set up (StackWise chapter)
+        from bytropix.training.stackwise import attach_stackwise
+        attach_stackwise(self, ckpt); return
     adapt_for_run(self.model, run, self.log)   # train.peft: freeze the trunk, add the adapters
     setup_model = getattr(get_task(run.task), 'setup_model', None)
     if setup_model is not None: setup_model(self.model, self.data, run)   # e.g. `distill` attaches its frozen teacher
@@ -332,8 +336,9 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
         from bytropix.quantization import prepare_qat
         prepare_qat(model, tc.qat)
     wrapped = model if self.dist is None else wrap_model(model, self.dist, tc)   # DDP, or FSDP2 sharding `model` in place
-    self.optimizer = build_optimizer(model, tc, self.device)
-    self.scheduler = LRScheduler(self.optimizer, tc)
+    otc = self.stackwise.train_config if tc.stackwise is not None else tc   # a StackWise stage: its own lr and schedule
+    self.optimizer = build_optimizer(model, otc, self.device)
+    self.scheduler = LRScheduler(self.optimizer, otc)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
     self.train_model = torch.compile(wrapped) if tc.compile else wrapped
     manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
@@ -590,6 +595,7 @@ def _loop(self: Trainer) -> dict:
     self._tok0 = self._tok_last = self.tokens_seen
     try:
         while self.step < tc.steps:
+            if tc.stackwise is not None: self.stackwise.before_step()   # a stage boundary: checkpoint, then grow
             r = self.train_step()
             self.step += 1
             if r['skipped']: self._handle_nonfinite(r)
