@@ -133,3 +133,9 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_recipe_quick():
+    out = run_quick('recipe.py', '--variants', 'muon+wsd')
+    assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out
+    assert '\n| baseline | (default) |' in out and '\n| muon+wsd | train.optimizer=muon' in out
