@@ -2,7 +2,8 @@
 
 `bytropix serve` runs in a subprocess on 127.0.0.1 with the default-size model (the Llama-style GPT of
 configs/default.yaml: 4 layers × 128 wide, byte-level; random weights unless --model points at a trained run or
-export, and block_size 256 so that prompt + 128 new tokens fit the cache). 16 concurrent streaming clients, each
+export, e.g. `bytropix train --train.block_size 256 --train.batch_size 8`; block_size 256 so that prompt + 128 new
+tokens fit the cache). 16 concurrent streaming clients, each
 with a different prompt length (8, 12, ... 68 bytes), ask for 128 greedy tokens with `logprobs: 0` (one SSE chunk
 per token). The same is done against the same server at `--max-batch 1`. Printed: total tokens/s and the ratio
 (target ≥ 4×), time to first token p50/p99 and inter-token latency p50/p99 for both, and the server's resident memory
@@ -129,6 +130,14 @@ def main(argv=None):
     if a.quick: a.clients, a.new_tokens, a.memory_requests = 4, 8, 40
     tmp = tempfile.TemporaryDirectory()
     model_dir, what = a.model, a.model
+    if a.model is not None:
+        from bytropix.training.run import load_trained
+        m, _, _ = load_trained(a.model, 'best', 'cpu'); c = m.config
+        what = (f"{a.model}: trained {m.arch} {c.n_layer}×{c.n_embd}, block {c.block_size}, "
+                f"{m.num_parameters() / 1e6:.2f}M parameters")
+        if max(8 + 4 * (a.clients - 1), 1) + a.new_tokens > c.block_size:
+            ap.error(f"the longest prompt + {a.new_tokens} new tokens exceed the model's block_size {c.block_size}")
+        del m
     if model_dir is None:
         torch.manual_seed(0)
         size = dict(n_layer=1, n_embd=32, n_head=2) if a.quick else dict(n_layer=4, n_embd=128, n_head=4)

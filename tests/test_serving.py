@@ -202,6 +202,37 @@ def test_queue_full_disconnect_rate_limit(tmp_path):
         assert int(limited.headers['Retry-After']) >= 1 and limited.json()['error']['code'] == 'rate_limit_exceeded'
 
 
+def test_non_streaming_disconnect_cancels():
+    "A client that drops a plain (non-streamed) request: the engine stops decoding it and the slot frees promptly."
+    import socket
+    sm = ServedModel.build('one', build_model('gpt', vocab_size=256, block_size=16, n_layer=1, n_embd=16, n_head=2),
+                           byte_tokenizer(), max_batch=1, max_queue=0)
+    step = sm.engine.step
+    def slow_step():  # 10 ms per token: 2000 tokens would take 20 s
+        time.sleep(0.01); step()
+    sm.engine.step = slow_step
+    with BackgroundServer(create_app([sm], ServerSettings(max_tokens=2000))) as s:
+        body = json.dumps({'model': 'one', 'prompt': 'a', 'max_tokens': 2000}).encode()
+        sock = socket.create_connection((s.host, s.port))
+        sock.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n'
+                     b'Content-Length: %d\r\n\r\n' % len(body) + body)
+        t0 = time.monotonic()
+        while metric(s, 'bytropix_running_sequences', 'one') != 1:
+            assert time.monotonic() - t0 < 10, 'the request never started'
+            time.sleep(0.02)
+        time.sleep(0.1)
+        sock.close()                       # the client goes away without reading an answer
+        t0 = time.monotonic()
+        while metric(s, 'bytropix_running_sequences', 'one') != 0:
+            assert time.monotonic() - t0 < 3, 'the abandoned non-streamed sequence still runs'
+            time.sleep(0.02)
+        n = metric(s, 'bytropix_generation_tokens_total', 'one')
+        time.sleep(0.3)                    # ~30 more steps' time: nothing more is decoded for it
+        assert metric(s, 'bytropix_generation_tokens_total', 'one') == n < 2000
+        assert sm.engine.tokens_generated == n and sm.engine.num_running == 0
+        assert post(s, '/v1/completions', {'model': 'one', 'prompt': 'b', 'max_tokens': 1}).status_code == 200
+
+
 def test_cli_serve_end_to_end(tmp_path):
     import os, socket, subprocess, sys
     from pathlib import Path

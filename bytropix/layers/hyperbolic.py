@@ -20,7 +20,7 @@ from ..core import ConfigError, compute_dtype, did_you_mean, is_half
 from ..geometry import (Curvature, PoincareBall, ball_eps, cdist, expmap0, floored_softplus, inv_softplus,
                                klein_to_poincare, lambda_x, logmap0, mobius_add, mobius_linear, mobius_scalar_mul,
                                poincare_to_klein, project)
-from .attention import KVCache, attention_mask
+from .attention import KVCache, RaggedKVCache, attention_mask
 from .rope import RotaryEmbedding
 
 # %% auto #0
@@ -254,14 +254,16 @@ def weighted_midpoint(x: Tensor, weights: Tensor, c: Curvature = 1.0,
 
 def hyperbolic_attention(q: Tensor, k: Tensor, v: Tensor, c: Curvature = 1.0, beta: Tensor | float = 1.0,
                          causal: bool = True, window: int | None = None, dropout_p: float = 0.0,
-                         aggregation: Literal['einstein', 'gyromidpoint'] = 'einstein', return_weights: bool = False):
+                         aggregation: Literal['einstein', 'gyromidpoint'] = 'einstein', return_weights: bool = False,
+                         mask: Tensor | None = None):
     """Attention of ball points `q` (B, H, Tq, D) over `k`, `v` (B, H, Tk, D), Tk ≥ Tq (queries are the last Tq positions):
-    scores $-\\beta d_c(q_i, k_j)$, weighted midpoint of the values. `beta`: a number or (H,) temperatures."""
+    scores $-\\beta d_c(q_i, k_j)$, weighted midpoint of the values. `beta`: a number or (H,) temperatures. `mask`: boolean,
+    broadcastable to (B, H, Tq, Tk), True where a query may look (a ragged KV cache's rows); it replaces causal/window."""
     dt = q.dtype; cd = compute_dtype(dt)
     if isinstance(beta, Tensor) and beta.dim() == 1: beta = beta.view(-1, 1, 1)
     if isinstance(c, Tensor): c = c.to(cd)
     s = -beta * cdist(q.to(cd), k.to(cd), c)                       # (B, H, Tq, Tk), float32 at least
-    m = attention_mask(q.shape[-2], k.shape[-2], causal, window, q.device)
+    m = mask if mask is not None else attention_mask(q.shape[-2], k.shape[-2], causal, window, q.device)
     if m is not None: s = s.masked_fill(~m, float('-inf'))
     w = torch.softmax(s, dim=-1)
     if dropout_p > 0: w = F.dropout(w, dropout_p)
@@ -317,7 +319,8 @@ class HyperbolicAttention(nn.Module):
         q, k = qk[:, :H], qk[:, H:]
         if cache is not None: k, v = cache.update(k, v)
         y, w = hyperbolic_attention(q, k, v, c, self.beta, self.causal, self.window,
-                                    self.dropout if self.training else 0.0, self.aggregation, return_weights=True)
+                                    self.dropout if self.training else 0.0, self.aggregation, return_weights=True,
+                                    mask=cache.mask if isinstance(cache, RaggedKVCache) else None)  # rows of different lengths
         y = logmap0(y, c).transpose(1, 2).reshape(B, T, H * D)
         out = self.resid_drop(self.out_proj(y))
         return (out, w) if return_weights else out

@@ -330,7 +330,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 def _sse(obj: Any) -> str: return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 # %% ../../nbs/53_serving.ipynb #cd5fa2ae
-async def _respond(app, req: _Sampling, kind: str, prompts: list[list[int]], logprobs: int | None, sm: ServedModel):
+async def _cancel_on_disconnect(request: Any, job: _Job, every: float = 0.1) -> None:
+    "Poll the client's connection while a non-streamed request runs: cancel `job` (free its slots) once it is gone."
+    while not await request.is_disconnected(): await asyncio.sleep(every)
+    job.cancel()
+
+async def _respond(app, req: _Sampling, kind: str, prompts: list[list[int]], logprobs: int | None, sm: ServedModel,
+                   request: Any = None):
     "Run a completion or chat request: a JSON response, or an SSE stream (`req.stream`)."
     from fastapi.responses import JSONResponse, StreamingResponse
     settings, n = app.state.settings, req.n
@@ -345,12 +351,15 @@ async def _respond(app, req: _Sampling, kind: str, prompts: list[list[int]], log
     if req.stream: return StreamingResponse(_stream(job, head, kind, logprobs, req, n_prompt, settings, echo),
                                             media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
     texts, lps, reasons = list(echo or [''] * len(params)), [[] for _ in params], [None] * len(params)
+    watch = asyncio.create_task(_cancel_on_disconnect(request, job)) if request is not None else None
     try:
         async for i, text, ev, reason in job.events(settings.request_timeout):
             texts[i] += text
             if ev is not None and logprobs is not None: lps[i].append(ev)
             if reason: reasons[i] = reason
-    finally: job.cancel()
+    finally:
+        job.cancel()
+        if watch is not None: watch.cancel()
     choices = [_choice(kind, i, texts[i], lps[i], reasons[i], sm, logprobs) for i in range(len(params))]
     return JSONResponse({**head, 'choices': choices, 'usage': _usage(n_prompt, job.completion_tokens)})
 
@@ -541,7 +550,7 @@ def create_app(models: dict[str, ServedModel] | list[ServedModel], settings: Ser
         texts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
         if not texts: raise APIError(400, "prompt is an empty list: send a string, strings or token ids.", param='prompt')
         prompts = [_check_prompt(sm.tokenizer.encode(t) if isinstance(t, str) else list(t), sm) for t in texts]
-        return await _respond(app, req, 'text', prompts, req.logprobs, sm)
+        return await _respond(app, req, 'text', prompts, req.logprobs, sm, request)
 
     @route('POST', '/v1/chat/completions')
     async def chat(req: ChatRequest, request: Request):
@@ -549,7 +558,7 @@ def create_app(models: dict[str, ServedModel] | list[ServedModel], settings: Ser
         sm = served(req.model)
         text = sm.template.render([{'role': m.role, 'content': m.text()} for m in req.messages])
         lp = (req.top_logprobs or 0) if req.logprobs else None
-        return await _respond(app, req, 'chat', [_check_prompt(sm.tokenizer.encode(text), sm)], lp, sm)
+        return await _respond(app, req, 'chat', [_check_prompt(sm.tokenizer.encode(text), sm)], lp, sm, request)
 
     @app.get('/health')
     async def health():
