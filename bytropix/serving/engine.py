@@ -177,6 +177,7 @@ class Engine:
         self.rows: list[Request] = []     # sequences in the ragged batch, in the order of its rows
         self.batch_state: Any = None
         self.steps = self.tokens_generated = 0
+        self.recompute_passes = 0  # forward passes over recomputed rows (one per step, however many rows)
         self._cond, self._stop, self._thread = threading.Condition(), False, None
         self.on_error: Callable[[BaseException], None] = lambda e: None
 
@@ -282,12 +283,17 @@ def _decode(self: Engine) -> None:
         if over(s): s.mode, s.state = 'recompute', None; continue
         logits, s.state = self.model.step(torch.tensor([[s.tokens[-1]]], device=p.device), s.state)
         self._emit(s, logits[0, -1])
+    todo = [s for s in self.running if s.mode == 'recompute' and s.finish_reason is None]
+    causal = getattr(getattr(self.model, 'config', None), 'causal', True)
     groups: dict[int, list[Request]] = {}
-    for s in self.running:
-        if s.mode == 'recompute' and s.finish_reason is None: groups.setdefault(min(len(s.ids), self.block), []).append(s)
-    for n, seqs in groups.items():  # equal lengths share one forward pass
-        logits = self.model(torch.tensor([s.ids[-n:] for s in seqs], device=p.device)).logits[:, -1]
-        for s, row in zip(seqs, logits): self._emit(s, row)
+    for s in todo: groups.setdefault(min(len(s.ids), self.block) if not causal else 0, []).append(s)
+    for seqs in groups.values():  # causal: every length in one right-padded pass; else equal lengths share one
+        ns = [min(len(s.ids), self.block) for s in seqs]
+        ids = torch.zeros(len(seqs), max(ns), dtype=torch.long, device=p.device)
+        for b, (s, n) in enumerate(zip(seqs, ns)): ids[b, :n] = torch.tensor(s.ids[-n:], device=p.device)
+        logits = self.model(ids).logits   # a row's logits at its last token never see the padding after it
+        self.recompute_passes += 1
+        for b, s in enumerate(seqs): self._emit(s, logits[b, ns[b] - 1])
 
 @patch
 @torch.no_grad()
