@@ -187,7 +187,11 @@ def checkpoint_weights(path: str | os.PathLike, device: str | torch.device = 'cp
         try: manifest = json.loads(sp.read_text(encoding='utf-8'))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{sp} is corrupt ({e}). Use another checkpoint.") from None
-        return read_weights(store or checkpoint_store(path), manifest, str(path), device)
+        store = store or checkpoint_store(path)
+        if not store.path.is_dir():
+            raise CheckpointError(f"{path} is a delta checkpoint: its weights are in its run's object store {store.path}, which "
+                                  "does not exist. Copy the run directory as a whole (or export the model: one file).")
+        return read_weights(store, manifest, str(path), device)
     from safetensors.torch import load_file
     f = path/MODEL_FILE
     if not f.is_file(): raise CheckpointError(f"No weights file at {f}.")
