@@ -133,3 +133,10 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_checkpoint_store_quick():
+    out = run_quick('checkpoint_store.py')
+    assert '| run | checkpoints | full: MiB written | delta: MiB written | delta / full |' in out
+    for name in ('progressive, 4 stages', 'LoRA r=16, frozen fp32 base', 'QLoRA r=16, frozen NF4 base'): assert f'\n| {name}' in out, out
+    assert 'stage 4: ' in out
