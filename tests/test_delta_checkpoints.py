@@ -278,3 +278,21 @@ def test_unreadable_manifest_blocks_collection(tmp_path):
     n = len(rd.store.objects())
     shutil.rmtree(rd.checkpoint_dir(4))
     assert rd.collect_garbage() == [] and len(rd.store.objects()) == n
+
+
+def test_unfinished_writes_are_invisible_and_protected(tmp_path):
+    rd = RunDir(tmp_path).create()
+    _stackwise(rd, stages=2)
+    # a process killed while writing an object leaves a temporary file: not an object, deleted by recovery
+    tmp = rd.store.path/f'.{"0" * 64}.safetensors.abc.tmp'
+    tmp.write_bytes(b'partial')
+    assert len(rd.store.objects()) == len(set(rd.store.objects())) and '0' * 64 not in rd.store.objects()
+    rd.collect_garbage(); assert tmp.exists()                      # garbage collection never touches temporaries
+    rd.recover(); assert not tmp.exists()
+    # a save in progress (its manifest in a temporary directory) protects the objects it names
+    shutil.rmtree(rd.checkpoint_dir(1)); shutil.rmtree(rd.checkpoint_dir(2))
+    moving = rd.checkpoint_dir(3).with_name('step-3.tmp-xyz')
+    shutil.copytree(rd.checkpoint_dir(3), moving); shutil.rmtree(rd.checkpoint_dir(3))
+    named = {g['object'] for g in json.loads((moving/MANIFEST_FILE).read_text())['groups']}
+    rd.collect_garbage()
+    assert named <= set(rd.store.objects())
