@@ -2,7 +2,10 @@
 bit-exact resume, the CLI unchanged (eval, generate, average, export, merge, --overwrite), corruption detected by hash,
 and garbage collection that never deletes a referenced object, even when a failure is injected half-way."""
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -25,6 +28,7 @@ TINY = {'model.n_layer': 2, 'model.n_head': 2, 'model.n_embd': 32, 'train.batch_
         'train.warmup_steps': 1, 'train.eval_batches': 1, 'train.sample_interval': 0, 'train.tensorboard': False,
         'train.log_interval': 1, 'train.num_threads': 1, 'data.max_train_tokens': 20000, 'data.max_val_tokens': 2000}
 DROP = {'train/tokens_per_s', 'time_s', 'sys/memory_mb'}
+slow = pytest.mark.skipif(os.environ.get('BYTROPIX_SLOW') != '1', reason='long: runs with BYTROPIX_SLOW=1')
 
 
 def _run(out: Path, **over):
@@ -184,6 +188,31 @@ def test_delta_resume_is_bit_exact(tmp_path):
     assert _equal(load_file(str(tmp_path/'ref/export/model.safetensors')), load_file(str(tmp_path/'delta/export/model.safetensors')))
     # switching the store on resume works both ways: every checkpoint says which kind it is
     assert _equal(checkpoint_weights(tmp_path/'ref/checkpoints/step-10'), checkpoint_weights(tmp_path/'delta/checkpoints/step-10'))
+
+
+@slow
+def test_sigkill_delta_resume_matches_a_full_run(tmp_path):
+    "tests/test_resume.py's SIGKILL scenario with delta checkpoints: killed after step-8, resumed = a full-checkpoint run."
+    import test_resume as tr
+    child = tr.CHILD.replace("'train.seed=7'])", "'train.seed=7', 'train.checkpoint_store=delta'])")
+    assert child != tr.CHILD
+    (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()   # each child its own script file
+    with mock.patch.object(tr, 'CHILD', child): killed = tr._child(tmp_path/'a', tmp_path/'killed', resume=False, delay=0.25)
+    ref = tr._child(tmp_path/'b', tmp_path/'ref', resume=False)
+    tr._finish(ref)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (tmp_path/'killed/checkpoints/step-8/state.json').is_file() and \
+                any(r.get('step', 0) >= 10 for r in tr._records(tmp_path/'killed', strict=False)):
+            break
+        assert killed.poll() is None, killed.communicate()[0]
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL); killed.wait()
+    assert (tmp_path/'killed/checkpoints/step-8'/MANIFEST_FILE).is_file()
+    with mock.patch.object(tr, 'CHILD', child): tr._finish(tr._child(tmp_path/'a', tmp_path/'killed', resume=True))
+    assert tr._records(tmp_path/'ref') == tr._records(tmp_path/'killed')
+    wa, wb = (tr._weights(tmp_path/r/'export/model.safetensors') for r in ('ref', 'killed'))
+    assert _equal(wa, wb)
 
 
 # ---------------------------------------------------------------------------------------------- stacks, GC, faults
