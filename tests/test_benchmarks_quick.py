@@ -140,3 +140,9 @@ def test_checkpoint_store_quick():
     assert '| run | checkpoints | full: MiB written | delta: MiB written | delta / full |' in out
     for name in ('progressive, 4 stages', 'LoRA r=16, frozen fp32 base', 'QLoRA r=16, frozen NF4 base'): assert f'\n| {name}' in out, out
     assert 'stage 4: ' in out
+
+
+def test_recipe_quick():
+    out = run_quick('recipe.py', '--variants', 'muon+wsd')
+    assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out
+    assert '\n| baseline | (default) |' in out and '\n| muon+wsd | train.optimizer=muon' in out
