@@ -325,3 +325,23 @@ def test_unfinished_writes_are_invisible_and_protected(tmp_path):
     named = {g['object'] for g in json.loads((moving/MANIFEST_FILE).read_text())['groups']}
     rd.collect_garbage()
     assert named <= set(rd.store.objects())
+
+
+def test_prepended_stack_does_not_rewrite_the_trunk(tmp_path):
+    "StackWise `prepend`: the frozen blocks move up one index; their objects are reused, only the new stack is written."
+    rd = RunDir(tmp_path).create()
+    torch.manual_seed(0)
+    small = build_model('gpt', {'n_layer': 2, 'n_embd': 32, 'n_head': 2, 'vocab_size': 64})
+    rd.save_checkpoint(1, small, delta=True)
+    big = build_model('gpt', {'n_layer': 3, 'n_embd': 32, 'n_head': 2, 'vocab_size': 64})
+    big.load_state_dict({k: v for k, v in small.state_dict().items() if not k.startswith('blocks.')}, strict=False)
+    for i, b in enumerate(small.blocks): big.blocks[i + 1].load_state_dict(b.state_dict())
+    for b in big.blocks[1:]: b.requires_grad_(False)
+    before = set(rd.store.objects())
+    rd.save_checkpoint(2, big, delta=True)
+    man = _manifests(rd)['step-2']
+    assert [g['group'] for g in man['groups'] if g['new']] == ['blocks.0']   # embeddings, head, norm: carried over
+    assert {g['object'] for g in man['groups'] if g['group'] in ('blocks.1:frozen', 'blocks.2:frozen')} <= before
+    fresh = build_model('gpt', big.config)
+    load_checkpoint(rd.checkpoint_dir(2), fresh)
+    assert _equal(fresh.state_dict(), big.state_dict())

@@ -125,11 +125,14 @@ def collect(self: ObjectStore, keep: Iterable[str]) -> list[str]:
 # %% ../../nbs/42b_delta_checkpoints.ipynb #d0a1b2d9
 MANIFEST_FORMAT = 1
 
+def _place(group: str) -> str: return group.removesuffix(FROZEN)   # `blocks.3:frozen` and `blocks.3` sit at `blocks.3`
+
 def write_weights(store: ObjectStore, model: nn.Module) -> dict:
     "Put every weight group of `model` into `store`; the manifest naming them (`{'format', 'groups': [...]}`)."
     groups = []
     for name, tensors in weight_groups(model).items():
-        digest, new = store.put(tensors)
+        n = len(_place(name))   # names relative to the group's place: a moved stack keeps its object
+        digest, new = store.put({'~' + k[n:]: v for k, v in tensors.items()})
         groups.append({'group': name, 'object': digest, 'tensors': len(tensors), 'new': new,
                        'bytes': sum(t.numel() * t.element_size() for t in tensors.values())})
     return {'format': MANIFEST_FORMAT, 'groups': groups}
@@ -137,9 +140,10 @@ def write_weights(store: ObjectStore, model: nn.Module) -> dict:
 def manifest_objects(manifest: Any, where: str = 'the manifest') -> list[str]:
     "The object digests `manifest` names, after checking its structure (`CheckpointError` if malformed)."
     ok = (isinstance(manifest, dict) and isinstance(manifest.get('groups'), list)
-          and all(isinstance(g, dict) and isinstance(g.get('object'), str) and re.fullmatch(r'[0-9a-f]{64}', g['object'])
+          and all(isinstance(g, dict) and isinstance(g.get('group'), str) and g['group']
+                  and isinstance(g.get('object'), str) and re.fullmatch(r'[0-9a-f]{64}', g['object'])
                   for g in manifest['groups']))
-    if not ok: raise CheckpointError(f"{where} is not a weights manifest (a `groups` list of SHA-256 objects). "
+    if not ok: raise CheckpointError(f"{where} is not a weights manifest (a `groups` list of named SHA-256 objects). "
                                      "Use another checkpoint.")
     if manifest.get('format', 0) > MANIFEST_FORMAT:
         raise CheckpointError(f"{where} has manifest format {manifest['format']}; this bytropix reads up to "
@@ -150,9 +154,11 @@ def read_weights(store: ObjectStore, manifest: Any, where: str = 'a checkpoint',
                  device: str | torch.device = 'cpu') -> dict[str, torch.Tensor]:
     "The state dict `manifest` describes, each object verified by its digest."
     out: dict[str, torch.Tensor] = {}
-    for digest in manifest_objects(manifest, where):
-        for k, v in store.get(digest, where, device).items():
-            if k in out: raise CheckpointError(f"{where}: tensor `{k}` is in two groups: the manifest is damaged. "
-                                               "Use another checkpoint.")
+    for g, digest in zip(manifest['groups'], manifest_objects(manifest, where)):
+        for rel, v in store.get(digest, where, device).items():
+            k = _place(g['group']) + rel[1:]
+            if not rel.startswith('~') or k in out:
+                raise CheckpointError(f"{where}: tensor `{k}` is not where its group says, or in two groups: the "
+                                      "manifest is damaged. Use another checkpoint.")
             out[k] = v
     return out
