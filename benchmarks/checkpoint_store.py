@@ -6,7 +6,8 @@ Scenarios (the same training, saved twice: once with full checkpoints, once with
 - **progressive, 4 stages**: a plain `gpt` grown a stack (`--k` blocks) at a time, appended on top: at stage s the
   model has (s+1)·k blocks, the lower s·k copied from stage s−1 and frozen; the new stack, the embeddings and the head
   train (AdamW rebuilt per stage, as a new stage does). `--saves` checkpoints per stage, `--steps` optimizer steps
-  between two checkpoints.
+  between two checkpoints. The **prepend** variant adds each new stack below the frozen ones, which move up (are
+  renumbered): content addressing relative to a group's place keeps their objects.
 - **LoRA, frozen base** and **QLoRA (NF4 base)**: the final-depth model with `bytropix.peft` adapters (rank 16) on every
   matrix; only the adapters train. `4·saves` checkpoints.
 
@@ -71,16 +72,19 @@ def train(model, opt, s: dict, vocab: int, gen: torch.Generator) -> None:
 def adamw(model): return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
 
-def progressive(s: dict, root: Path) -> Saver:
-    "4 stages, each appending a stack of k blocks on top of the frozen ones."
-    gen, saver, prev = torch.Generator().manual_seed(0), Saver(root), None
+def progressive(s: dict, root: Path, prepend: bool = False) -> Saver:
+    "4 stages, each adding a stack of k blocks on top of the frozen ones (`prepend`: below them, renumbering them)."
+    gen, saver, prev, k = torch.Generator().manual_seed(0), Saver(root), None, s['k']
     for stage in range(4):
         torch.manual_seed(stage)
         model = build_model('gpt', {'n_layer': (stage + 1) * s['k'], 'n_embd': s['n_embd'], 'n_head': s['n_head'],
                                     'vocab_size': 256, 'block_size': s['block']})
-        if prev is not None:   # the trained lower stacks, embeddings and head carry over (names unchanged: append)
-            model.load_state_dict({k: v for k, v in prev.state_dict().items()}, strict=False)
-        for i, b in enumerate(model.blocks): b.requires_grad_(i >= stage * s['k'])
+        new = range(0, k) if prepend else range(stage * k, (stage + 1) * k)   # the indices of the new stack
+        if prev is not None:   # the trained stacks, embeddings and head carry over
+            model.load_state_dict({n: v for n, v in prev.state_dict().items() if not n.startswith('blocks.')}, strict=False)
+            old = [i for i in range(len(model.blocks)) if i not in new]
+            for i, b in zip(old, prev.blocks): model.blocks[i].load_state_dict(b.state_dict())
+        for i, b in enumerate(model.blocks): b.requires_grad_(i in new)
         opt = adamw(model)
         for _ in range(s['saves']):
             train(model, opt, s, 256, gen); saver.save(model, opt)
@@ -119,6 +123,7 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         results = {'progressive, 4 stages (frozen lower stacks)': progressive(s, work/'prog'),
+                   'progressive, 4 stages, prepend (frozen upper stacks)': progressive(s, work/'prep', prepend=True),
                    'LoRA r=16, frozen fp32 base': finetune(s, work/'lora', {'r': 16, 'alpha': 32}),
                    'QLoRA r=16, frozen NF4 base': finetune(s, work/'qlora', {'method': 'qlora', 'r': 16, 'alpha': 32})}
         print(f"gpt, n_embd {s['n_embd']}, {s['k']} block(s) per stack, {4 * s['k']} blocks at the end; {s['saves']} "

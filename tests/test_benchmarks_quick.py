@@ -138,7 +138,9 @@ def test_peft_quick():
 def test_checkpoint_store_quick():
     out = run_quick('checkpoint_store.py')
     assert '| run | checkpoints | full: MiB written | delta: MiB written | delta / full |' in out
-    for name in ('progressive, 4 stages', 'LoRA r=16, frozen fp32 base', 'QLoRA r=16, frozen NF4 base'): assert f'\n| {name}' in out, out
+    for name in ('progressive, 4 stages (', 'progressive, 4 stages, prepend', 'LoRA r=16, frozen fp32 base',
+                 'QLoRA r=16, frozen NF4 base'):
+        assert f'\n| {name}' in out, out
     assert 'stage 4: ' in out
 
 
