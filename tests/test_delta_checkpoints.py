@@ -345,3 +345,25 @@ def test_prepended_stack_does_not_rewrite_the_trunk(tmp_path):
     fresh = build_model('gpt', big.config)
     load_checkpoint(rd.checkpoint_dir(2), fresh)
     assert _equal(fresh.state_dict(), big.state_dict())
+
+
+@pytest.mark.parametrize('peft', [{'method': 'qlora', 'r': 4}, {'r': 4, 'trunk': 'int8'},
+                                  {'method': 'prompt', 'virtual_tokens': 4}])
+def test_quantized_and_prompt_trunks_round_trip(peft, tmp_path):
+    from bytropix.peft import apply_peft
+    def build():
+        torch.manual_seed(0)
+        m = build_model('gpt', {'n_layer': 2, 'n_embd': 64, 'n_head': 2, 'vocab_size': 64})
+        apply_peft(m, peft); return m
+    rd, model = RunDir(tmp_path).create(), build()
+    rd.save_checkpoint(1, model, delta=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad: p.add_(0.5)
+    rd.save_checkpoint(2, model, delta=True)
+    assert all(not g['new'] for g in _manifests(rd)['step-2']['groups'] if g['group'].endswith(FROZEN))
+    fresh = build()
+    load_checkpoint(rd.checkpoint_dir(2), fresh)
+    assert _equal(fresh.state_dict(), model.state_dict())
+    ids = torch.randint(0, 64, (1, 8))
+    assert torch.equal(fresh(ids).logits, model(ids).logits)
