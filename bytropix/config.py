@@ -63,6 +63,7 @@ class TrainConfig(ConfigBase):
     log_interval: int = 10             # log training metrics every N steps
     save_interval: int = 500           # checkpoint every N steps (and at the end); 0: only at the end
     keep_last: int = 3                 # keep the last N step checkpoints (plus best/); 0 keeps all
+    checkpoint_store: Literal['full', 'delta'] = 'full'  # delta: weight groups written once, content-addressed (frozen stacks, LoRA bases)
     sample_interval: int = 500         # write a sample generation to samples.txt every N steps; 0: never
     sample_tokens: int = 200
     sample_prompt: str = '\n'

@@ -135,6 +135,15 @@ def test_peft_quick():
         assert f"| {method} |" in out, out
 
 
+def test_checkpoint_store_quick():
+    out = run_quick('checkpoint_store.py')
+    assert '| run | checkpoints | full: MiB written | delta: MiB written | delta / full |' in out
+    for name in ('progressive, 4 stages (', 'progressive, 4 stages, prepend', 'LoRA r=16, frozen fp32 base',
+                 'QLoRA r=16, frozen NF4 base'):
+        assert f'\n| {name}' in out, out
+    assert 'stage 4: ' in out
+
+
 def test_recipe_quick():
     out = run_quick('recipe.py', '--variants', 'muon+wsd')
     assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out

@@ -28,9 +28,9 @@ from ..core import (CheckpointError, ConfigBase, ConfigError, Registry, atomic_p
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CONFIG_FILE', 'WEIGHTS_FILE', 'TOKENIZER_FILE', 'CARD_FILE', 'EXPORT_FILES', 'MODELS', 'ModelConfig',
-           'ModelOutput', 'label_smoothing', 'lm_loss', 'save_weights', 'load_weights', 'rename_legacy_keys',
-           'BytropixModel', 'file_sha256', 'verify_export', 'register_model', 'get_model_class', 'get_config_class',
-           'build_model', 'model_card']
+           'ModelOutput', 'label_smoothing', 'lm_loss', 'save_weights', 'load_weights', 'apply_weights',
+           'rename_legacy_keys', 'BytropixModel', 'file_sha256', 'verify_export', 'register_model', 'get_model_class',
+           'get_config_class', 'build_model', 'model_card']
 
 # %% ../../nbs/20_models_base.ipynb #c9499cf7
 @dataclass
@@ -84,6 +84,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike, device: str | torch.
     except Exception as e:
         raise CheckpointError(f"Cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {e}). "
                               "Use another checkpoint (e.g. an earlier step) or re-export the model.") from None
+    return apply_weights(model, tensors, path)
+
+def apply_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | os.PathLike = 'the weights') -> nn.Module:
+    "Copy `tensors` into `model` strictly, as `load_weights` does (`source` names them in errors)."
+    path = source
     rename_legacy_keys(model, tensors)
     sd = model.state_dict()
     # save_model stores one name per shared tensor: map every alias back to the stored name

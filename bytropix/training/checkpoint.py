@@ -21,15 +21,17 @@ import torch
 import torch.nn as nn
 
 from ..core import CheckpointError, atomic_dir, atomic_path
-from ..models.base import load_weights, save_weights
+from ..models.base import apply_weights, load_weights, save_weights
+from .store import ObjectStore, read_weights, write_weights
 
 # %% auto #0
-__all__ = ['MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'CHECKPOINT_FORMAT', 'to_safe', 'write_state', 'write_checkpoint',
-           'link_checkpoint', 'read_state', 'read_checkpoint', 'is_resumable', 'load_checkpoint', 'average_checkpoints',
-           'save_average']
+__all__ = ['MODEL_FILE', 'TRAINING_STATE_FILE', 'STATE_FILE', 'MANIFEST_FILE', 'CHECKPOINT_FORMAT', 'to_safe', 'write_state',
+           'write_checkpoint', 'link_checkpoint', 'read_state', 'read_checkpoint', 'is_resumable', 'is_delta',
+           'checkpoint_store', 'checkpoint_weights', 'load_checkpoint', 'average_checkpoints', 'save_average']
 
 # %% ../../nbs/42_checkpoint.ipynb #c54198f9
 MODEL_FILE, TRAINING_STATE_FILE, STATE_FILE = 'model.safetensors', 'optimizer.pt', 'state.json'
+MANIFEST_FILE = 'weights.json'   # a delta checkpoint's weights: the object-store groups it names
 CHECKPOINT_FORMAT = 2   # 2: sharded (DCP) checkpoints of runs on several processes; plain ones stay 1
 
 # %% ../../nbs/42_checkpoint.ipynb #ca667231
@@ -83,8 +85,10 @@ def write_state(tmp: Path, *, step: int, arch: str = '', metrics: dict | None = 
 
 def write_checkpoint(directory: str | os.PathLike, model: nn.Module, *, step: int, optimizer: Any = None,
                      scheduler: Any = None, scaler: Any = None, loader_state: dict | None = None,
-                     rng_state: dict | None = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
-    "Write a complete checkpoint to `directory` atomically (temporary sibling, then rename). Returns the directory."
+                     rng_state: dict | None = None, metrics: dict | None = None, extra: dict | None = None,
+                     store: ObjectStore | None = None) -> Path:
+    """Write a complete checkpoint to `directory` atomically (temporary sibling, then rename). Returns the directory.
+    With `store`, the weights go to the object store as content-addressed groups and the checkpoint holds their manifest."""
     final = Path(directory)
     training = {'optimizer': None if optimizer is None else optimizer.state_dict(),
                 'scheduler': None if scheduler is None else scheduler.state_dict(),
@@ -92,8 +96,10 @@ def write_checkpoint(directory: str | os.PathLike, model: nn.Module, *, step: in
                 'loader': loader_state, 'rng': rng_state}
     buf = io.BytesIO()
     torch.save(to_safe(training, 'training_state'), buf)   # in memory: a full disk is then an OSError of `write`
+    manifest = None if store is None else write_weights(store, model)   # objects first: a checkpoint never names a missing one
     with atomic_dir(final) as tmp:
-        save_weights(model, tmp/MODEL_FILE, metadata={'step': str(step), 'arch': str(getattr(model, 'arch', ''))})
+        if manifest is None: save_weights(model, tmp/MODEL_FILE, metadata={'step': str(step), 'arch': str(getattr(model, 'arch', ''))})
+        else: (tmp/MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + '\n', encoding='utf-8')
         (tmp/TRAINING_STATE_FILE).write_bytes(buf.getbuffer())
         write_state(tmp, step=step, arch=getattr(model, 'arch', ''), metrics=metrics, extra=extra,
                     resumable=optimizer is not None and loader_state is not None)
@@ -162,6 +168,37 @@ def is_resumable(path: str | os.PathLike) -> bool:
     except CheckpointError: return False
     return bool(state.get('resumable', TRAINING_STATE_FILE in state['files']))  # older checkpoints: by their files
 
+# %% ../../nbs/42_checkpoint.ipynb #4d1e7a01
+def is_delta(path: str | os.PathLike) -> bool:
+    "Does checkpoint directory `path` keep its weights in an object store (a `weights.json` manifest)?"
+    return (Path(path)/MANIFEST_FILE).is_file()
+
+def checkpoint_store(path: str | os.PathLike) -> ObjectStore:
+    "The object store of the run that delta checkpoint `path` belongs to."
+    from bytropix.training.run import RunDir   # the run directory knows where its store is (and builds on this module)
+    return RunDir.of_checkpoint(path).store
+
+def checkpoint_weights(path: str | os.PathLike, device: str | torch.device = 'cpu',
+                       store: ObjectStore | None = None) -> dict[str, torch.Tensor]:
+    "The weights of checkpoint directory `path` (either kind) as one state dict, every file or object verified."
+    path = Path(path)
+    if is_delta(path):
+        sp = path/MANIFEST_FILE
+        try: manifest = json.loads(sp.read_text(encoding='utf-8'))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{sp} is corrupt ({e}). Use another checkpoint.") from None
+        store = store or checkpoint_store(path)
+        if not store.path.is_dir():
+            raise CheckpointError(f"{path} is a delta checkpoint: its weights are in its run's object store {store.path}, which "
+                                  "does not exist. Copy the run directory as a whole (or export the model: one file).")
+        return read_weights(store, manifest, str(path), device)
+    from safetensors.torch import load_file
+    f = path/MODEL_FILE
+    if not f.is_file(): raise CheckpointError(f"No weights file at {f}.")
+    try: return load_file(str(f), device=str(device))
+    except Exception as e:
+        raise CheckpointError(f"Cannot read {f}: corrupt or truncated ({type(e).__name__}). Use another checkpoint.") from None
+
 # %% ../../nbs/42_checkpoint.ipynb #245041fc
 def _check_optimizer(optimizer: Any, sd: dict | None, path: Path) -> None:
     if sd is None: raise CheckpointError(f"{path} holds no optimizer state (it was saved for inference only); it cannot resume training.")
@@ -172,9 +209,11 @@ def _check_optimizer(optimizer: Any, sd: dict | None, path: Path) -> None:
         raise CheckpointError(f"{path}: optimizer parameter groups of sizes {got}, this optimizer has {want}.")
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, optimizer: Any = None, scheduler: Any = None,
-                    scaler: Any = None, map_location: str | torch.device = 'cpu', verify: bool = True) -> dict:
+                    scaler: Any = None, map_location: str | torch.device = 'cpu', verify: bool = True,
+                    store: ObjectStore | None = None) -> dict:
     """Verify a checkpoint, then restore `model`, `optimizer`, `scheduler` and `scaler` (those given).
-    Returns `step`, `metrics`, `extra`, `loader` state, `rng` state and `path`."""
+    Returns `step`, `metrics`, `extra`, `loader` state, `rng` state and `path`. A delta checkpoint's objects come from
+    `store`, by default its run's."""
     ck = read_checkpoint(path, verify=verify, map_location='cpu')
     path, state, training = ck['path'], ck['state'], ck['training']
     if state.get('sharded'):   # written by several processes with DCP: restored at any world size, or in one process
@@ -184,10 +223,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
         from bytropix.training.distributed import is_sharded, load_whole_into_sharded
         if optimizer is not None: _check_optimizer(optimizer, training.get('optimizer'), path)
         if model is not None and is_sharded(model):   # FSDP2 ranks continuing a one-process run: each keeps its shards
-            from safetensors.torch import load_file
-            load_whole_into_sharded(load_file(str(path/MODEL_FILE)), training.get('optimizer'), model, optimizer)
+            load_whole_into_sharded(checkpoint_weights(path, store=store), training.get('optimizer'), model, optimizer)
         else:
-            if model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
+            if model is not None and is_delta(path):   # every object verified, then names/shapes checked, then copied
+                apply_weights(model, checkpoint_weights(path, map_location, store), path)
+            elif model is not None: load_weights(model, path/MODEL_FILE, device=map_location)  # checks names/shapes before copying
             if optimizer is not None: optimizer.load_state_dict(training['optimizer'])
     if scheduler is not None and training.get('scheduler') is not None: scheduler.load_state_dict(training['scheduler'])
     if scaler is not None and training.get('scaler') is not None and scaler.is_enabled(): scaler.load_state_dict(training['scaler'])
@@ -198,22 +238,24 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
 # %% ../../nbs/42_checkpoint.ipynb #ec2c02c9
 def _weights_file(p: str | os.PathLike) -> Path:
     p = Path(p)
-    return p/MODEL_FILE if p.is_dir() else p
+    return (p/MANIFEST_FILE if is_delta(p) else p/MODEL_FILE) if p.is_dir() else p
 
 def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
-    "The element-wise mean of the weights of several checkpoints (directories or `.safetensors` files) of one model."
+    "The element-wise mean of the weights of several checkpoints (directories, full or delta, or `.safetensors` files) of one model."
     from safetensors import safe_open
     if not paths: raise CheckpointError("average_checkpoints needs at least one checkpoint.")
     acc: dict[str, torch.Tensor] = {}
     ref: dict[str, tuple] = {}
     for i, p in enumerate(paths):
         f = _weights_file(p)
-        if not f.is_file(): raise CheckpointError(f"No weights file at {f}.")
-        try:
-            with safe_open(str(f), framework='pt', device='cpu') as sf:
-                tensors = {k: sf.get_tensor(k) for k in sf.keys()}
-        except Exception as e:
-            raise CheckpointError(f"Cannot read {f}: corrupt or truncated ({type(e).__name__}).") from None
+        if Path(p).is_dir() and is_delta(p): tensors = checkpoint_weights(p)   # reassembled from the run's object store
+        else:
+            if not f.is_file(): raise CheckpointError(f"No weights file at {f}.")
+            try:
+                with safe_open(str(f), framework='pt', device='cpu') as sf:
+                    tensors = {k: sf.get_tensor(k) for k in sf.keys()}
+            except Exception as e:
+                raise CheckpointError(f"Cannot read {f}: corrupt or truncated ({type(e).__name__}).") from None
         if i == 0:
             ref = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
             acc = {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}

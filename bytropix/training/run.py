@@ -24,8 +24,9 @@ from ..core import (CheckpointError, ConfigError, LockError, atomic_dir, recover
                            storage_errors)
 from ..models.base import CONFIG_FILE, TOKENIZER_FILE, BytropixModel, build_model
 from .memory import check_model_memory
-from .checkpoint import (STATE_FILE, MODEL_FILE, link_checkpoint, load_checkpoint,
+from .checkpoint import (MANIFEST_FILE, STATE_FILE, MODEL_FILE, link_checkpoint, load_checkpoint,
                                           read_state, write_checkpoint)
+from .store import ObjectStore, manifest_objects
 
 # %% auto #0
 __all__ = ['RunDir', 'load_trained', 'RunLock']
@@ -36,8 +37,8 @@ _STEP_RE = re.compile(r'^step-(\d+)$')
 class RunDir:
     "The layout of a training run's directory (`out_dir`), and the one place that reads and writes its pieces."
     CONFIG, TOKENIZER, CHECKPOINTS, BEST, EXPORT = 'config.yaml', TOKENIZER_FILE, 'checkpoints', 'best', 'export'
-    METRICS, SAMPLES, TB, AVERAGED, LOCK = 'metrics.jsonl', 'samples.txt', 'tb', 'averaged', '.lock'
-    WORK = (CHECKPOINTS, BEST, EXPORT, AVERAGED, METRICS, SAMPLES, TB)
+    METRICS, SAMPLES, TB, AVERAGED, LOCK, OBJECTS = 'metrics.jsonl', 'samples.txt', 'tb', 'averaged', '.lock', 'objects'
+    WORK = (CHECKPOINTS, BEST, EXPORT, AVERAGED, METRICS, SAMPLES, TB, OBJECTS)
     OUTPUTS = (CONFIG, TOKENIZER) + WORK
 
     def __init__(self, path: str | os.PathLike): self.path = Path(path)
@@ -55,6 +56,13 @@ class RunDir:
     samples_file = property(lambda self: self.path/self.SAMPLES, doc="`samples.txt`")
     tb_dir = property(lambda self: self.path/self.TB, doc="`tb/`")
     lock_file = property(lambda self: self.path/self.LOCK, doc="`.lock`")
+    store = property(lambda self: ObjectStore(self.path/self.OBJECTS), doc="the object store of delta checkpoints, `objects/`")
+
+    @classmethod
+    def of_checkpoint(cls, path: str | os.PathLike) -> RunDir:
+        "The run directory that checkpoint directory `path` (`checkpoints/step-N`, `best/`, or their old copies) belongs to."
+        path = Path(path).absolute()
+        return cls(path.parent.parent if path.parent.name == cls.CHECKPOINTS else path.parent)
 
     def existing(self, names: tuple[str, ...] | None = None) -> list[str]:
         "Which of `names` (default: every output) hold something (an empty file or folder does not count)."
@@ -96,7 +104,7 @@ def clear(self: RunDir) -> list[str]:
 @patch
 def recover(self: RunDir) -> None:
     "Repair what interrupted writes left (old copies put back, temporaries deleted). Call it while holding the lock."
-    recover_atomic_dirs(self.path); recover_atomic_dirs(self.checkpoints_dir)
+    recover_atomic_dirs(self.path); recover_atomic_dirs(self.checkpoints_dir); recover_atomic_dirs(self.store.path)
 
 # %% ../../nbs/42a_run_dir.ipynb #ef06cf68
 def _step_of(path: Path) -> int | None:
@@ -144,9 +152,9 @@ def resumable_checkpoint(self: RunDir) -> Path | None:
 
 # %% ../../nbs/42a_run_dir.ipynb #484bfe7d
 @patch
-def save_checkpoint(self: RunDir, step: int, model: nn.Module, **kw) -> Path:
-    "Write `checkpoints/step-N` atomically (`kw`: see `write_checkpoint`)."
-    return write_checkpoint(self.checkpoint_dir(step), model, step=step, **kw)
+def save_checkpoint(self: RunDir, step: int, model: nn.Module, delta: bool = False, **kw) -> Path:
+    "Write `checkpoints/step-N` atomically (`kw`: see `write_checkpoint`); `delta`: weights into the object store."
+    return write_checkpoint(self.checkpoint_dir(step), model, step=step, store=self.store if delta else None, **kw)
 
 @patch
 def prune(self: RunDir, keep_last: int | None) -> list[Path]:
@@ -155,13 +163,14 @@ def prune(self: RunDir, keep_last: int | None) -> list[Path]:
     if not keep_last or len(cps) <= keep_last: return []
     gone = cps[:-keep_last]
     for p in gone: shutil.rmtree(p, ignore_errors=True)
+    self.collect_garbage()   # after the checkpoints: a crash in between leaves unreferenced objects, never missing ones
     return gone
 
 @patch
-def save_best(self: RunDir, source: str | os.PathLike | None = None, **checkpoint_kw) -> Path:
+def save_best(self: RunDir, source: str | os.PathLike | None = None, delta: bool = False, **checkpoint_kw) -> Path:
     "Make `best/` the checkpoint `source` (hard links), or write it from `checkpoint_kw` (see `write_checkpoint`)."
     if source is not None: return link_checkpoint(source, self.best_dir)
-    return write_checkpoint(self.best_dir, checkpoint_kw.pop('model'), **checkpoint_kw)
+    return write_checkpoint(self.best_dir, checkpoint_kw.pop('model'), store=self.store if delta else None, **checkpoint_kw)
 
 @patch
 def resolve_checkpoint(self: RunDir, which: str | int | os.PathLike = 'latest') -> Path:
@@ -183,6 +192,33 @@ def resolve_checkpoint(self: RunDir, which: str | int | os.PathLike = 'latest') 
         have = ', '.join(c.name for c in self.checkpoints()) or 'none'
         raise CheckpointError(f"Checkpoint {p} does not exist (checkpoints of {self.path}: {have}).")
     return p
+
+# %% ../../nbs/42a_run_dir.ipynb #9c0d1e02
+@patch
+def _checkpoint_like_dirs(self: RunDir) -> list[Path]:
+    "Every directory that is, was or is becoming a checkpoint of this run (temporaries and old copies included)."
+    d = self.checkpoints_dir
+    steps = [p for p in d.iterdir() if p.is_dir()] if d.is_dir() else []
+    best = [p for p in self.path.glob(f'{self.BEST}*') if p.is_dir() and (p.name == self.BEST or p.name.startswith(self.BEST + '.'))]
+    return steps + best
+
+@patch
+def referenced_objects(self: RunDir) -> set[str] | None:
+    "The objects some checkpoint of this run names; `None` if a manifest is unreadable (then nothing may be deleted)."
+    refs: set[str] = set()
+    for p in self._checkpoint_like_dirs():
+        m = p/MANIFEST_FILE
+        if not m.is_file(): continue
+        try: refs.update(manifest_objects(json.loads(m.read_text(encoding='utf-8')), str(m)))
+        except (OSError, ValueError, CheckpointError): return None
+    return refs
+
+@patch
+def collect_garbage(self: RunDir) -> list[str]:
+    "Delete the objects no checkpoint names (see above); returns their digests."
+    if not self.store.path.is_dir(): return []
+    refs = self.referenced_objects()
+    return [] if refs is None else self.store.collect(refs)
 
 # %% ../../nbs/42a_run_dir.ipynb #156b4b40
 @patch

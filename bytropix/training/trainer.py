@@ -558,7 +558,8 @@ def _write_checkpoint(self: Trainer, path: Path, metrics: dict | None) -> Path:
     "A checkpoint of this step at `path`: one process writes it, or every rank its shards (DCP)."
     if self.dist is not None:
         return save_sharded_checkpoint(self.dist, path, self.model, step=self.step, metrics=metrics, **self._training_state())
-    return write_checkpoint(path, self.model, step=self.step, metrics=metrics, **self._training_state())
+    store = self.rundir.store if self.tc.checkpoint_store == 'delta' else None   # unchanged groups are not written again
+    return write_checkpoint(path, self.model, step=self.step, metrics=metrics, store=store, **self._training_state())
 
 @patch
 def _eval_and_log(self: Trainer, s: int) -> dict:
