@@ -39,6 +39,10 @@ def test_stackwise_cli_end_to_end(tmp_path, capsys):
     for i in range(1, 5): assert f'stackwise stage {i}/4: {i} blocks' in text, text
     assert 'trunk qlora (nf4)' in text and 'done: step 12' in text
     for s in (3, 6, 9): assert (out/'checkpoints'/f'step-{s}').is_dir() or s < 9   # stage boundaries are checkpoints
+    from bytropix.training.checkpoint import is_delta
+    ckpts = sorted((out/'checkpoints').glob('step-*'))
+    assert ckpts and all(is_delta(c) for c in ckpts)     # configs/stackwise.yaml writes delta checkpoints
+    assert any((out/'objects').iterdir())
     rc, text, err = run(capsys, 'eval', out, '--json')
     assert rc == 0, err
     assert 5 < json.loads(text)['bpb'] < 12

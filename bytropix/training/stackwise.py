@@ -255,11 +255,6 @@ def example_key(row: torch.Tensor) -> str:
     return hashlib.sha256(row.detach().to('cpu', torch.int64).contiguous().numpy().tobytes()).hexdigest()[:32]
 
 # %% ../../nbs/46b_stackwise.ipynb #cec767f6
-@patch(as_prop=True)
-def stackwise_cache_dir(self: RunDir) -> Path:
-    "`stackwise-cache/`: the frozen-trunk activations of a StackWise run (`train.stackwise.cache: disk`), by trunk hash."
-    return self.path/'stackwise-cache'
-
 class TrunkCache:
     """Trunk outputs (T, d) keyed by (trunk hash, example hash, corruption variant): in memory up to `max_mb`, or one file
     each under `directory/<trunk hash>/` (written atomically; a damaged file is recomputed)."""
