@@ -99,3 +99,45 @@ def test_encoder_mlm_from_the_cli(tmp_path, capsys):
     assert rc == 2 and 'does not generate' in err and 'Traceback' not in err
     rc, text, err = run(capsys, 'train', '--arch', 'encoder', '--out_dir', tmp_path/'dec', '--model.causal', 'true', '--train.steps', '2', *TINY, '--sample-tokens', '8')
     assert rc == 0 and '--- sample ---' in text, text + err
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'pt2'])
+def test_graph_export_of_bidirectional_models(tmp_path, capsys, fmt):
+    """A bidirectional model's forward graph exports exactly (ONNX / torch.export); generating from the export unmasks
+    (the same tokens as diffusion_generate without a cache), never left to right; an encoder export refuses to generate."""
+    from bytropix.export.graphs import pt2_generator
+    from bytropix.training.diffusion import diffusion_generate
+    from bytropix.data.tokenizers import Tokenizer
+    small = dict(vocab_size=257, block_size=16, n_layer=1, n_embd=32, n_head=2)
+    for arch in ('gpt', 'encoder'):
+        build_model(arch, dict(small, causal=False)).save_pretrained(tmp_path/arch)
+        rc, text, err = run(capsys, 'export', tmp_path/arch, '--format', fmt, '--out', tmp_path/f'{arch}-{fmt}')
+        assert rc == 0 and 'max |Δ logit|' in text and 'step' not in json.loads((tmp_path/f'{arch}-{fmt}'/'export.json').read_text())['graphs'], err
+    if fmt == 'onnx':
+        from bytropix.export.onnx import OnnxGenerator as make
+    else: make = pt2_generator
+    m = BytropixModel.from_pretrained(tmp_path/'gpt').eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    want, _ = diffusion_generate(m, ids, 6, steps=6, temperature=0, use_cache=False)
+    gen = make(tmp_path/f'gpt-{fmt}')
+    assert torch.equal(gen.generate(ids, 6, temperature=0), want)
+    long = torch.arange(20)[None] % 250     # a prompt longer than the window: kept whole, the sampler sees its tail
+    out = gen.generate(long, 6, temperature=0)
+    assert out.shape == (1, 26) and torch.equal(out[:, :20], long)
+    with pytest.raises(Exception, match='repetition_penalty'): gen.generate(ids, 4, repetition_penalty=1.2)
+    with pytest.raises(Exception, match='does not generate'): make(tmp_path/f'encoder-{fmt}').generate(ids, 4)
+
+
+def test_sampler_bad_input_before_work():
+    "Step counts, block lengths and answer lengths the sampler cannot honour are refused with one line naming them."
+    from bytropix.core import ConfigError
+    from bytropix.training.diffusion import diffusion_generate
+    m = build_model('gpt', dict(vocab_size=65, block_size=16, n_layer=1, n_embd=32, n_head=2, causal=False)).eval()
+    ids = torch.tensor([[1, 2]])
+    for kw, words in [(dict(steps=0), 'steps must be at least 1'), (dict(steps=True), 'steps must be at least 1'),
+                      (dict(block_length=0), 'block_length'), (dict(sampler='greedy'), 'Unknown sampler')]:
+        with pytest.raises(ConfigError, match=words): diffusion_generate(m, ids, 4, **kw)
+    with pytest.raises(ConfigError, match='block_size'): diffusion_generate(m, ids, 17)
+    enc = build_model('encoder', dict(vocab_size=65, block_size=16, n_layer=1, n_embd=32, n_head=2))
+    with pytest.raises(ConfigError, match='not a masked-diffusion model'): diffusion_generate(enc, ids, 4)
+    with pytest.raises(ConfigError, match='does not generate'): enc.generate(ids, 4)
