@@ -141,3 +141,22 @@ def test_sampler_bad_input_before_work():
     enc = build_model('encoder', dict(vocab_size=65, block_size=16, n_layer=1, n_embd=32, n_head=2))
     with pytest.raises(ConfigError, match='not a masked-diffusion model'): diffusion_generate(enc, ids, 4)
     with pytest.raises(ConfigError, match='does not generate'): enc.generate(ids, 4)
+
+
+def test_mdlm_on_the_wubu_stack(tmp_path, capsys):
+    "configs/mdlm-wubu.yaml: the WuBu stack made bidirectional trains (ELBO falls), evaluates, reloads and unmasks."
+    out = tmp_path/'w'
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'mdlm-wubu.yaml', '--out_dir', out, *TINY_MDLM, '--model.level_dims', '[16, 8]',
+                        '--train.batch_size', '8', '--train.steps', '30', '--train.eval_interval', '10', '--train.lr', '3e-3',
+                        '--sample-tokens', '8')
+    assert rc == 0 and 'training wubu' in text and 'masked diffusion' in text, text + err
+    bpb = [float(l.split('bpb ')[1].split()[0]) for l in text.splitlines() if l.startswith('eval step')]
+    assert len(bpb) == 3 and bpb[-1] < bpb[0], bpb
+    m = BytropixModel.from_pretrained(out/'export')
+    assert m.arch == 'wubu' and m.config.causal is False
+    rc, text, err = run(capsys, 'generate', out, '--prompt', 'def ', '--max-new-tokens', '8', '--steps', '4', '--block-length', '4')
+    assert rc == 0 and text.startswith('def ') and '2 block(s)' in err, err
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'mdlm-wubu.yaml', '--out_dir', tmp_path/'c', *TINY_MDLM, '--model.causal', 'true')
+    assert rc == 2 and 'model.causal: false' in err and not (tmp_path/'c').exists()
+    rc, text, err = run(capsys, 'train', '--arch', 'wubu_bytes', '--task', 'mdlm', '--out_dir', tmp_path/'b')
+    assert rc == 2 and 'cannot run bidirectionally' in err
