@@ -133,3 +133,9 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_context_length_quick():
+    out = run_quick('context_length.py')
+    assert '| eval length | × training length | RoPE (none) | PI (factor s) | NTK-aware (factor s) |' in out
+    for row in ('| 16 | 1 |', '| 32 | 2 |', '| 64 | 4 |'): assert row in out, out
