@@ -159,7 +159,7 @@ def scale_rope(model: nn.Module, scaling: RopeScaling | str | None) -> int:
     ropes = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
     if not ropes:
         raise ConfigError(f"`{getattr(model, 'arch', type(model).__name__)}` has no rotary position embeddings to scale "
-                          "(learned positions, or none); evaluate it without --rope-scaling.")
+                          "(learned positions, or none): it cannot be evaluated with RoPE scaling.")
     s = RopeScaling.parse(scaling)
     for r in ropes: r.set_scaling(s)
     return len(ropes)
