@@ -65,3 +65,27 @@ def test_rope_scaling_on_trained_models():
             scale_rope(m, None); assert torch.equal(m(ids).logits, base)
     g2 = build_model('gpt', dict(vocab_size=64, block_size=16, n_layer=1, n_embd=32, n_head=2, style='gpt2'))
     with pytest.raises(ConfigError, match='no rotary position embeddings'): scale_rope(g2, 'pi:2')
+
+
+def test_eval_beyond_the_training_length_from_the_cli(tmp_path, capsys):
+    "bytropix eval --block-size L --rope-scaling pi:s|ntk:s; learned positions and bad specs refuse with one line."
+    import json
+    from bytropix.cli import main
+    tiny = ['--model.n_layer', '1', '--model.n_embd', '32', '--model.n_head', '2', '--train.batch_size', '4',
+            '--train.block_size', '16', '--train.eval_batches', '1', '--train.tensorboard', 'false', '--no-progress',
+            '--data.max_train_tokens', '20000', '--data.max_val_tokens', '3000', '--train.steps', '10',
+            '--train.warmup_steps', '1', '--sample-tokens', '0']
+    for name, extra in (('rope', []), ('learned', ['--model.style', 'gpt2'])):
+        assert main(['train', '--arch', 'gpt', '--out_dir', str(tmp_path/name), *tiny, *extra]) == 0
+    capsys.readouterr()
+    losses = {}
+    for spec in (None, 'pi:4', 'ntk:4'):
+        assert main(['eval', str(tmp_path/'rope'), '--block-size', '64', '--json', *(['--rope-scaling', spec] if spec else [])]) == 0
+        losses[spec] = json.loads(capsys.readouterr().out)['loss']
+    assert len(set(losses.values())) == 3, losses          # the scaling reaches the model
+    for argv, words in [(['learned', '--block-size', '64'], 'learned positions for block_size=16'),
+                        (['learned', '--rope-scaling', 'pi:2'], 'no rotary position embeddings'),
+                        (['rope', '--rope-scaling', 'yarn:2'], 'Unknown RoPE scaling')]:
+        assert main(['eval', str(tmp_path/argv[0]), *argv[1:]]) == 2
+        err = capsys.readouterr().err
+        assert words in err and 'Traceback' not in err, err
