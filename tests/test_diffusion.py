@@ -160,3 +160,21 @@ def test_mdlm_on_the_wubu_stack(tmp_path, capsys):
     assert rc == 2 and 'model.causal: false' in err and not (tmp_path/'c').exists()
     rc, text, err = run(capsys, 'train', '--arch', 'wubu_bytes', '--task', 'mdlm', '--out_dir', tmp_path/'b')
     assert rc == 2 and 'cannot run bidirectionally' in err
+
+
+def test_generate_of_a_diffusion_model_unmasks():
+    "model.generate / bytropix.generation.generate unmask (never left to right); streaming and beam options refuse."
+    from bytropix.core import ConfigError
+    from bytropix.generation import generate, stream
+    from bytropix.training.diffusion import diffusion_generate
+    for arch, kw in [('gpt', {}), ('wubu', dict(level_dims=[8, 4]))]:
+        m = build_model(arch, dict(vocab_size=65, block_size=16, n_layer=1, n_embd=32, n_head=2, causal=False, **kw)).eval()
+        ids = torch.tensor([[1, 2, 3]])
+        want, _ = diffusion_generate(m, ids, 5, temperature=0)
+        assert torch.equal(m.generate(ids, 5, temperature=0), want) and torch.equal(generate(m, ids[0], 5, temperature=0), want[0])
+        long = torch.arange(30)[None] % 64          # longer than the window: the whole prompt comes back
+        out = m.generate(long, 40, temperature=0)
+        assert out.shape == (1, 30 + 16) and torch.equal(out[:, :30], long) and (out[:, 30:] < 64).all()
+        with pytest.raises(ConfigError, match='does not stream'): list(stream(m, ids, 4))
+        with pytest.raises(ConfigError, match='num_beams'): m.generate(ids, 4, num_beams=2)
+        with pytest.raises(ConfigError, match='repetition_penalty'): m.generate(ids, 4, repetition_penalty=1.3)

@@ -374,14 +374,10 @@ class _GraphDenoiser:
 def _unmask_with_graph(gen: GraphGenerator, seq: torch.Tensor, n: int, temperature: float, top_k: int | None,
                        top_p: float | None, repetition_penalty: float, seed: int | None, squeeze: bool) -> torch.Tensor:
     "A bidirectional export generates by masked-diffusion sampling (one network evaluation per token); an encoder refuses."
-    from bytropix.training.diffusion import diffusion_generate
+    from bytropix.training.diffusion import diffusion_sample
     if gen.manifest['arch'] == 'encoder':
         raise ConfigError("This export is a bidirectional `encoder`: it maps text to logits/embeddings and does not generate.")
-    if repetition_penalty != 1.0:
-        raise ConfigError("repetition_penalty applies to left-to-right decoding, not to diffusion sampling; leave it at 1.")
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    out, _ = diffusion_generate(_GraphDenoiser(gen.manifest, gen.run), seq, n, temperature=temperature, top_k=top_k,
-                                top_p=top_p, generator=g, use_cache=False)
-    out = torch.cat([seq, out[:, -n:]], 1)   # the whole prompt (the sampler sees its last block_size − n tokens)
+    out = diffusion_sample(_GraphDenoiser(gen.manifest, gen.run), seq, n, temperature, top_k, top_p, repetition_penalty, g)
     return out[0] if squeeze else out
 

@@ -187,23 +187,10 @@ def param_groups(self: BytropixModel, weight_decay: float) -> list[dict]:
 def generate(self: BytropixModel, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0,
              stop: Sequence[int] | Sequence[Sequence[int]] | None = None, **kw) -> torch.Tensor:
-    """Continue `ids` (B, T) by up to `max_new_tokens` tokens; `temperature=0` is greedy. See `bytropix.generation`.
-    A masked-diffusion model (bidirectional, task mdlm) unmasks up to `block_size` tokens instead (one evaluation per token)."""
-    from bytropix.training.diffusion import is_diffusion_model
-    if is_diffusion_model(self): return _unmask(self, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, kw)
+    "Continue `ids` (B, T) by up to `max_new_tokens` tokens; `temperature=0` is greedy. See `bytropix.generation`."
     from bytropix.generation import generate  # generation sits above models in the layering
     return generate(self, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     repetition_penalty=repetition_penalty, stop=stop, **kw)
-
-def _unmask(model: BytropixModel, ids: torch.Tensor, n: int, temperature: float, top_k: int | None, top_p: float | None,
-            repetition_penalty: float, kw: dict) -> torch.Tensor:
-    "`generate` of a bidirectional model: the prompt and `n` tokens unmasked by `bytropix.training.diffusion`'s sampler."
-    from bytropix.training.diffusion import diffusion_generate
-    if repetition_penalty != 1.0:
-        raise ConfigError("repetition_penalty applies to left-to-right decoding, not to diffusion sampling; leave it at 1.")
-    n = min(n, model.config.block_size)
-    out, _ = diffusion_generate(model, ids, n, temperature=temperature, top_k=top_k, top_p=top_p, generator=kw.get('generator'))
-    return torch.cat([ids, out[:, -n:]], 1)
 
 # %% ../../nbs/20_models_base.ipynb #d32936fc
 EXPORT_FILES = (WEIGHTS_FILE, TOKENIZER_FILE)  # what config.json records checksums of (the card is documentation)
