@@ -39,9 +39,12 @@ class TrainConfig(ConfigBase):
     lr: float = 2e-3                   # peak learning rate (after warm-up)
     min_lr: float = 2e-4               # final learning rate of the decay
     warmup_steps: int = 100
-    schedule: Literal['cosine', 'linear', 'step', 'constant'] = 'cosine'
+    schedule: Literal['cosine', 'linear', 'step', 'constant', 'wsd'] = 'cosine'
+    decay_fraction: float = 0.2        # 'wsd' schedule: the final fraction of the steps that decays to min_lr
     step_size: int = 1000              # 'step' schedule: multiply the lr by `gamma` every `step_size` steps
     gamma: float = 0.1
+    optimizer: Literal['adamw', 'muon'] = 'adamw'  # muon: Muon on the hidden matrices, AdamW on the rest (same lr)
+    muon_momentum: float = 0.95        # Muon's Nesterov momentum
     weight_decay: float = 0.1          # AdamW decoupled weight decay (matrices only)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
@@ -93,6 +96,10 @@ class TrainConfig(ConfigBase):
         c(self.weight_decay >= 0, 'weight_decay', f"must be ≥ 0, got {self.weight_decay}.")
         c(all(0 <= b < 1 for b in self.betas), 'betas', f"both must be in [0, 1), got {list(self.betas)}.")
         c(self.eps > 0, 'eps', f"must be positive, got {self.eps}.")
+        c(0 < self.decay_fraction <= 1, 'decay_fraction', f"must be in (0, 1] (the decaying share of the steps), got {self.decay_fraction}.")
+        c(0 <= self.muon_momentum < 1, 'muon_momentum', f"must be in [0, 1), got {self.muon_momentum}.")
+        c(self.optimizer != 'muon' or self.parallel != 'fsdp', 'optimizer',
+          "muon orthogonalises whole matrices and FSDP shards them: use parallel: ddp (or none) with muon, or adamw with fsdp.")
         c(self.clip_grad is None or self.clip_grad > 0, 'clip_grad', f"must be positive or null (off), got {self.clip_grad}.")
         c(self.agc is None or self.agc > 0, 'agc', f"must be positive or null (off), got {self.agc}.")
         c(self.riemannian_lr is None or self.riemannian_lr > 0, 'riemannian_lr', f"must be positive or null, got {self.riemannian_lr}.")

@@ -139,3 +139,9 @@ def test_context_length_quick():
     out = run_quick('context_length.py')
     assert '| eval length | × training length | RoPE (none) | PI (factor s) | NTK-aware (factor s) |' in out
     for row in ('| 16 | 1 |', '| 32 | 2 |', '| 64 | 4 |'): assert row in out, out
+
+
+def test_recipe_quick():
+    out = run_quick('recipe.py', '--variants', 'muon+wsd')
+    assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out
+    assert '\n| baseline | (default) |' in out and '\n| muon+wsd | train.optimizer=muon' in out

@@ -18,28 +18,33 @@ from ..core import CheckpointError, ConfigError
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'build_optimizer', 'adaptive_clip_grad_', 'grad_norm',
-           'clip_grad_norm_', 'clip_gradients']
+__all__ = ['SCHEDULES', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'muon_matrices', 'build_optimizer', 'adaptive_clip_grad_',
+           'grad_norm', 'clip_grad_norm_', 'clip_gradients']
 
 # %% ../../nbs/41_optim.ipynb #e5f6e0bb
-SCHEDULES = ('cosine', 'linear', 'step', 'constant')
+SCHEDULES = ('cosine', 'linear', 'step', 'constant', 'wsd')
 
 def lr_at(step: int, *, lr: float, steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
-          schedule: str = 'cosine', step_size: int = 1000, gamma: float = 0.1) -> float:
+          schedule: str = 'cosine', step_size: int = 1000, gamma: float = 0.1, decay_fraction: float = 0.2) -> float:
     "The learning rate of optimizer step `step` (0-based): linear warm-up, then `schedule` from `lr` to `min_lr`."
     if schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule `{schedule}`; use one of {', '.join(SCHEDULES)}.")
     if step < warmup_steps: return lr * (step + 1) / warmup_steps
     if schedule == 'constant': return lr
     if schedule == 'step': return max(min_lr, lr * gamma ** ((step - warmup_steps) // max(1, step_size)))
+    if schedule == 'wsd':  # stable at the peak, then a linear decay over the last `decay_fraction` of the steps
+        if not 0 < decay_fraction <= 1: raise ConfigError(f"decay_fraction must be in (0, 1], got {decay_fraction}.")
+        return min_lr + (lr - min_lr) * min(1.0, max(0.0, (steps - step) / (decay_fraction * steps)))
     p = min(1.0, max(0.0, (step - warmup_steps) / max(1, steps - warmup_steps)))
     if schedule == 'linear': return lr - (lr - min_lr) * p
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
 
+
 # %% ../../nbs/41_optim.ipynb #02733eeb
 def _schedule_kw(train: Any) -> dict:
     return dict(lr=train.lr, steps=train.steps, warmup_steps=train.warmup_steps, min_lr=train.min_lr,
-                schedule=train.schedule, step_size=getattr(train, 'step_size', 1000), gamma=getattr(train, 'gamma', 0.1))
+                schedule=train.schedule, step_size=getattr(train, 'step_size', 1000), gamma=getattr(train, 'gamma', 0.1),
+                decay_fraction=getattr(train, 'decay_fraction', 0.2))
 
 class LRScheduler:
     "Sets every group's lr to `initial_lr · lr_at(step)/lr` for the upcoming optimizer step; `step()` after each update."
@@ -122,7 +127,7 @@ def check_state_dict(self: MultiOptimizer, state: dict) -> None:
     if not isinstance(state, dict) or set(state) != set(self.optimizers):
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"Optimizer state holds {got}, but this run uses {sorted(self.optimizers)}: the checkpoint "
-                              "was written for a model with different kinds of parameters.")
+                              "was written with another `train.optimizer` or for a model with different kinds of parameters.")
     for name, o in self.optimizers.items():
         groups = state[name].get('param_groups', [])
         want = [len(g['params']) for g in o.param_groups]
@@ -152,26 +157,52 @@ def load_state_dict(self: MultiOptimizer, state: dict) -> None:
             for k, v in saved.get(i, {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and p in o.state: o.state[p][k] = v
 
+# %% ../../nbs/41_optim.ipynb #50c4121b
+def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
+    "The hidden weight matrices Muon trains: trainable 2-D weights of linear layers, not tied to an embedding, not the output head."
+    embedded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    manifold = {id(p) for p in model.manifold_parameters()} if hasattr(model, 'manifold_parameters') else set()
+    vocab = getattr(getattr(model, 'config', None), 'vocab_size', None)
+    out, seen = [], set()
+    for name, m in model.named_modules():
+        w = getattr(m, 'weight', None)
+        if not isinstance(m, nn.Linear) or not isinstance(w, nn.Parameter) or w.ndim != 2 or not w.requires_grad: continue
+        if id(w) in embedded | manifold | seen: continue
+        if name.rsplit('.', 1)[-1] in ('lm_head', 'head') or (vocab is not None and w.shape[0] == vocab): continue
+        seen.add(id(w)); out.append(w)
+    return out
+
+
 # %% ../../nbs/41_optim.ipynb #051bc4b1
 def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | None = None) -> MultiOptimizer:
-    "AdamW over `model.param_groups(train.weight_decay)` plus Riemannian Adam over `model.manifold_parameters()`."
+    """AdamW over `model.param_groups(train.weight_decay)` (with `train.optimizer: muon`, Muon takes the hidden matrices
+    out of them) plus Riemannian Adam over `model.manifold_parameters()`."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     manifold = list(model.manifold_parameters()) if hasattr(model, 'manifold_parameters') else []
     if hasattr(model, 'param_groups'): groups = model.param_groups(train.weight_decay)
     else:
         mids = {id(p) for p in manifold}
         groups = [{'params': [p for p in model.parameters() if p.requires_grad and id(p) not in mids], 'weight_decay': train.weight_decay}]
+    kind = getattr(train, 'optimizer', 'adamw')
+    if kind not in ('adamw', 'muon'): raise ConfigError(f"`train.optimizer`: unknown optimizer `{kind}`; use adamw or muon.")
+    muon = muon_matrices(model) if kind == 'muon' else []
+    mids = {id(p) for p in muon}
+    groups = [dict(g, params=[p for p in g['params'] if id(p) not in mids]) for g in groups]
     groups = [g for g in groups if g['params']]
     betas, opts = tuple(train.betas), {}
     if groups:
         impl = {'fused': True} if device.type == 'cuda' else {'foreach': True}
         opts['adamw'] = torch.optim.AdamW(groups, lr=train.lr, betas=betas, eps=train.eps, **impl)
+    if muon:  # update RMS matched to AdamW's, so lr and weight decay carry over (see above)
+        opts['muon'] = torch.optim.Muon(muon, lr=train.lr, weight_decay=train.weight_decay,
+                                        momentum=getattr(train, 'muon_momentum', 0.95), adjust_lr_fn='match_rms_adamw')
     if manifold:
         import geoopt
         rlr = getattr(train, 'riemannian_lr', None) or train.lr
         opts['riemannian'] = geoopt.optim.RiemannianAdam([p for p in manifold if p.requires_grad], lr=rlr, betas=betas,
                                                          eps=train.eps, weight_decay=0.0, stabilize=None)
     return MultiOptimizer(opts)
+
 
 # %% ../../nbs/41_optim.ipynb #9aacf729
 def _unitwise_norm(x: torch.Tensor) -> torch.Tensor:

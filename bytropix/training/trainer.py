@@ -429,8 +429,8 @@ def _settings_in_effect(self: Trainer) -> str:
     for name, opt in self.optimizer.optimizers.items():
         g = max(opt.param_groups, key=lambda g: g.get('weight_decay', 0.0))
         what = 'lr' if name == 'adamw' else f'{name} lr'
-        out.append(f"{what} {g['lr']:.4g}, weight decay {g.get('weight_decay', 0.0):g}, betas {tuple(g['betas'])}, "
-                   f"eps {g['eps']:g}")
+        moments = f"betas {tuple(g['betas'])}, eps {g['eps']:g}" if 'betas' in g else f"momentum {g.get('momentum')}"  # Muon: no betas
+        out.append(f"{what} {g['lr']:.4g}, weight decay {g.get('weight_decay', 0.0):g}, {moments}")
     return '; '.join(out)
 
 # %% ../../nbs/44_trainer.ipynb #fc0ce0a3

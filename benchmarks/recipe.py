@@ -1,0 +1,131 @@
+"""The main job's recipe at equal wall time: variants of `configs/default.yaml` each trained for the same time budget,
+judged in bits per byte on the whole validation split of the default corpus.
+
+Each variant is a list of config overrides. Equal wall time, not equal steps: a variant that makes a step dearer
+(wider, deeper, longer blocks, Muon's Newton-Schulz iterations) gets fewer steps. For every variant the script
+
+1. calibrates: in a fresh process, trains `--calib-steps` steps and reads the step time from the run's own
+   `metrics.jsonl` (the trainer's `time_s`, setup excluded), and the setup time (data, tokenizer training) around it;
+2. in the same process, on the same prepared data, trains `steps = (budget − setup) / step time` steps (the schedule
+   stretched over them; warm-up 100 steps or 7 % of the steps, whichever is smaller);
+3. evaluates the final model on the whole validation split (`bytropix.training.evaluation.evaluate_run`, every
+   validation window) and records the bpb, steps, measured training time and peak resident memory.
+
+The table prints bpb and its difference from `baseline` (the default config as shipped). Timings are only as good as
+the machine is quiet: run it alone (`nproc` cores, nothing else running) — the calibration and the training of a
+variant are adjacent, so a load change between variants shifts their step counts, not their comparison within a
+variant.
+
+    python benchmarks/recipe.py                                  # every variant, 6 minutes each (~1 hour)
+    python benchmarks/recipe.py --minutes 2 --variants baseline muon wsd muon+wsd
+    python benchmarks/recipe.py --quick                          # a tiny model, seconds per variant (smoke test)
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)  # run from a checkout too
+
+# name -> overrides of configs/default.yaml (each a `key=value` string, as on the command line)
+VARIANTS = {
+    'baseline': [],
+    'wsd': ['train.schedule=wsd', 'train.decay_fraction=0.2'],
+    'muon': ['train.optimizer=muon'],
+    'muon+wsd': ['train.optimizer=muon', 'train.schedule=wsd', 'train.decay_fraction=0.2'],
+    'lr3e-3': ['train.lr=3e-3', 'train.min_lr=3e-4'],
+    'untied': ['model.tie_embeddings=false'],
+    'block256': ['train.block_size=256', 'train.batch_size=8'],
+    'wide6x192': ['model.n_layer=6', 'model.n_head=6', 'model.n_embd=192'],
+    'gpt2-style': ['model.style=gpt2'],
+    'bpe1k': ['tokenizer.kind=bpe', 'tokenizer.vocab_size=1024'],
+}
+QUICK = ['model.n_layer=1', 'model.n_head=2', 'model.n_embd=32', 'train.batch_size=4', 'train.block_size=32',
+         'train.eval_batches=2']
+
+
+def _common(out_dir: str, steps: int, threads: int | None, quick: bool) -> list[str]:
+    ov = [f'out_dir={out_dir}', f'train.steps={steps}', f'train.warmup_steps={min(100, max(1, int(0.07 * steps)))}',
+          'train.eval_interval=0', 'train.save_interval=0', 'train.keep_last=1', 'train.sample_interval=0',
+          'train.tensorboard=false']
+    if threads: ov.append(f'train.num_threads={threads}')
+    return ov + (QUICK if quick else [])
+
+
+def _train_s(out_dir: str) -> float:
+    "The trainer's own training time (setup excluded): `time_s` of the last `train/*` record of metrics.jsonl."
+    recs = [json.loads(l) for l in open(os.path.join(out_dir, 'metrics.jsonl'))]
+    return max(r['time_s'] for r in recs if 'time_s' in r and any(k.startswith('train/') for k in r))
+
+
+def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, threads: int | None, quick: bool,
+             work: str, q: mp.Queue) -> None:
+    "Child process: calibrate, train for the budget, evaluate on the whole validation split; report to `q`."
+    from bytropix.config import load_config
+    from bytropix.training.evaluation import evaluate_run
+    from bytropix.training.trainer import Trainer
+    cfg = os.path.join(ROOT, 'configs', 'default.yaml')
+    cal = load_config(cfg, _common(os.path.join(work, name + '-calib'), calib_steps, threads, quick) + extra)
+    t0 = time.perf_counter()
+    tr = Trainer(cal, log=None, progress=False); tr.fit()
+    cal_s = _train_s(cal.out_dir)
+    setup_s = max(0.0, time.perf_counter() - t0 - cal_s)      # data preparation and tokenizer training
+    step_s = cal_s / calib_steps
+    steps = max(calib_steps, int((budget_s - setup_s) / step_s))
+    run = load_config(cfg, _common(os.path.join(work, name), steps, threads, quick) + extra)
+    Trainer(run, data=tr.data, tokenizer=tr.tokenizer, log=None, progress=False).fit()   # the same prepared data
+    ev = evaluate_run(run.out_dir, 'latest', max_batches=None, device='cpu')
+    q.put({'variant': name, 'overrides': extra, 'calib_step_ms': 1e3 * step_s, 'setup_s': setup_s, 'steps': steps,
+           'train_s': _train_s(run.out_dir), 'bpb': ev['bpb'], 'val_tokens': ev['tokens'],
+           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def run_variant(name: str, extra: list[str], budget_s: float, calib_steps: int, threads: int | None, quick: bool,
+                work: str) -> dict:
+    "One variant in a fresh process (its own peak memory, no state shared with the others)."
+    ctx = mp.get_context('spawn')
+    q = ctx.Queue()
+    p = ctx.Process(target=_variant, args=(name, extra, budget_s, calib_steps, threads, quick, work, q))
+    p.start(); p.join()
+    if p.exitcode != 0: raise SystemExit(f"recipe.py: variant `{name}` failed (exit {p.exitcode}): {extra}")
+    return q.get()
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS), metavar='NAME',
+                    help=f"which variants (default: all): {', '.join(VARIANTS)}")
+    ap.add_argument('--minutes', type=float, default=6.0, help="training budget per variant, setup included (default 6)")
+    ap.add_argument('--calib-steps', type=int, default=30)
+    ap.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's, i.e. every core)")
+    ap.add_argument('--quick', action='store_true', help="a tiny model and a few seconds per variant (smoke test)")
+    ap.add_argument('--out', default=None, help="write the results as JSON here")
+    a = ap.parse_args(argv)
+    if a.quick: a.minutes, a.calib_steps = min(a.minutes, 0.1), 5
+    if 'baseline' not in a.variants: a.variants = ['baseline'] + a.variants
+    work = tempfile.mkdtemp(prefix='bytropix-recipe-')
+    try:
+        rows = [run_variant(n, VARIANTS[n], 60 * a.minutes, a.calib_steps, a.threads, a.quick, work) for n in a.variants]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = rows[0]['bpb']
+    print(f"\nequal wall time: {a.minutes:g} min per variant (setup included), {os.cpu_count()} CPUs, "
+          f"threads {a.threads or 'default'}{', QUICK' if a.quick else ''}")
+    print('| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    for r in rows:
+        print(f"| {r['variant']} | {' '.join(r['overrides']) or '(default)'} | {r['steps']} | {r['calib_step_ms']:.0f} | "
+              f"{r['train_s']:.0f} | {r['setup_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['bpb']:.4f} | {r['bpb'] - base:+.4f} |")
+    if a.out:
+        with open(a.out, 'w') as f: json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
