@@ -167,6 +167,8 @@ class RunConfig(ConfigBase):
         self._absolute_paths()
         try: cls = get_config_class(self.arch)
         except ConfigError as e: raise ConfigError(f"`arch`: {e}") from None
+        self.check(not self.train.block_size_schedule or self.task in ('lm', 'mdlm', 'mlm'), 'train.block_size_schedule',
+                   f"cuts token windows: it applies to tasks lm, mdlm and mlm, not `{self.task}`; remove it.")
         mc = dict(self.model)
         mc.setdefault('block_size', self.train.block_size)
         self._model_config = cls.from_dict(mc, _path='model')

@@ -49,6 +49,8 @@ def test_curriculum_shapes_and_resume(tmp_path):
                                              ([[5, 8]], 'start at 0'), ([[0, 8], [2, 64]], 'must divide')])
 def test_bad_curriculum_is_refused(tmp_path, schedule, words):
     with pytest.raises(ConfigError, match=words): _run(tmp_path, 4, schedule=schedule)
+    with pytest.raises(ConfigError, match='applies to tasks lm, mdlm and mlm, not `dpo`'):
+        load_config(None, {'task': 'dpo', 'train': {'block_size_schedule': [[0, 64]]}})
 
 
 def test_rope_scaling_on_trained_models():
