@@ -265,7 +265,8 @@ def prepare_inference_model(model: Any, args: argparse.Namespace) -> Any:
 def cmd_eval(args, out: TextIO) -> int:
     "Evaluate a run's checkpoint on its validation data."
     from bytropix.training.evaluation import evaluate_run, format_metric
-    r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device, dtype=args.dtype, quant=args.quant)
+    r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device, dtype=args.dtype, quant=args.quant,
+                     block_size=args.block_size, rope_scaling=args.rope_scaling)
     if args.json:   # non-finite numbers as strings ('inf'): strict JSON, as in metrics.jsonl
         _emit(out, json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in r.items()}, indent=2))
         return 0
@@ -283,6 +284,8 @@ def _add_eval(sub) -> None:
     e.add_argument('--checkpoint', default='best', help="best (default), latest, a step number or a checkpoint path")
     e.add_argument('--max-batches', type=_number(int, 1), default=None, help="evaluate at most this many batches (default: all)")
     e.add_argument('--device', default='auto')
+    e.add_argument('--block-size', type=_number(int, 1), default=None, help="validation windows of this many tokens (default: the training length)")
+    e.add_argument('--rope-scaling', default=None, metavar='KIND:FACTOR', help="RoPE models beyond the training length: pi:4 (position interpolation) or ntk:4 (NTK-aware)")
     e.add_argument('--json', action='store_true', help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval)
 

@@ -35,6 +35,7 @@ class TrainConfig(ConfigBase):
     steps: int = 1500                  # optimizer steps
     batch_size: int = 16               # sequences per micro-batch
     block_size: int = 128              # training context length in tokens (see the rule below)
+    block_size_schedule: Optional[list[list[int]]] = None  # short → long curriculum: [[step, block_size], ...] from step 0
     grad_accum: int = 1                # micro-batches per optimizer step (effective batch = batch_size · grad_accum)
     lr: float = 2e-3                   # peak learning rate (after warm-up)
     min_lr: float = 2e-4               # final learning rate of the decay
@@ -114,11 +115,28 @@ class TrainConfig(ConfigBase):
         c(self.wandb is None or bool(self.wandb.strip()), 'wandb', "is empty; give a W&B project name or null (off).")
         c(not self.monitor_interval or self.tensorboard or self.wandb, 'monitor_interval',
           "per-layer statistics go to TensorBoard or W&B: set train.tensorboard: true or train.wandb, or 0 (off).")
+        self._check_block_size_schedule()
         c(self.sample_top_k is None or self.sample_top_k >= 1, 'sample_top_k', f"must be at least 1 or null, got {self.sample_top_k}.")
         if self.device != 'auto':
             try: torch.device(self.device)
             except (RuntimeError, ValueError):
                 c(False, 'device', f"`{self.device}` is not a device; use auto, cpu, cuda or cuda:N.")
+
+    def _check_block_size_schedule(self) -> None:
+        s, B = self.block_size_schedule, self.block_size
+        if s is None: return
+        ok = bool(s) and all(isinstance(e, (list, tuple)) and len(e) == 2 for e in s)
+        self.check(ok, 'block_size_schedule', f"must be a non-empty list of [step, block_size] pairs, got {s}.")
+        steps, sizes = [e[0] for e in s], [e[1] for e in s]
+        self.check(steps[0] == 0 and all(a < b for a, b in zip(steps, steps[1:])), 'block_size_schedule',
+                   f"steps must start at 0 and increase, got {steps}.")
+        self.check(all(1 <= L <= B and B % L == 0 for L in sizes), 'block_size_schedule',
+                   f"each block size must divide train.block_size={B} (a batch of {B}-token windows is cut into shorter "
+                   f"ones: the same tokens per step), got {sizes}.")
+
+    def block_size_at(self, step: int) -> int:
+        "The context length of training step `step` (0-based): the curriculum's, else `block_size`."
+        return next((L for s, L in reversed(self.block_size_schedule or []) if step >= s), self.block_size)
 
     @property
     def tokens_per_step(self) -> int:
@@ -152,6 +170,8 @@ class RunConfig(ConfigBase):
         self._absolute_paths()
         try: cls = get_config_class(self.arch)
         except ConfigError as e: raise ConfigError(f"`arch`: {e}") from None
+        self.check(not self.train.block_size_schedule or self.task in ('lm', 'mdlm', 'mlm'), 'train.block_size_schedule',
+                   f"cuts token windows: it applies to tasks lm, mdlm and mlm, not `{self.task}`; remove it.")
         mc = dict(self.model)
         mc.setdefault('block_size', self.train.block_size)
         self._model_config = cls.from_dict(mc, _path='model')

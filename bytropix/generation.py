@@ -200,6 +200,10 @@ def _steps(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1
     `decoding`: the beam-search and speculative-decoding options of `bytropix.decoding`."""
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
         raise DataError(f"ids must be a (batch, time) tensor of token ids, got {getattr(ids, 'shape', type(ids))}.")
+    from bytropix.training.diffusion import is_diffusion_model
+    if is_diffusion_model(model):
+        raise ConfigError("A masked-diffusion model unmasks a whole answer at once: it does not stream or decode left to right; "
+                          "use generate (or `bytropix generate --steps N`).")
     ids = ids.to(_model_device(model))
     if ids.shape[1] == 0:
         raise DataError("The prompt is empty: start generation from at least one token (e.g. a newline or BOS token).")
@@ -259,6 +263,10 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
     speculative decoding (`draft`, `num_draft_tokens`, `draft_stats`); see `bytropix.decoding`."""
     squeeze = isinstance(ids, torch.Tensor) and ids.ndim == 1
     x = ids[None] if squeeze else ids
+    from bytropix.training.diffusion import diffusion_sample, is_diffusion_model
+    if is_diffusion_model(model):   # bidirectional: unmask the answer (left to right would be wrong)
+        out = diffusion_sample(model, x, max_new_tokens, temperature, top_k, top_p, repetition_penalty, generator, decoding)
+        return out[0] if squeeze else out
     rows = _generate_lists(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, stop=stop, generator=generator,
                            use_cache=use_cache, keep_stop=keep_stop, **decoding)

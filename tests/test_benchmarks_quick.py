@@ -144,6 +144,12 @@ def test_checkpoint_store_quick():
     assert 'stage 4: ' in out
 
 
+def test_context_length_quick():
+    out = run_quick('context_length.py')
+    assert '| eval length | × training length | RoPE (none) | PI (factor s) | NTK-aware (factor s) |' in out
+    for row in ('| 16 | 1 |', '| 32 | 2 |', '| 64 | 4 |'): assert row in out, out
+
+
 def test_recipe_quick():
     out = run_quick('recipe.py', '--variants', 'muon+wsd')
     assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | val bpb | Δ vs baseline |' in out

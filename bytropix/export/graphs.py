@@ -217,7 +217,7 @@ def verify_graphs(model: Any, manifest: dict, run: Callable[[str, list], list], 
 
 # %% ../../nbs/58_export_graphs.ipynb #e58g0020
 MANIFEST = 'export.json'  # what an exported-graphs directory holds, for the runtimes and the generator
-GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'wubu_bytes', 'hrm', 'trm', 'puzzle_transformer', 'mamba')
+GRAPH_ARCHS = ('gpt', 'bdh', 'wubu', 'wubu_bytes', 'hrm', 'trm', 'puzzle_transformer', 'mamba', 'encoder')
 GRAPH_REFUSED: dict[str, str] = {}  # architectures the graph formats refuse, with the reason (none today)
 
 def select_graphs(specs: list[GraphSpec], names: Sequence[str] | None) -> list[GraphSpec]:
@@ -330,6 +330,8 @@ class GraphGenerator:
         if seq.ndim != 2 or seq.shape[1] == 0: raise DataError(f"ids must be a non-empty (batch, time) array, got shape {tuple(seq.shape)}.")
         if self.manifest['graphs']['model']['kind'] != 'logits':
             raise ConfigError("This export is a puzzle solver: it maps a puzzle to its answer and does not generate text.")
+        if self.manifest['config'].get('causal', True) is False:   # bidirectional: unmasking, not left to right
+            return _unmask_with_graph(self, seq, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, squeeze)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         state, seen, cached = None, 0, self.step is not None
         for _ in range(int(max_new_tokens)):
@@ -358,3 +360,24 @@ def pt2_generator(directory: str | Path) -> GraphGenerator:
     from bytropix.data.tokenizers import Tokenizer
     m = read_manifest(directory, 'pt2')
     return GraphGenerator(m, pt2_runner(directory), Tokenizer.load(Path(directory)/m['tokenizer']) if m['tokenizer'] else None)
+
+# %% ../../nbs/58_export_graphs.ipynb #e58g0031b
+class _GraphDenoiser:
+    "The exported `model` graph seen as a denoiser by `bytropix.training.diffusion.diffusion_generate` (no cache)."
+    def __init__(self, manifest: dict, run: Callable[[str, list], list]):
+        from types import SimpleNamespace
+        self.config, self.arch, self.run = SimpleNamespace(**manifest['config']), manifest['arch'], run
+    def __call__(self, ids: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+        return SimpleNamespace(logits=self.run('model', [ids])[0])
+
+def _unmask_with_graph(gen: GraphGenerator, seq: torch.Tensor, n: int, temperature: float, top_k: int | None,
+                       top_p: float | None, repetition_penalty: float, seed: int | None, squeeze: bool) -> torch.Tensor:
+    "A bidirectional export generates by masked-diffusion sampling (one network evaluation per token); an encoder refuses."
+    from bytropix.training.diffusion import diffusion_sample
+    if gen.manifest['arch'] == 'encoder':
+        raise ConfigError("This export is a bidirectional `encoder`: it maps text to logits/embeddings and does not generate.")
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = diffusion_sample(_GraphDenoiser(gen.manifest, gen.run), seq, n, temperature, top_k, top_p, repetition_penalty, g)
+    return out[0] if squeeze else out
+

@@ -7,25 +7,66 @@ Docs: https://bytropix.github.io/bytropix/rope.html.md"""
 # %% ../../nbs/11_rope.ipynb #7b89c196
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..core import ConfigError, compute_dtype
 
 # %% auto #0
-__all__ = ['rope_frequencies', 'rope_cos_sin', 'apply_rotary', 'rotate', 'RotaryEmbedding']
+__all__ = ['ROPE_SCALINGS', 'RopeScaling', 'rope_frequencies', 'rope_cos_sin', 'apply_rotary', 'rotate', 'RotaryEmbedding',
+           'scale_rope']
+
+# %% ../../nbs/11_rope.ipynb #rope0sc1
+ROPE_SCALINGS = ('pi', 'ntk')
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Context extension of RoPE by `factor` s ≥ 1: 'pi' (position interpolation: positions m → m/s) or 'ntk'
+    (NTK-aware: base θ → θ·s^{r/(r−2)}, the slowest pair interpolated by s, the fastest unchanged)."""
+    kind: str
+    factor: float
+
+    def __post_init__(self):
+        if self.kind not in ROPE_SCALINGS:
+            raise ConfigError(f"Unknown RoPE scaling `{self.kind}`; use pi (position interpolation) or ntk (NTK-aware), e.g. pi:4.")
+        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1):
+            raise ConfigError(f"The RoPE scaling factor must be a number ≥ 1 (the eval length / the training length), got {self.factor}.")
+
+    @classmethod
+    def parse(cls, spec: 'RopeScaling | str | dict | None') -> 'RopeScaling | None':
+        "None for none; 'pi:4', 'ntk:2.5', {'kind': 'pi', 'factor': 4} or a `RopeScaling`."
+        if spec is None or isinstance(spec, RopeScaling): return spec
+        if isinstance(spec, dict) and set(spec) == {'kind', 'factor'}: return cls(spec['kind'], spec['factor'])
+        if isinstance(spec, str):
+            if spec.strip().lower() == 'none': return None
+            kind, _, f = spec.partition(':')
+            try: factor = float(f)
+            except ValueError: factor = None
+            if factor is not None: return cls(kind.strip().lower(), factor)
+        raise ConfigError(f"RoPE scaling must look like `pi:4` or `ntk:4` (kind:factor) or `none`, got {spec!r}.")
+
+    def __str__(self) -> str: return f"{self.kind}:{self.factor:g}"
 
 # %% ../../nbs/11_rope.ipynb #6d91ab62
-def rope_frequencies(rotary_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    "The `rotary_dim // 2` frequencies $\\omega_i = \\theta^{-2i/r}$ (float64)."
+def rope_frequencies(rotary_dim: int, theta: float = 10000.0, scaling: 'RopeScaling | str | None' = None) -> torch.Tensor:
+    """The `rotary_dim // 2` frequencies $\\omega_i = \\theta^{-2i/r}$ (float64); with a context-extension `scaling`
+    (`RopeScaling`, or 'pi:4' / 'ntk:4') those of the stretched positions (see *Beyond the training length*)."""
     if rotary_dim < 2 or rotary_dim % 2:
         raise ConfigError(f"rotary_dim must be a positive even number, got {rotary_dim}.")
     if theta <= 0: raise ConfigError(f"RoPE theta must be positive, got {theta}.")
-    return theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64, device='cpu') / rotary_dim)
+    s = RopeScaling.parse(scaling)
+    if s is not None and s.kind == 'ntk': theta = theta * s.factor ** (rotary_dim / (rotary_dim - 2)) if rotary_dim > 2 else theta
+    w = theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64, device='cpu') / rotary_dim)
+    return w / s.factor if s is not None and (s.kind == 'pi' or rotary_dim == 2) else w
 
-def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.0,
+                 scaling: 'RopeScaling | str | None' = None) -> tuple[torch.Tensor, torch.Tensor]:
     "cos and sin of the angles `positions[..., None] * freqs`: two float32 tensors of shape (*positions.shape, rotary_dim // 2)."
-    ang = positions.detach().to('cpu', torch.float64)[..., None] * rope_frequencies(rotary_dim, theta)
+    ang = positions.detach().to('cpu', torch.float64)[..., None] * rope_frequencies(rotary_dim, theta, scaling)
     return ang.cos().float().to(positions.device), ang.sin().float().to(positions.device)
 
 def _rotate_full(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
@@ -60,9 +101,10 @@ def rotate(x: torch.Tensor, positions: torch.Tensor | None = None, theta: float 
 # %% ../../nbs/11_rope.ipynb #2ea41a8a
 class RotaryEmbedding(nn.Module):
     "RoPE for (B, H, T, head_dim) tensors with a precomputed cos/sin cache of `max_seq_len` positions."
-    def __init__(self, head_dim: int, max_seq_len: int = 2048, theta: float = 10000.0, rotary_dim: int | None = None):
+    def __init__(self, head_dim: int, max_seq_len: int = 2048, theta: float = 10000.0, rotary_dim: int | None = None,
+                 scaling: RopeScaling | str | None = None):
         super().__init__()
-        self.head_dim, self.theta = head_dim, float(theta)
+        self.head_dim, self.theta, self.scaling = head_dim, float(theta), RopeScaling.parse(scaling)
         self.rotary_dim = rotary_dim if rotary_dim is not None else head_dim - head_dim % 2
         if self.rotary_dim > head_dim:
             raise ConfigError(f"rotary_dim={self.rotary_dim} exceeds head_dim={head_dim}.")
@@ -71,7 +113,7 @@ class RotaryEmbedding(nn.Module):
 
     def _build(self, length: int, device: torch.device | None = None) -> None:
         # the tables are computed on the CPU (float64) whatever the default device: models build under `torch.device('meta')`
-        cos, sin = rope_cos_sin(torch.arange(length, device='cpu'), self.rotary_dim, self.theta)
+        cos, sin = rope_cos_sin(torch.arange(length, device='cpu'), self.rotary_dim, self.theta, self.scaling)
         dev = device if device is not None else (self.cos.device if hasattr(self, 'cos') else None)
         cos2, sin2 = _full_tables(cos, sin)  # full-width tables: fewer kernels per call while decoding
         for name, t in [('cos', cos), ('sin', sin), ('cos2', cos2), ('sin2', sin2)]:
@@ -102,4 +144,22 @@ class RotaryEmbedding(nn.Module):
         return _rotate_full(x, cos2, sin2)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, theta={self.theta}, cached={self.max_seq_len}"
+        s = f", scaling={self.scaling}" if self.scaling is not None else ''
+        return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, theta={self.theta}{s}, cached={self.max_seq_len}"
+
+# %% ../../nbs/11_rope.ipynb #rope0sc3
+@patch
+def set_scaling(self: RotaryEmbedding, scaling: RopeScaling | str | None) -> None:
+    "Use `scaling` from now on (None: plain RoPE); the cos/sin tables are rebuilt."
+    self.scaling = RopeScaling.parse(scaling)
+    self._build(self.max_seq_len, self.cos.device)
+
+def scale_rope(model: nn.Module, scaling: RopeScaling | str | None) -> int:
+    "Set `scaling` on every `RotaryEmbedding` in `model` (weights unchanged); how many there are. A model without RoPE refuses."
+    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    if not ropes:
+        raise ConfigError(f"`{getattr(model, 'arch', type(model).__name__)}` has no rotary position embeddings to scale "
+                          "(learned positions, or none): it cannot be evaluated with RoPE scaling.")
+    s = RopeScaling.parse(scaling)
+    for r in ropes: r.set_scaling(s)
+    return len(ropes)

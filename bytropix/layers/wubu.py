@@ -343,15 +343,16 @@ def forward(self: WuBuBlock, x: Tensor, trace: list | None = None) -> Tensor:
 
 # %% ../../nbs/17_wubu_block.ipynb #2ebe68b8
 class WuBuDecoderBlock(nn.Module):
-    "Pre-norm `x + attn(norm(x))`, `x + wubu(norm(x))`, configured by a `WuBuStackConfig`."
-    def __init__(self, config: WuBuStackConfig, rope: RotaryEmbedding | None = None):
+    """Pre-norm `x + attn(norm(x))`, `x + wubu(norm(x))`, configured by a `WuBuStackConfig`; `causal=False` makes the
+    attention bidirectional (the WuBu levels act per token, so the whole block then sees both sides)."""
+    def __init__(self, config: WuBuStackConfig, rope: RotaryEmbedding | None = None, causal: bool = True):
         super().__init__()
         c = config
         self.ln1 = RMSNorm(c.n_embd, eps=c.norm_eps)
         if c.attention == 'euclidean':
-            self.attn = SelfAttention(c.n_embd, c.n_head, dropout=c.dropout, rope=rope)
+            self.attn = SelfAttention(c.n_embd, c.n_head, causal=causal, dropout=c.dropout, rope=rope)
         else:
-            self.attn = HyperbolicAttention(c.n_embd, c.n_head, c=c.attn_curvature, learnable_c=True,
+            self.attn = HyperbolicAttention(c.n_embd, c.n_head, c=c.attn_curvature, learnable_c=True, causal=causal,
                                             aggregation=c.attn_aggregation, dropout=c.dropout, rope=rope)
         self.ln2 = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.wubu = WuBuBlock(c.n_embd, c)

@@ -34,7 +34,9 @@ __all__ = ['WuBuConfig', 'WuBuLM', 'disk_coordinates', 'level_snapshot']
 # %% ../../nbs/25_wubu.ipynb #efd28320
 @dataclass
 class WuBuConfig(WuBuStackConfig, ModelConfig):
-    "WuBu token LM: a decoder whose blocks are causal attention (Euclidean or hyperbolic) + a WuBu Nesting block."
+    """WuBu token LM: blocks of attention (Euclidean or hyperbolic) + a WuBu Nesting block; causal (a decoder) or, with
+    `causal: false`, bidirectional (a masked-diffusion denoiser, task mdlm)."""
+    causal: bool = True
 
 # %% ../../nbs/25_wubu.ipynb #0b2566f6
 @register_model('wubu')
@@ -51,7 +53,7 @@ class WuBuLM(BytropixModel):
         else: self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.rope = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(WuBuDecoderBlock(c, self.rope) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(WuBuDecoderBlock(c, self.rope, causal=c.causal) for _ in range(c.n_layer))
         self.ln_f = RMSNorm(c.n_embd, eps=c.norm_eps)
         tie_hyp = c.tie_embeddings and c.embedding == 'hyperbolic'
         self.lm_head = None if tie_hyp else nn.Linear(c.n_embd, c.vocab_size, bias=False)
@@ -60,6 +62,7 @@ class WuBuLM(BytropixModel):
         for b in self.blocks:  # residual output projections: GPT-2's 1/sqrt(2 n_layer)
             for m in b.wubu.out_projs(): nn.init.normal_(m.weight, 0.0, c.init_std / math.sqrt(2 * c.n_layer))
         if c.tie_embeddings and c.embedding == 'euclidean': self.lm_head.weight = self.wte.weight
+        self.supports_incremental = c.causal   # bidirectional: no left-to-right cache (block diffusion caches blocks)
 
     # -- gradient checkpointing: one checkpoint per WuBu level --
     @property
@@ -103,7 +106,11 @@ def forward(self: WuBuLM, ids: Tensor, targets: Tensor | None = None, trace: lis
 # %% ../../nbs/25_wubu.ipynb #23c52084
 @patch
 def init_state(self: WuBuLM, batch_size: int, device=None, dtype=None, max_len: int | None = None) -> DecoderState:
-    "Empty KV caches for `batch_size` sequences (`max_len` tokens, default `block_size`)."
+    """Empty KV caches for `batch_size` sequences (`max_len` tokens, default `block_size`). A bidirectional model with
+    Euclidean attention caches whole blocks (semi-autoregressive diffusion sampling); hyperbolic attention refuses."""
+    if not self.config.causal and self.config.attention == 'hyperbolic':
+        raise NotImplementedError("A bidirectional WuBu model with hyperbolic attention keeps no KV cache: its samplers "
+                                  "recompute the window (use attention: euclidean for cached block diffusion).")
     p = self.ln_f.weight
     return DecoderState.empty(self.blocks, batch_size, max_len or self.config.block_size, device or p.device, dtype or p.dtype)
 

@@ -21,7 +21,8 @@ from ..models.base import ModelOutput
 # %% auto #0
 __all__ = ['SCHEDULES', 'SAMPLERS', 'MaskSchedule', 'sample_times', 'corrupt', 'masked_nll', 'diffusion_loss', 'MDLMObjective',
            'MDLMOptions', 'check_masked_run', 'prepare_masked', 'setup_mdlm', 'prepare_mdlm', 'is_diffusion_model',
-           'diffusion_generate', 'diffusion_complete', 'MLMObjective', 'MLMOptions', 'setup_mlm', 'prepare_mlm']
+           'diffusion_generate', 'diffusion_sample', 'diffusion_complete', 'MLMObjective', 'MLMOptions', 'setup_mlm',
+           'prepare_mlm']
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0005
 SCHEDULES = ('linear', 'loglinear', 'cosine')
@@ -275,6 +276,19 @@ def _cut_at_stop(ids: list[int], stop: Sequence[Sequence[int]] | None, eos: int 
             if i >= cut: break
             if ids[i:i + len(seq)] == seq: cut = i; break
     return ids[:cut]
+
+def diffusion_sample(model: Any, ids: torch.Tensor, n: int, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                     options: dict | None = None) -> torch.Tensor:
+    """`bytropix.generation.generate` for a masked-diffusion model: the whole prompt and `min(n, block_size)` unmasked
+    tokens (B, P + n); `options`: `steps`, `sampler`, `block_length` of `diffusion_generate` (nothing else)."""
+    if repetition_penalty != 1.0:
+        raise ConfigError("repetition_penalty applies to left-to-right decoding, not to diffusion sampling; leave it at 1.")
+    extra = set(options or {}) - {'steps', 'sampler', 'block_length'}
+    if extra: raise ConfigError(f"{', '.join(sorted(extra))}: not for a masked-diffusion model (it unmasks; use steps, sampler, block_length).")
+    n = min(n, model.config.block_size)
+    out, _ = diffusion_generate(model, ids, n, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, **(options or {}))
+    return torch.cat([ids, out[:, -n:]], 1)
 
 def diffusion_complete(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, stop: Sequence[Sequence[int]] | None = None,
                        repetition_penalty: float = 1.0, **kw) -> tuple[str, dict]:

@@ -94,9 +94,12 @@ def format_change(r: dict, before: str, after: str, labels: tuple[str, str]) -> 
 
 # %% ../../nbs/43_evaluation.ipynb #7331d7b1
 def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', max_batches: int | None = None,
-                 device: str = 'auto', precision: str | None = None, dtype: str = 'fp32', quant: str | None = None) -> dict:
+                 device: str = 'auto', precision: str | None = None, dtype: str = 'fp32', quant: str | None = None,
+                 block_size: int | None = None, rope_scaling: str | None = None) -> dict:
     """Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`;
-    `dtype`/`quant`: evaluate the model cast and quantized as for inference (`prepare_for_inference`)."""
+    `dtype`/`quant`: evaluate the model cast and quantized as for inference (`prepare_for_inference`);
+    `block_size`: windows of that many tokens instead of the training length; `rope_scaling`: 'pi:4' / 'ntk:4'
+    (`bytropix.layers.rope.scale_rope`) for windows beyond it."""
     from bytropix.config import get_task, prepare_task
     from bytropix.training.run import RunDir
     rd = RunDir(run_dir)
@@ -104,9 +107,23 @@ def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'be
     if quant is not None or dtype != 'fp32':
         from bytropix.quantization import prepare_for_inference
         prepare_for_inference(model, dtype, quant)
+    if block_size is not None or rope_scaling is not None: run = _at_context(run, model, block_size, rope_scaling)
     data = prepare_task(run, rd.load_tokenizer())
     setup_model = getattr(get_task(run.task), 'setup_model', None)
     if setup_model is not None: setup_model(model, data, run)   # e.g. `mdlm` makes the loss its ELBO
     out = evaluate(model, data.val_batches, bytes_per_token=getattr(data, 'bytes_per_token', None),
                    max_batches=max_batches, precision=precision or run.train.precision)
     return {**out, 'step': info['step'], 'checkpoint': str(info['path'])}
+
+def _at_context(run, model: nn.Module, block_size: int | None, rope_scaling: str | None):
+    "The run config with validation windows of `block_size` tokens, and `model` with its RoPE scaled (checked first)."
+    from bytropix.layers.rope import RopeScaling, RotaryEmbedding, scale_rope
+    scaling = RopeScaling.parse(rope_scaling)
+    has_rope = any(isinstance(m, RotaryEmbedding) for m in model.modules())
+    if block_size is not None and block_size > model.config.block_size and not has_rope:
+        raise ConfigError(f"`{run.arch}` has learned positions for block_size={model.config.block_size} tokens only (no RoPE to "
+                          f"extend); evaluate it with --block-size ≤ {model.config.block_size}.")
+    if scaling is not None: scale_rope(model, scaling)
+    if block_size is None: return run
+    return run.replace(train={**run.train.to_dict(), 'block_size': block_size, 'block_size_schedule': None},
+                       model={**run.model, 'block_size': max(block_size, model.config.block_size)})

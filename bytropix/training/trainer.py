@@ -448,6 +448,7 @@ def train_step(self: Trainer) -> dict:
     losses, aux, ntok = [], {}, 0
     for i in range(tc.grad_accum):
         x, y = next(self.loader)
+        if tc.block_size_schedule: x, y = (t.reshape(-1, tc.block_size_at(self.step)) for t in (x, y))   # curriculum
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         # several processes: gradients are averaged over the ranks in the last micro-batch's backward only
         sync = self.dist.grad_sync(model, i == tc.grad_accum - 1) if self.dist is not None else contextlib.nullcontext()
