@@ -469,6 +469,18 @@ def _add_solve(sub) -> None:
 _BUILTINS['solve'] = _add_solve
 
 # %% ../nbs/55_cli.ipynb #a771f612
+def _average_merged(rd, ckpts: list) -> Any:
+    "The mean of the checkpoints' merged models (adapters folded into the weights): what an adapted run averages."
+    from bytropix.peft import export_form
+    merged = [export_form(rd.load_model(c, device='cpu')[1]) for c in ckpts]
+    if merged[0] is None:
+        raise ConfigError(f"{rd.path} is a prompt-tuning run: its virtual tokens are not weights to average; "
+                          "use a checkpoint of the run directory instead.")
+    with torch.no_grad():
+        for name, t in merged[0].state_dict().items():
+            if t.is_floating_point(): t.copy_(sum(m.state_dict()[name].double() for m in merged) / len(merged))
+    return merged[0]
+
 def cmd_average(args, out: TextIO) -> int:
     "Average the weights of a run's last N checkpoints and export the result with `save_pretrained`."
     from bytropix.models.base import load_weights
@@ -480,8 +492,11 @@ def cmd_average(args, out: TextIO) -> int:
         raise CheckpointError(f"{rd.path} has {len(ckpts)} checkpoint(s); averaging needs at least 2 "
                               "(keep more with train.keep_last, save more often with train.save_interval).")
     run, model, _ = rd.load_model(ckpts[-1], device='cpu')
-    with tempfile.TemporaryDirectory() as tmp:  # through a file: load_weights restores tied weights and checks shapes
-        load_weights(model, save_average(ckpts, Path(tmp)/'average.safetensors'))
+    from bytropix.peft import is_adapted
+    if is_adapted(model): model = _average_merged(rd, ckpts)   # LoRA: average W + s·BA, not A and B apart
+    else:
+        with tempfile.TemporaryDirectory() as tmp:  # through a file: load_weights restores tied weights and checks shapes
+            load_weights(model, save_average(ckpts, Path(tmp)/'average.safetensors'))
     dest = rd.write_export(model, rd.load_tokenizer(), {'name': f"{run.run_name} (average of {len(ckpts)} checkpoints)",
                                                        'averaged': ', '.join(c.name for c in ckpts)},
                            dest=args.out or rd.averaged_dir)

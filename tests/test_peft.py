@@ -128,3 +128,29 @@ def test_merge_has_help(capsys):
     with pytest.raises(SystemExit) as e: main(['merge', '--help'])
     text = capsys.readouterr().out
     assert e.value.code == 0 and text.startswith('usage: bytropix merge') and 'train.peft' in text
+
+
+def test_lora_run_exports_to_hf_averages_and_refuses_prompt_exports(base_export, tmp_path, capsys):
+    "A LoRA run's `export --format hf` and `average` carry the merged model (they once crashed / kept the adapters)."
+    from bytropix.peft import merge_adapters
+    from bytropix.training.run import RunDir
+    ft = tmp_path/'ft'
+    rc, text = run('train', *TINY_LM, '--out_dir', ft, '--train.steps', '6', '--train.save_interval', '2',
+                   '--train.init_from', base_export, '--train.peft.method', 'lora', '--train.peft.r', '4', capsys=capsys)
+    assert rc == 0, text
+    rc, text = run('export', ft, '--format', 'hf', '--out', tmp_path/'hf', capsys=capsys)
+    assert rc == 0 and 'max |Δ logit|' in text, text
+    rc, text = run('average', ft, '--last', '3', '--out', tmp_path/'avg', capsys=capsys)
+    assert rc == 0, text
+    avg = BytropixModel.from_pretrained(tmp_path/'avg')
+    rd = RunDir(ft)
+    merged = [merge_adapters(rd.load_model(c)[1]) for c in rd.checkpoints()[-3:]]
+    for k, v in avg.state_dict().items():    # the mean of the merged weights W + s·BA, not of A and B apart
+        ref = sum(m.state_dict()[k].double() for m in merged) / 3
+        assert torch.allclose(v.double(), ref, atol=1e-6), k
+    pt = tmp_path/'pt'
+    rc, text = run('train', *TINY_LM, '--out_dir', pt, '--train.steps', '2', '--train.init_from', base_export,
+                   '--train.peft.method', 'prompt', '--train.block_size', '16', capsys=capsys)
+    assert rc == 0, text
+    rc, text = run('export', pt, '--format', 'hf', '--out', tmp_path/'hf2', capsys=capsys)
+    assert rc == 2 and 'prompt-tuning run' in text and 'Traceback' not in text, text
