@@ -68,7 +68,7 @@ ATTN_PATTERNS = ('dense', 'local', 'local_global', 'block_sparse')
 
 @dataclass(frozen=True)
 class AttentionPattern:
-    """Which keys each query may attend to, by absolute positions $i$ (query) and $j$ (key); causality ($j \le i$) is
+    """Which keys each query may attend to, by absolute positions $i$ (query) and $j$ (key); causality (j ≤ i) is
     applied on top. See the table above for each `kind`; field names in errors are the model config's."""
     kind: str = 'dense'
     window: Optional[int] = None     # local, local_global: |i − j| < window
