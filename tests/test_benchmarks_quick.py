@@ -133,3 +133,11 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_sparse_attention_quick():
+    out = run_quick('sparse_attention.py')
+    assert '| context | pattern | backend | ms | ms / dense sdpa | peak MiB | MiB / dense sdpa |' in out
+    assert '### training: forward + backward' in out and '### inference: forward only' in out
+    for row in ('| dense | sdpa |', '| local_global | math |', '| block_sparse | flex |'): assert row in out, out
+    assert 'failed' not in out, out
