@@ -2,9 +2,11 @@
 
 One causal self-attention call (batch 1, 4 heads of 64 channels, fp32) through `bytropix.layers.attention.attend`:
 
-- training (forward + backward, the gradients of q, k and v): every pattern through `sdpa` (an explicit boolean
-  mask; dense uses sdpa's own causal kernel) and through `math` (the written-out softmax) up to `--math-max`
-  tokens — `flex` has no backward on the CPU in torch 2.13, so it is absent from this table there;
+- training (forward + backward, the gradients of q, k and v): every pattern through `sdpa` (sparse patterns work in
+  chunks of 256 queries over the keys each chunk may see; dense uses sdpa's own causal kernel), local + global
+  through `sdpa` as one call with the whole n × n mask (`SPARSE_CHUNK = 0`), and every pattern through `math` (the
+  written-out softmax) up to `--math-max` tokens — `flex` has no backward on the CPU in torch 2.13, so it is absent
+  from this table there;
 - inference (forward only): `sdpa` vs `flex` — flex compiled when `--compile` is given (or on a GPU), else its
   unfused eager form.
 
@@ -52,6 +54,7 @@ def measure(pattern: str, impl: str, n: int, train: bool, repeat: int, heads: in
     import bytropix.layers.attention as A
     torch.manual_seed(0)
     A.FLEX_COMPILE = True if compile_ else None
+    if impl == 'sdpa, one masked call': impl, A.SPARSE_CHUNK = 'sdpa', 0   # the whole n × n mask, no query chunks
     p = A.AttentionPattern(**PATTERNS[pattern])
     q, k, v = (torch.randn(1, heads, n, head_dim, device=device, requires_grad=train) for _ in range(3))
     g = torch.randn(1, heads, n, head_dim, device=device)
@@ -82,7 +85,7 @@ def run_one(args, pattern, impl, n, train) -> dict:
 
 
 def table(args, train: bool) -> None:
-    impls = ['sdpa', 'math'] if train else ['sdpa', 'flex']
+    impls = ['sdpa', 'sdpa, one masked call', 'math'] if train else ['sdpa', 'flex']
     title = 'training: forward + backward' if train else 'inference: forward only'
     print(f"\n### {title} (batch 1, {args.heads} heads × {args.head_dim}, fp32, {args.device})\n")
     print('| context | pattern | backend | ms | ms / dense sdpa | peak MiB | MiB / dense sdpa |')
@@ -91,7 +94,7 @@ def table(args, train: bool) -> None:
         ref = None
         for impl in impls:
             for pattern in PATTERNS:
-                if impl == 'math' and n > args.math_max:
+                if (impl == 'math' and n > args.math_max) or (impl == 'sdpa, one masked call' and pattern != 'local_global'):
                     continue
                 r = run_one(args, pattern, impl, n, train)
                 if 'error' in r:

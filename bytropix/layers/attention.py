@@ -24,9 +24,9 @@ from .norms import make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'attention_mask', 'reference_attention', 'math_attention',
-           'AttentionPattern', 'flex_unavailable', 'flex_block_mask', 'attend', 'KVCache', 'RaggedKVCache',
-           'SelfAttention', 'LatentKVCache', 'MultiHeadLatentAttention']
+__all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'SPARSE_CHUNK', 'attention_mask', 'reference_attention',
+           'math_attention', 'AttentionPattern', 'flex_unavailable', 'flex_block_mask', 'sparse_plan', 'attend',
+           'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache', 'MultiHeadLatentAttention']
 
 # %% ../../nbs/12_attention.ipynb #a165aa39
 def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
@@ -190,6 +190,35 @@ def _flex_call(q, k, v, block_mask, scale):
         _compiled_flex = flex_attention
         return _flex_call(q, k, v, block_mask, scale)
 
+# %% ../../nbs/12_attention.ipynb #a12c0002
+SPARSE_CHUNK = 256   # query rows per chunk on the sparse path of sdpa/math (0: always one masked dense call)
+_chunk_plans: dict = {}
+
+def sparse_plan(t_q: int, t_k: int, causal: bool, pattern: AttentionPattern, device: torch.device) -> list | None:
+    """(query slice, indices of the keys it may see, its mask over them) per chunk of `SPARSE_CHUNK` queries; None when
+    the chunks would gather more than half of the keys (then one masked call is cheaper)."""
+    key = (t_q, t_k, causal, pattern, str(device), SPARSE_CHUNK)
+    if key not in _chunk_plans:
+        plan, gathered, kpos = [], 0, torch.arange(t_k, device=device)[None]
+        for s in range(0, t_q, SPARSE_CHUNK):
+            e = min(s + SPARSE_CHUNK, t_q)
+            m = pattern.allows(torch.arange(t_k - t_q + s, t_k - t_q + e, device=device)[:, None], kpos, causal)
+            keys = m.any(0).nonzero().squeeze(1)              # positions only: no data-dependent control flow
+            plan.append((slice(s, e), keys, m[:, keys])); gathered += len(keys)
+        if len(_chunk_plans) >= 16: _chunk_plans.pop(next(iter(_chunk_plans)))
+        _chunk_plans[key] = plan if 2 * gathered < len(plan) * t_k else None
+    return _chunk_plans[key]
+
+def _sparse_attend(q, k, v, plan, impl, dropout_p, scale):
+    "Attention chunk by chunk over only the keys each chunk may see: O(n · keys per query) time and memory."
+    out = []
+    for sl, keys, m in plan:
+        kk, vv, qq = k.index_select(2, keys), v.index_select(2, keys), q[:, :, sl]
+        out.append(math_attention(qq, kk, vv, m, dropout_p, scale) if impl == 'math' else
+                   F.scaled_dot_product_attention(qq, kk, vv, attn_mask=m, dropout_p=dropout_p, scale=scale,
+                                                  enable_gqa=k.shape[1] != q.shape[1]))
+    return torch.cat(out, 2)
+
 # %% ../../nbs/12_attention.ipynb #a12b0003
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, window: int | None = None,
            dropout_p: float = 0.0, scale: float | None = None, mask: torch.Tensor | None = None,
@@ -213,6 +242,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Tru
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
     if impl == 'sdpa' and mask is None and causal and pattern.kind == 'dense' and statically_known_true(t_q == t_k):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)  # sdpa's own causal kernels, no mask tensor
+    if (mask is None and pattern.kind != 'dense' and SPARSE_CHUNK and t_q >= 2 * SPARSE_CHUNK
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())):   # tracers: one masked call
+        plan = sparse_plan(t_q, t_k, causal, pattern, q.device)
+        if plan is not None: return _sparse_attend(q, k, v, plan, impl, dropout_p, scale)
     if mask is None: mask = attention_mask(t_q, t_k, causal, None, q.device, pattern)
     if impl == 'math': return math_attention(q, k, v, mask, dropout_p, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
