@@ -25,8 +25,8 @@ from .rope import RotaryEmbedding
 
 # %% auto #0
 __all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'SPARSE_CHUNK', 'attention_mask', 'reference_attention',
-           'math_attention', 'AttentionPattern', 'flex_unavailable', 'flex_block_mask', 'sparse_plan', 'attend',
-           'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache', 'MultiHeadLatentAttention']
+           'math_attention', 'AttentionPattern', 'flex_unavailable', 'flex_block_mask', 'sparse_chunk', 'sparse_plan',
+           'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache', 'MultiHeadLatentAttention']
 
 # %% ../../nbs/12_attention.ipynb #a165aa39
 def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
@@ -191,17 +191,22 @@ def _flex_call(q, k, v, block_mask, scale):
         return _flex_call(q, k, v, block_mask, scale)
 
 # %% ../../nbs/12_attention.ipynb #a12c0002
-SPARSE_CHUNK = 256   # query rows per chunk on the sparse path of sdpa/math (0: always one masked dense call)
+SPARSE_CHUNK = 256   # most query rows per chunk on the sparse path of sdpa/math (0: always one masked dense call)
 _chunk_plans: dict = {}
 
+def sparse_chunk(pattern: AttentionPattern) -> int:
+    "Queries per chunk: about the pattern's reach (W, or B), within [64, SPARSE_CHUNK]: a chunk of C sees ≈ C + W keys."
+    return min(SPARSE_CHUNK, max(64, pattern.window or pattern.block_size))
+
 def sparse_plan(t_q: int, t_k: int, causal: bool, pattern: AttentionPattern, device: torch.device) -> list | None:
-    """(query slice, indices of the keys it may see, its mask over them) per chunk of `SPARSE_CHUNK` queries; None when
+    """(query slice, indices of the keys it may see, its mask over them) per chunk of `sparse_chunk` queries; None when
     the chunks would gather more than half of the keys (then one masked call is cheaper)."""
-    key = (t_q, t_k, causal, pattern, str(device), SPARSE_CHUNK)
+    C = sparse_chunk(pattern)
+    key = (t_q, t_k, causal, pattern, str(device), C)
     if key not in _chunk_plans:
         plan, gathered, kpos = [], 0, torch.arange(t_k, device=device)[None]
-        for s in range(0, t_q, SPARSE_CHUNK):
-            e = min(s + SPARSE_CHUNK, t_q)
+        for s in range(0, t_q, C):
+            e = min(s + C, t_q)
             m = pattern.allows(torch.arange(t_k - t_q + s, t_k - t_q + e, device=device)[:, None], kpos, causal)
             keys = m.any(0).nonzero().squeeze(1)              # positions only: no data-dependent control flow
             plan.append((slice(s, e), keys, m[:, keys])); gathered += len(keys)
@@ -242,7 +247,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Tru
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
     if impl == 'sdpa' and mask is None and causal and pattern.kind == 'dense' and statically_known_true(t_q == t_k):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)  # sdpa's own causal kernels, no mask tensor
-    if (mask is None and pattern.kind != 'dense' and SPARSE_CHUNK and t_q >= 2 * SPARSE_CHUNK
+    if (mask is None and pattern.kind != 'dense' and SPARSE_CHUNK and t_q >= 2 * sparse_chunk(pattern)
             and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())):   # tracers: one masked call
         plan = sparse_plan(t_q, t_k, causal, pattern, q.device)
         if plan is not None: return _sparse_attend(q, k, v, plan, impl, dropout_p, scale)
