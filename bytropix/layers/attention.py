@@ -24,43 +24,10 @@ from .norms import make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'SPARSE_CHUNK', 'attention_mask', 'reference_attention',
-           'math_attention', 'AttentionPattern', 'flex_unavailable', 'flex_block_mask', 'sparse_chunk', 'sparse_plan',
-           'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache', 'MultiHeadLatentAttention']
-
-# %% ../../nbs/12_attention.ipynb #a165aa39
-def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
-                   device: torch.device | str | None = None, pattern: AttentionPattern | None = None) -> torch.Tensor | None:
-    """Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend.
-    `pattern` (default: local with `window`, or dense) says which pairs a query may see."""
-    if t_k < t_q: raise ValueError(f"attention needs at least as many keys as queries, got {t_q} queries and {t_k} keys.")
-    pattern = AttentionPattern.of(pattern, window)
-    if pattern.kind in ('dense', 'local'):
-        w = pattern.window
-        # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
-        if causal and t_q == 1 and (w is None or statically_known_true(t_k <= w)): return None  # one query sees every key
-        if not causal and w is None: return None
-    qpos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
-    return pattern.allows(qpos, torch.arange(t_k, device=device)[None, :], causal)
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                        window: int | None = None, scale: float | None = None,
-                        pattern: AttentionPattern | None = None) -> torch.Tensor:
-    "Explicit softmax attention in float64: the oracle every backend is tested against. Shapes as `attend`."
-    y = math_attention(q.double(), k.double(), v.double(), attention_mask(q.shape[2], k.shape[2], causal, window, q.device, pattern),
-                       scale=scale)
-    return y.to(q.dtype)
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                   dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
-    "The `math` backend: softmax(QKᵀ·scale + M)V written out (GQA by repeating kv heads; `mask` True = may attend)."
-    h, hkv = q.shape[1], k.shape[1]
-    if hkv != h: k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
-    s = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
-    if mask is not None: s = s.masked_fill(~mask, float('-inf'))
-    p = s.softmax(-1)
-    if dropout_p > 0: p = F.dropout(p, dropout_p)
-    return p @ v
+__all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'SPARSE_CHUNK', 'AttentionPattern', 'attention_mask',
+           'reference_attention', 'math_attention', 'flex_unavailable', 'flex_block_mask', 'sparse_chunk',
+           'sparse_plan', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache',
+           'MultiHeadLatentAttention']
 
 # %% ../../nbs/12_attention.ipynb #a12p0002
 ATTN_IMPLS = ('sdpa', 'flex', 'math')
@@ -139,6 +106,40 @@ class AttentionPattern:
         i = torch.arange(n)
         kept = self.allows(i[:, None], i[None, :], causal).sum().item()
         return kept / (n * (n + 1) / 2 if causal else n * n)
+
+# %% ../../nbs/12_attention.ipynb #a165aa39
+def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
+                   device: torch.device | str | None = None, pattern: AttentionPattern | None = None) -> torch.Tensor | None:
+    """Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend.
+    `pattern` (default: local with `window`, or dense) says which pairs a query may see."""
+    if t_k < t_q: raise ValueError(f"attention needs at least as many keys as queries, got {t_q} queries and {t_k} keys.")
+    pattern = AttentionPattern.of(pattern, window)
+    if pattern.kind in ('dense', 'local'):
+        w = pattern.window
+        # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
+        if causal and t_q == 1 and (w is None or statically_known_true(t_k <= w)): return None  # one query sees every key
+        if not causal and w is None: return None
+    qpos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
+    return pattern.allows(qpos, torch.arange(t_k, device=device)[None, :], causal)
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                        window: int | None = None, scale: float | None = None,
+                        pattern: AttentionPattern | None = None) -> torch.Tensor:
+    "Explicit softmax attention in float64: the oracle every backend is tested against. Shapes as `attend`."
+    y = math_attention(q.double(), k.double(), v.double(), attention_mask(q.shape[2], k.shape[2], causal, window, q.device, pattern),
+                       scale=scale)
+    return y.to(q.dtype)
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    "The `math` backend: softmax(QKᵀ·scale + M)V written out (GQA by repeating kv heads; `mask` True = may attend)."
+    h, hkv = q.shape[1], k.shape[1]
+    if hkv != h: k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
+    s = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if mask is not None: s = s.masked_fill(~mask, float('-inf'))
+    p = s.softmax(-1)
+    if dropout_p > 0: p = F.dropout(p, dropout_p)
+    return p @ v
 
 # %% ../../nbs/12_attention.ipynb #a12b0002
 FLEX_COMPILE: bool | None = None  # None: compile flex_attention on GPUs only; True: everywhere (CPU: forward only); False: never
