@@ -549,13 +549,13 @@ def capture_attention() -> Iterator[list[Tensor]]:
     "Within the block, every `SelfAttention` call appends its softmax weights (B, H, T_q, T_k) to the yielded list."
     import bytropix.layers.attention as A
     fused, maps = A.attend, []
-    def attend(q, k, v, causal=True, window=None, dropout_p=0.0, scale=None, mask=None):
+    def attend(q, k, v, causal=True, window=None, dropout_p=0.0, scale=None, mask=None, **kw):   # kw: pattern, impl
         kk = k.repeat_interleave(q.shape[1] // k.shape[1], 1)                   # grouped KV heads
         s = (q.float() @ kk.float().mT) * (scale if scale is not None else q.shape[-1] ** -0.5)
-        m = mask if mask is not None else A.attention_mask(q.shape[2], k.shape[2], causal, window, q.device)
+        m = mask if mask is not None else A.attention_mask(q.shape[2], k.shape[2], causal, window, q.device, kw.get('pattern'))
         if m is not None: s = s.masked_fill(~m, float('-inf'))
         maps.append(s.softmax(-1).detach().cpu())
-        return fused(q, k, v, causal, window, dropout_p, scale, mask=mask)
+        return fused(q, k, v, causal, window, dropout_p, scale, mask=mask, **kw)
     A.attend = attend
     try: yield maps
     finally: A.attend = fused

@@ -162,3 +162,11 @@ def test_stackwise_quick():
     for name in ('end to end, same FLOPs', 'progressive, frozen + trunk cache', 'progressive, QLoRA trunk (NF4)'):
         assert f'\n| {name} |' in out, out
     assert '| trunk | ms / step | speed-up vs uncached |' in out and '| cache warm: every example a hit |' in out
+
+
+def test_sparse_attention_quick():
+    out = run_quick('sparse_attention.py')
+    assert '| context | pattern | backend | ms | ms / dense sdpa | peak MiB | MiB / dense sdpa |' in out
+    assert '### training: forward + backward' in out and '### inference: forward only' in out
+    for row in ('| dense | sdpa |', '| local_global | math |', '| block_sparse | flex |'): assert row in out, out
+    assert 'failed' not in out, out

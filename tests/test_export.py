@@ -191,9 +191,8 @@ def test_every_generative_variant_exports(tmp_path, fmt, arch, extra):
             'wubu_bytes': dict(n_layer=1, n_head=2, n_embd=16, level_dims=[4])}[arch]
     torch.manual_seed(0)
     m = build_model(arch, dict(vocab_size=64, block_size=16, **{**base, **extra})).eval()
-    if fmt == 'pt2' and extra.get('sliding_window'):  # its traced step would refuse caches shorter than the window
-        with pytest.raises(Exception, match='shorter than the sliding window'): export_model(m, fmt, tmp_path/'x')
-        return
+    # (a sliding window's decoding step used to trace with a guard refusing caches shorter than the window; since the
+    # masks come from AttentionPattern (chapter Attention) it traces for every cache length and pt2 writes it)
     res = export_model(m, fmt, tmp_path/'x')
     assert max(res.max_abs_diff.values()) <= 1e-4
     from bytropix.export.graphs import pt2_runner

@@ -55,6 +55,10 @@ def hf_family(config: Any) -> str:
     if getattr(config, 'mlp', 'dense') == 'moe':
         raise ConfigError("A mixture-of-experts gpt (mlp: moe) has no Llama/Mistral/GPT-2 equivalent in transformers; export it "
                           "as onnx or pt2.")
+    pattern = getattr(config, 'attn_pattern', 'dense')
+    if pattern not in ('dense', 'local'):
+        raise ConfigError(f"attn_pattern {pattern} has no Llama/Mistral/GPT-2 equivalent in transformers (they attend densely "
+                          "or in a sliding window); export it as onnx or pt2.")
     if config.style == 'llama': return 'llama' if config.sliding_window is None else 'mistral'
     if config.n_kv_head not in (None, config.n_head):
         raise ConfigError(f"GPT-2 style with grouped-query attention (n_kv_head={config.n_kv_head}, n_head={config.n_head}) "

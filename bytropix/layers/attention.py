@@ -1,4 +1,4 @@
-"""Self-attention via SDPA: causal or bidirectional, GQA, sliding windows, RoPE, a KV cache, and multi-head latent attention.
+"""Self-attention with three backends (sdpa, flex, math) and sparse patterns (local, local + global, block-sparse): causal or bidirectional, GQA, RoPE, a KV cache, and multi-head latent attention.
 
 Docs: https://bytropix.github.io/bytropix/attention.html.md"""
 
@@ -8,7 +8,9 @@ Docs: https://bytropix.github.io/bytropix/attention.html.md"""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,54 +24,246 @@ from .norms import make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
-__all__ = ['attention_mask', 'reference_attention', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache',
+__all__ = ['ATTN_IMPLS', 'ATTN_PATTERNS', 'FLEX_COMPILE', 'SPARSE_CHUNK', 'AttentionPattern', 'attention_mask',
+           'reference_attention', 'math_attention', 'flex_unavailable', 'flex_block_mask', 'sparse_chunk',
+           'sparse_plan', 'attend', 'KVCache', 'RaggedKVCache', 'SelfAttention', 'LatentKVCache',
            'MultiHeadLatentAttention']
+
+# %% ../../nbs/12_attention.ipynb #a12p0002
+ATTN_IMPLS = ('sdpa', 'flex', 'math')
+ATTN_PATTERNS = ('dense', 'local', 'local_global', 'block_sparse')
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """Which keys each query may attend to, by absolute positions $i$ (query) and $j$ (key); causality (j ≤ i) is
+    applied on top. See the table above for each `kind`; field names in errors are the model config's."""
+    kind: str = 'dense'
+    window: Optional[int] = None     # local, local_global: |i − j| < window
+    n_global: int = 0                # local_global, block_sparse: the first n_global positions see and are seen by all
+    block_size: int = 64             # block_sparse: positions per block
+    block_window: int = 1            # block_sparse: a query block sees the key blocks b with |b_i − b| < block_window
+    block_stride: int = 0            # block_sparse: and every key block b with b mod stride = stride − 1 (0: none)
+
+    @staticmethod
+    def problems(kind: str, window: int | None, n_global: int, block_size: int, block_window: int,
+                 block_stride: int) -> list[tuple[str, str]]:
+        "(config field, message) for every setting that cannot work; empty when the pattern is valid."
+        out = []
+        if kind not in ATTN_PATTERNS: return [('attn_pattern', f"unknown pattern `{kind}`; use one of {', '.join(ATTN_PATTERNS)}.")]
+        if kind in ('local', 'local_global') and (window is None or window < 1):
+            out.append(('sliding_window', f"attn_pattern {kind} needs a window of at least 1 key, got {window}."))
+        if kind == 'block_sparse' and window is not None:
+            out.append(('sliding_window', "does not apply to attn_pattern block_sparse (its neighbourhood is attn_block_window "
+                                          "blocks); remove it, or use attn_pattern local_global."))
+        if n_global < 0: out.append(('attn_global', f"must be a number of tokens ≥ 0, got {n_global}."))
+        elif kind == 'local_global' and n_global < 1:
+            out.append(('attn_global', "attn_pattern local_global needs at least 1 global token (with 0 it is `local`)."))
+        elif kind in ('dense', 'local') and n_global:
+            out.append(('attn_global', f"does not apply to attn_pattern {kind}; use local_global or block_sparse."))
+        if kind == 'block_sparse':
+            if block_size < 1: out.append(('attn_block_size', f"must be at least 1 position, got {block_size}."))
+            if block_window < 1: out.append(('attn_block_window', f"must be at least 1 block (its own), got {block_window}."))
+            if block_stride < 0: out.append(('attn_block_stride', f"must be ≥ 0 (0: no strided blocks), got {block_stride}."))
+        return out
+
+    def __post_init__(self):
+        p = self.problems(self.kind, self.window, self.n_global, self.block_size, self.block_window, self.block_stride)
+        if p: raise ConfigError(f"`{p[0][0]}`: {p[0][1]}")
+
+    @classmethod
+    def of(cls, pattern: AttentionPattern | None = None, window: int | None = None) -> AttentionPattern:
+        "`pattern` itself, else the local pattern of a sliding `window`, else dense."
+        if pattern is not None: return pattern
+        return cls('local', window) if window is not None else cls()
+
+    @classmethod
+    def from_config(cls, config: Any) -> AttentionPattern:
+        "The pattern of a model config (`attn_pattern` and friends; `sliding_window` alone means `local`)."
+        kind, window = getattr(config, 'attn_pattern', 'dense'), getattr(config, 'sliding_window', None)
+        if kind == 'dense' and window is not None: kind = 'local'
+        return cls(kind, window, getattr(config, 'attn_global', 0), getattr(config, 'attn_block_size', 64),
+                   getattr(config, 'attn_block_window', 1), getattr(config, 'attn_block_stride', 0))
+
+    @property
+    def cache_window(self) -> int | None:
+        "How many past keys a decoded query can reach, if bounded: a KV cache keeps only those (`local` only)."
+        return self.window if self.kind == 'local' else None
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        "Boolean tensor: may query position `i` attend to key position `j` (broadcast; also a flex `mask_mod` body)."
+        d = i - j                                             # > 0: the key is in the past
+        if self.kind == 'dense': ok = d == d                  # all True, of the broadcast shape
+        elif self.kind != 'block_sparse': ok = d.abs() < self.window
+        else:
+            bj = j // self.block_size
+            ok = (i // self.block_size - bj).abs() < self.block_window
+            if self.block_stride: ok = ok | (bj % self.block_stride == self.block_stride - 1)
+        if self.n_global: ok = ok | (j < self.n_global) | (i < self.n_global)
+        return ok & (d >= 0) if causal else ok
+
+    def density(self, n: int, causal: bool = True) -> float:
+        "Fraction of the n × n (query, key) pairs the pattern keeps (causal: of the n(n+1)/2 causal pairs)."
+        i = torch.arange(n)
+        kept = self.allows(i[:, None], i[None, :], causal).sum().item()
+        return kept / (n * (n + 1) / 2 if causal else n * n)
 
 # %% ../../nbs/12_attention.ipynb #a165aa39
 def attention_mask(t_q: int, t_k: int, causal: bool = True, window: int | None = None,
-                   device: torch.device | str | None = None) -> torch.Tensor | None:
-    "Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend."
+                   device: torch.device | str | None = None, pattern: AttentionPattern | None = None) -> torch.Tensor | None:
+    """Boolean (t_q, t_k) mask (True = may attend) for queries at the last `t_q` of `t_k` positions; `None` if all may attend.
+    `pattern` (default: local with `window`, or dense) says which pairs a query may see."""
     if t_k < t_q: raise ValueError(f"attention needs at least as many keys as queries, got {t_q} queries and {t_k} keys.")
-    if window is not None and window < 1: raise ConfigError(f"window must be a positive number of keys, got {window}.")
-    # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
-    if causal and t_q == 1 and (window is None or statically_known_true(t_k <= window)): return None  # one query sees every key
-    if not causal and window is None: return None
+    pattern = AttentionPattern.of(pattern, window)
+    if pattern.kind in ('dense', 'local'):
+        w = pattern.window
+        # shape tests that a tracer cannot decide (symbolic lengths) take the general branch: same result, traceable
+        if causal and t_q == 1 and (w is None or statically_known_true(t_k <= w)): return None  # one query sees every key
+        if not causal and w is None: return None
     qpos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
-    rel = qpos - torch.arange(t_k, device=device)[None, :]  # > 0: key in the past
-    if not causal: return rel.abs() < window
-    return (rel >= 0) if window is None else (rel >= 0) & (rel < window)
+    return pattern.allows(qpos, torch.arange(t_k, device=device)[None, :], causal)
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                        window: int | None = None, scale: float | None = None) -> torch.Tensor:
-    "Explicit softmax attention (float64 math): the slow reference the fast path is tested against. Shapes as `attend`."
-    h, hkv = q.shape[1], k.shape[1]
-    k, v = k.repeat_interleave(h // hkv, 1).double(), v.repeat_interleave(h // hkv, 1).double()
-    s = (q.double() @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
-    m = attention_mask(q.shape[2], k.shape[2], causal, window, q.device)
-    if m is not None: s = s.masked_fill(~m, float('-inf'))
-    return (s.softmax(-1) @ v).to(q.dtype)
+                        window: int | None = None, scale: float | None = None,
+                        pattern: AttentionPattern | None = None) -> torch.Tensor:
+    "Explicit softmax attention in float64: the oracle every backend is tested against. Shapes as `attend`."
+    y = math_attention(q.double(), k.double(), v.double(), attention_mask(q.shape[2], k.shape[2], causal, window, q.device, pattern),
+                       scale=scale)
+    return y.to(q.dtype)
 
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    "The `math` backend: softmax(QKᵀ·scale + M)V written out (GQA by repeating kv heads; `mask` True = may attend)."
+    h, hkv = q.shape[1], k.shape[1]
+    if hkv != h: k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
+    s = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if mask is not None: s = s.masked_fill(~mask, float('-inf'))
+    p = s.softmax(-1)
+    if dropout_p > 0: p = F.dropout(p, dropout_p)
+    return p @ v
+
+# %% ../../nbs/12_attention.ipynb #a12b0002
+FLEX_COMPILE: bool | None = None  # None: compile flex_attention on GPUs only; True: everywhere (CPU: forward only); False: never
+_compiled_flex, _block_masks, _warned = None, {}, set()
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned: _warned.add(msg); warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+def flex_unavailable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> str | None:
+    "Why flex_attention cannot run these inputs here (one line), or None when it can."
+    if torch.compiler.is_exporting(): return "exporters trace the same mask through sdpa"
+    if dropout_p > 0: return "flex_attention has no attention dropout (set dropout 0 or attn_impl sdpa)"
+    if q.device.type in ('cpu', 'mps') and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return f"torch {torch.__version__.split('+')[0]} has no flex_attention backward on {q.device.type}"
+    if q.device.type not in ('cuda', 'cpu', 'xpu', 'hpu', 'mps'): return f"no flex_attention on {q.device.type}"
+    return None
+
+def flex_block_mask(t_q: int, t_k: int, causal: bool, pattern: AttentionPattern, device: torch.device,
+                    mask: torch.Tensor | None = None):
+    "The flex `BlockMask` of `pattern` for queries at the last t_q of t_k positions (or of an explicit (B, 1, t_q, t_k) `mask`)."
+    from torch.nn.attention.flex_attention import create_block_mask
+    if mask is not None:  # per-row masks (sequences at different positions): index the boolean tensor
+        return create_block_mask(lambda b, h, i, j: mask[b, 0, i, j], mask.shape[0], None, t_q, t_k, device=device)
+    key = (t_q, t_k, causal, pattern, str(device))
+    if key not in _block_masks:
+        off = t_k - t_q
+        if len(_block_masks) >= 64: _block_masks.pop(next(iter(_block_masks)))   # oldest first
+        _block_masks[key] = create_block_mask(lambda b, h, i, j: pattern.allows(i + off, j, causal), None, None, t_q, t_k,
+                                              device=device)
+    return _block_masks[key]
+
+def _flex_call(q, k, v, block_mask, scale):
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+    fn = flex_attention
+    # fused kernel for whole sequences; decode steps (few queries) use the unfused form instead of recompiling per length
+    compile_ = FLEX_COMPILE if FLEX_COMPILE is not None else q.device.type in ('cuda', 'xpu')
+    if compile_ and not torch.compiler.is_compiling() and q.shape[2] == k.shape[2]:
+        if _compiled_flex is None: _compiled_flex = torch.compile(flex_attention)
+        fn = _compiled_flex
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='flex_attention called without torch.compile')
+            return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor: the eager form still runs
+        if fn is flex_attention: raise
+        _warn_once(f"attn_impl flex: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                   "using flex_attention's unfused eager form.")
+        _compiled_flex = flex_attention
+        return _flex_call(q, k, v, block_mask, scale)
+
+# %% ../../nbs/12_attention.ipynb #a12c0002
+SPARSE_CHUNK = 256   # most query rows per chunk on the sparse path of sdpa/math (0: always one masked dense call)
+_chunk_plans: dict = {}
+
+def sparse_chunk(pattern: AttentionPattern) -> int:
+    "Queries per chunk: about the pattern's reach (W, or B), within [64, SPARSE_CHUNK]: a chunk of C sees ≈ C + W keys."
+    return min(SPARSE_CHUNK, max(64, pattern.window or pattern.block_size))
+
+def sparse_plan(t_q: int, t_k: int, causal: bool, pattern: AttentionPattern, device: torch.device) -> list | None:
+    """(query slice, indices of the keys it may see, its mask over them) per chunk of `sparse_chunk` queries; None when
+    the chunks would gather more than half of the keys (then one masked call is cheaper)."""
+    C = sparse_chunk(pattern)
+    key = (t_q, t_k, causal, pattern, str(device), C)
+    if key not in _chunk_plans:
+        plan, gathered, kpos = [], 0, torch.arange(t_k, device=device)[None]
+        for s in range(0, t_q, C):
+            e = min(s + C, t_q)
+            m = pattern.allows(torch.arange(t_k - t_q + s, t_k - t_q + e, device=device)[:, None], kpos, causal)
+            keys = m.any(0).nonzero().squeeze(1)              # positions only: no data-dependent control flow
+            plan.append((slice(s, e), keys, m[:, keys])); gathered += len(keys)
+        if len(_chunk_plans) >= 16: _chunk_plans.pop(next(iter(_chunk_plans)))
+        _chunk_plans[key] = plan if 2 * gathered < len(plan) * t_k else None
+    return _chunk_plans[key]
+
+def _sparse_attend(q, k, v, plan, impl, dropout_p, scale):
+    "Attention chunk by chunk over only the keys each chunk may see: O(n · keys per query) time and memory."
+    out = []
+    for sl, keys, m in plan:
+        kk, vv, qq = k.index_select(2, keys), v.index_select(2, keys), q[:, :, sl]
+        out.append(math_attention(qq, kk, vv, m, dropout_p, scale) if impl == 'math' else
+                   F.scaled_dot_product_attention(qq, kk, vv, attn_mask=m, dropout_p=dropout_p, scale=scale,
+                                                  enable_gqa=k.shape[1] != q.shape[1]))
+    return torch.cat(out, 2)
+
+# %% ../../nbs/12_attention.ipynb #a12b0003
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, window: int | None = None,
-           dropout_p: float = 0.0, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+           dropout_p: float = 0.0, scale: float | None = None, mask: torch.Tensor | None = None,
+           pattern: AttentionPattern | None = None, impl: str = 'sdpa') -> torch.Tensor:
     """Attention of `q` (B, H, Tq, D) over `k`, `v` (B, H_kv, Tk, D) with Tk ≥ Tq and H_kv dividing H (GQA). → (B, H, Tq, D).
-    An explicit boolean `mask` (True = may attend, broadcastable to (B, H, Tq, Tk)) replaces the causal/window one."""
+    `pattern` (default: local with `window`, or dense) picks the pairs; `impl` the backend: 'sdpa', 'flex' or 'math'.
+    An explicit boolean `mask` (True = may attend, broadcastable to (B, H, Tq, Tk)) replaces the pattern's."""
     h, hkv = q.shape[1], k.shape[1]
     if h % hkv: raise ConfigError(f"{hkv} key/value heads cannot serve {h} query heads: n_kv_head must divide n_head.")
+    if impl not in ATTN_IMPLS: raise ConfigError(f"`attn_impl`: unknown backend `{impl}`; use one of {', '.join(ATTN_IMPLS)}.")
+    pattern = AttentionPattern.of(pattern, window)
     t_q, t_k = q.shape[2], k.shape[2]
+    if impl == 'flex':
+        why = flex_unavailable(q, k, v, dropout_p)
+        if why is None:
+            bm = None if (mask is None and not causal and pattern.kind == 'dense') else \
+                flex_block_mask(t_q, t_k, causal, pattern, q.device, mask)
+            return _flex_call(q, k, v, bm, scale)
+        if not torch.compiler.is_exporting(): _warn_once(f"attn_impl flex falls back to sdpa (same mask): {why}.")
+        impl = 'sdpa'
     kw = dict(dropout_p=dropout_p, scale=scale, enable_gqa=hkv != h)
-    if mask is not None: return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
-    if causal and window is None and statically_known_true(t_q == t_k):  # a 1 × 1 causal mask is no mask
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(t_q, t_k, causal, window, q.device), **kw)
+    if impl == 'sdpa' and mask is None and causal and pattern.kind == 'dense' and statically_known_true(t_q == t_k):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)  # sdpa's own causal kernels, no mask tensor
+    if (mask is None and pattern.kind != 'dense' and SPARSE_CHUNK and t_q >= 2 * sparse_chunk(pattern)
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())):   # tracers: one masked call
+        plan = sparse_plan(t_q, t_k, causal, pattern, q.device)
+        if plan is not None: return _sparse_attend(q, k, v, plan, impl, dropout_p, scale)
+    if mask is None: mask = attention_mask(t_q, t_k, causal, None, q.device, pattern)
+    if impl == 'math': return math_attention(q, k, v, mask, dropout_p, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
 
 # %% ../../nbs/12_attention.ipynb #eeaa5fe1
 class KVCache:
     "One attention layer's preallocated keys/values (B, H_kv, max_len, D) with position tracking and window trimming."
     def __init__(self, batch_size: int, n_kv_head: int, head_dim: int, max_len: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, window: int | None = None):
+                 dtype: torch.dtype | None = None, window: int | None = None, pattern: AttentionPattern | None = None):
         if max_len < 1: raise ConfigError(f"KVCache max_len must be positive, got {max_len}.")
         if window is not None and window < 1: raise ConfigError(f"KVCache window must be positive, got {window}.")
-        self.window = window
+        self.window, self.pattern = window, pattern   # pattern: for caches merged into a RaggedKVCache
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -124,8 +318,9 @@ class KVCache:
 # %% ../../nbs/12_attention.ipynb #f1714bc0
 class RaggedKVCache:
     "Keys/values of a batch of sequences at different positions: row b stores `lengths[b]` entries, its next token is at `pos[b]`."
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, pos: torch.Tensor, window: int | None = None):
-        self.k, self.v, self.lengths, self.pos, self.window = k, v, lengths, pos, window
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, pos: torch.Tensor, window: int | None = None,
+                 pattern: AttentionPattern | None = None):
+        self.k, self.v, self.lengths, self.pos, self.window, self.pattern = k, v, lengths, pos, window, pattern
         self.mask: torch.Tensor | None = None  # set by `update` for the attention that follows
 
     @classmethod
@@ -137,17 +332,17 @@ class RaggedKVCache:
                 if isinstance(c, RaggedKVCache): s, n, p = 0, int(c.lengths[b]), int(c.pos[b])
                 else: s, n, p = c.start, c.length, c.pos
                 rows.append((c.k[b, :, s:s + n], c.v[b, :, s:s + n], p))
-        k0, window = caches[0].k, caches[0].window
+        k0, window, pattern = caches[0].k, caches[0].window, getattr(caches[0], 'pattern', None)
         cap = max(r[0].shape[1] for r in rows) + 16  # room for a few decode steps before growing
         k = k0.new_zeros(len(rows), k0.shape[1], cap, k0.shape[3]); v = torch.zeros_like(k)
         for b, (kb, vb, _) in enumerate(rows): k[b, :, :kb.shape[1]] = kb; v[b, :, :vb.shape[1]] = vb
         lengths = torch.tensor([r[0].shape[1] for r in rows], device=k.device)
-        return cls(k, v, lengths, torch.tensor([r[2] for r in rows], device=k.device), window)
+        return cls(k, v, lengths, torch.tensor([r[2] for r in rows], device=k.device), window, pattern)
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> RaggedKVCache:
         "The cache of the given rows only (in that order)."
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        return RaggedKVCache(self.k[idx], self.v[idx], self.lengths[idx], self.pos[idx], self.window)
+        return RaggedKVCache(self.k[idx], self.v[idx], self.lengths[idx], self.pos[idx], self.window, self.pattern)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Append T keys/values (B, H_kv, T, D) to every row; return the keys/values and set `mask` (B, 1, T, T_k)."
@@ -159,9 +354,13 @@ class RaggedKVCache:
         slot = self.lengths[:, None] + torch.arange(T, device=k.device)          # (B, T) slot of each new token
         ix = slot[:, None, :, None].expand(B, H, T, D)
         self.k.scatter_(2, ix, k.to(self.k.dtype)); self.v.scatter_(2, ix, v.to(self.v.dtype))
-        rel = slot[:, :, None] - torch.arange(need, device=k.device)             # (B, T, T_k): > 0 key in the past
-        m = rel >= 0
-        if self.window is not None: m &= rel < self.window
+        kpos = torch.arange(need, device=k.device)
+        if self.pattern is not None and self.pattern.cache_window is None:  # untrimmed: slot = absolute position
+            m = self.pattern.allows(slot[:, :, None], kpos, causal=True)
+        else:
+            rel = slot[:, :, None] - kpos                                       # (B, T, T_k): > 0 key in the past
+            m = rel >= 0
+            if self.window is not None: m &= rel < self.window
         self.mask = m[:, None]
         self.lengths = self.lengths + T; self.pos = self.pos + T
         return self.k[:, :, :need], self.v[:, :, :need]
@@ -171,10 +370,11 @@ class RaggedKVCache:
 
 # %% ../../nbs/12_attention.ipynb #8bf68b66
 class SelfAttention(nn.Module):
-    "Multi-head self-attention: causal or bidirectional, GQA (`n_kv_head`), sliding `window`, optional RoPE, KV cache."
+    """Multi-head self-attention: causal or bidirectional, GQA (`n_kv_head`), a sparse `pattern` (or a sliding `window`),
+    backend `impl` (sdpa | flex | math), optional RoPE, KV cache."""
     def __init__(self, dim: int, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
                  causal: bool = True, window: int | None = None, bias: bool = False, dropout: float = 0.0,
-                 rope: RotaryEmbedding | None = None):
+                 rope: RotaryEmbedding | None = None, pattern: AttentionPattern | None = None, impl: str = 'sdpa'):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_head < 1 or n_kv_head < 1 or n_head % n_kv_head:
@@ -183,6 +383,11 @@ class SelfAttention(nn.Module):
             if dim % n_head: raise ConfigError(f"dim={dim} is not divisible by n_head={n_head}; pass head_dim or change one.")
             head_dim = dim // n_head
         if window is not None and window < 1: raise ConfigError(f"window must be a positive number of keys, got {window}.")
+        if pattern is not None and window is not None and pattern.window != window:
+            raise ConfigError(f"`sliding_window`: window={window} and pattern {pattern} disagree; give the window in the pattern only.")
+        if impl not in ATTN_IMPLS: raise ConfigError(f"`attn_impl`: unknown backend `{impl}`; use one of {', '.join(ATTN_IMPLS)}.")
+        self.pattern, self.impl = AttentionPattern.of(pattern, window), impl
+        window = self.pattern.cache_window   # the window a KV cache may trim to (local only)
         if rope is not None and rope.head_dim != head_dim:
             raise ConfigError(f"RotaryEmbedding(head_dim={rope.head_dim}) does not match the attention head_dim={head_dim}.")
         self.dim, self.n_head, self.n_kv_head, self.head_dim = dim, n_head, n_kv_head, head_dim
@@ -197,7 +402,8 @@ class SelfAttention(nn.Module):
                   dtype: torch.dtype | None = None) -> KVCache:
         "An empty `KVCache` for this layer."
         w = self.qkv.weight
-        return KVCache(batch_size, self.n_kv_head, self.head_dim, max_len, device or w.device, dtype or w.dtype, self.window)
+        return KVCache(batch_size, self.n_kv_head, self.head_dim, max_len, device or w.device, dtype or w.dtype, self.window,
+                       self.pattern)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         "x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens after those already cached."
@@ -209,12 +415,13 @@ class SelfAttention(nn.Module):
         q, k = qk[:, :H], qk[:, H:]
         if cache is not None: k, v = cache.update(k, v)
         mask = cache.mask if isinstance(cache, RaggedKVCache) else None  # rows of different lengths
-        y = attend(q, k, v, self.causal, self.window, self.dropout if self.training else 0.0, mask=mask)
+        y = attend(q, k, v, self.causal, None, self.dropout if self.training else 0.0, mask=mask, pattern=self.pattern,
+                   impl=self.impl)
         return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
 
     def extra_repr(self) -> str:
         return (f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, head_dim={self.head_dim}, causal={self.causal}, "
-                f"window={self.window}")
+                f"pattern={self.pattern.kind}, window={self.pattern.window}, impl={self.impl}")
 
 # %% ../../nbs/12_attention.ipynb #bd0cd3e7
 class LatentKVCache:
@@ -260,7 +467,8 @@ class MultiHeadLatentAttention(nn.Module):
     latent (`q_rank`; None: full rank), decoupled RoPE on a `rope_dim` part with one key shared by the heads."""
     def __init__(self, dim: int, n_head: int, kv_rank: int, q_rank: int | None = None, head_dim: int | None = None,
                  rope_dim: int = 16, causal: bool = True, window: int | None = None, bias: bool = False,
-                 dropout: float = 0.0, rope: RotaryEmbedding | None = None, norm_eps: float = 1e-5):
+                 dropout: float = 0.0, rope: RotaryEmbedding | None = None, norm_eps: float = 1e-5,
+                 pattern: AttentionPattern | None = None, impl: str = 'sdpa'):
         super().__init__()
         head_dim = head_dim if head_dim is not None else (dim // n_head if n_head >= 1 and dim % n_head == 0 else 0)
         if n_head < 1 or head_dim < 1: raise ConfigError(f"dim={dim} is not divisible by n_head={n_head}; pass head_dim or change one.")
@@ -270,7 +478,9 @@ class MultiHeadLatentAttention(nn.Module):
         rope = rope if rope is not None else RotaryEmbedding(rope_dim)
         if rope.head_dim != rope_dim: raise ConfigError(f"RotaryEmbedding(head_dim={rope.head_dim}) does not match rope_dim={rope_dim}.")
         self.dim, self.n_head, self.head_dim, self.kv_rank, self.q_rank, self.rope_dim = dim, n_head, head_dim, kv_rank, q_rank, rope_dim
+        if impl not in ATTN_IMPLS: raise ConfigError(f"`attn_impl`: unknown backend `{impl}`; use one of {', '.join(ATTN_IMPLS)}.")
         self.causal, self.window, self.dropout, self.rope = causal, window, dropout, rope
+        self.pattern, self.impl = AttentionPattern.of(pattern, window), impl   # the latent cache is never trimmed
         qd = n_head * (head_dim + rope_dim)
         if q_rank is None: self.wq = nn.Linear(dim, qd, bias=bias)
         else: self.wq = nn.Sequential(nn.Linear(dim, q_rank, bias=bias), make_norm('rms', q_rank, eps=norm_eps), nn.Linear(q_rank, qd, bias=bias))
@@ -290,7 +500,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"n_head={self.n_head}, head_dim={self.head_dim}, kv_rank={self.kv_rank}, q_rank={self.q_rank}, "
-                f"rope_dim={self.rope_dim}, causal={self.causal}, window={self.window}")
+                f"rope_dim={self.rope_dim}, causal={self.causal}, pattern={self.pattern.kind}, impl={self.impl}")
 
 # %% ../../nbs/12_attention.ipynb #21dafc27
 @patch
@@ -318,13 +528,13 @@ def forward(self: MultiHeadLatentAttention, x: torch.Tensor, cache: LatentKVCach
         # q^C·k^C = q^C·(W^UK c) = (W^UK^T q^C)·c: one "key head" of width d_c + d_R shared by all query heads
         q = torch.cat([torch.einsum('bhtd,hdc->bhtc', qc, w_uk.to(qc.dtype)), qr], -1)
         k = torch.cat([c, kr], -1)[:, None]
-        o = attend(q, k, c[:, None], self.causal, self.window, p, self.scale)          # (B, H, T, d_c)
+        o = attend(q, k, c[:, None], self.causal, None, p, self.scale, pattern=self.pattern, impl=self.impl)  # (B, H, T, d_c)
         y = torch.einsum('bhtc,hdc->bhtd', o, w_uv.to(o.dtype))
     else:
         Tk = c.shape[1]
         kc, v = self.wkv_b(c).view(B, Tk, 2, H, D).permute(2, 0, 3, 1, 4)
         k = torch.cat([kc, kr[:, None].expand(B, H, Tk, self.rope_dim)], -1)
-        y = attend(torch.cat([qc, qr], -1), k, v, self.causal, self.window, p, self.scale)
+        y = attend(torch.cat([qc, qr], -1), k, v, self.causal, None, p, self.scale, pattern=self.pattern, impl=self.impl)
     return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(B, T, H * D)))
 
 @patch

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal, Optional
 import torch
 import torch.nn as nn
 
-from .attention import KVCache, MultiHeadLatentAttention, SelfAttention
+from .attention import AttentionPattern, KVCache, MultiHeadLatentAttention, SelfAttention
 from .mlp import make_mlp
 from .moe import MoE
 from .norms import make_norm
@@ -50,6 +50,12 @@ class BlockConfig:
     kv_lora_rank: int = 64                 # MLA: width d_c of the key/value latent
     q_lora_rank: Optional[int] = None      # MLA: width of the query latent (None: full-rank queries)
     rope_head_dim: int = 16                # MLA: d_h^R, the RoPE part of queries and the shared RoPE key
+    attn_impl: Literal['sdpa', 'flex', 'math'] = 'sdpa'   # attention backend (chapter Attention)
+    attn_pattern: Literal['dense', 'local', 'local_global', 'block_sparse'] = 'dense'   # which pairs attend
+    attn_global: int = 0                   # local_global, block_sparse: number of global tokens (the first positions)
+    attn_block_size: int = 64              # block_sparse: positions per block
+    attn_block_window: int = 1             # block_sparse: key blocks seen around a query's own block
+    attn_block_stride: int = 0             # block_sparse: plus every stride-th key block (0: none)
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -68,10 +74,10 @@ class TransformerBlock(nn.Module):
         self.ln1 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
         if c.attention == 'mla':
             self.attn = MultiHeadLatentAttention(c.n_embd, c.n_head, c.kv_lora_rank, c.q_lora_rank, rope_dim=c.rope_head_dim,
-                                                 causal=causal, window=c.sliding_window, bias=bias, dropout=c.dropout,
-                                                 rope=rope, norm_eps=c.norm_eps)
-        else: self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, window=c.sliding_window, bias=bias,
-                                        dropout=c.dropout, rope=rope)
+                                                 causal=causal, bias=bias, dropout=c.dropout, rope=rope, norm_eps=c.norm_eps,
+                                                 pattern=AttentionPattern.from_config(c), impl=c.attn_impl)
+        else: self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, bias=bias, dropout=c.dropout,
+                                        rope=rope, pattern=AttentionPattern.from_config(c), impl=c.attn_impl)
         self.ln2 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
         self.mlp = block_mlp(c)
 

@@ -1,4 +1,4 @@
-"""The transformer baseline, Llama or GPT-2 style, with GQA, sliding windows and a KV cache.
+"""The transformer baseline, Llama or GPT-2 style, with GQA, sliding windows and sparse attention patterns, three attention backends and a KV cache.
 
 Docs: https://bytropix.github.io/bytropix/gpt.html.md"""
 
@@ -16,6 +16,7 @@ from fastcore.basics import patch
 from torch.utils.checkpoint import checkpoint
 
 from ..core import ConfigError, DataError
+from ..layers.attention import AttentionPattern
 from ..layers.blocks import BlockConfig, DecoderState, TransformerBlock, init_gpt_weights
 from ..layers.moe import check_moe_config, collect_moe_aux
 from ..layers.norms import make_norm
@@ -42,6 +43,12 @@ class GPTConfig(ModelConfig):
     kv_lora_rank: int = 64                 # MLA: key/value latent width d_c (the cache holds d_c + rope_head_dim per token)
     q_lora_rank: Optional[int] = None      # MLA: query latent width (null: full-rank queries)
     rope_head_dim: int = 16                # MLA: RoPE width d_h^R of queries and of the one shared RoPE key
+    attn_impl: Literal['sdpa', 'flex', 'math'] = 'sdpa'   # attention backend: sdpa (flash/mem-efficient on CUDA), flex, math
+    attn_pattern: Literal['dense', 'local', 'local_global', 'block_sparse'] = 'dense'   # sparse attention (chapter Attention)
+    attn_global: int = 0                   # local_global, block_sparse: the first G tokens see and are seen by all
+    attn_block_size: int = 64              # block_sparse: positions per block
+    attn_block_window: int = 1             # block_sparse: a query block sees its L nearest key blocks (1: its own)
+    attn_block_stride: int = 0             # block_sparse: and every s-th key block (0: none)
     rope_theta: float = 10000.0
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
@@ -72,6 +79,7 @@ class GPTConfig(ModelConfig):
                        f"RoPE needs a head size of at least 2, got n_embd/n_head = {self.n_embd // self.n_head}.")
         if self.sliding_window is not None:
             self.check(self.sliding_window >= 1, 'sliding_window', f"must be a positive number of tokens or null, got {self.sliding_window}.")
+        self.check_attention_pattern()
         self.check(0.0 <= self.dropout < 1.0, 'dropout', f"must be in [0, 1), got {self.dropout}.")
         self.check(self.rope_theta > 0, 'rope_theta', f"must be positive, got {self.rope_theta}.")
         self.check(self.mlp_ratio > 0, 'mlp_ratio', f"must be positive, got {self.mlp_ratio}.")
@@ -95,6 +103,22 @@ class GPTConfig(ModelConfig):
     def block(self) -> BlockConfig:
         "The shape of the model's `TransformerBlock`s."
         return BlockConfig.from_config(self)
+
+# %% ../../nbs/21_gpt.ipynb #a21a0001
+@patch
+def check_attention_pattern(self: GPTConfig) -> None:
+    "Validate `attn_pattern` and its parameters against each other and against `block_size`, naming the field."
+    kind = 'local' if self.attn_pattern == 'dense' and self.sliding_window is not None else self.attn_pattern
+    for field, msg in AttentionPattern.problems(kind, self.sliding_window, self.attn_global, self.attn_block_size,
+                                                self.attn_block_window, self.attn_block_stride):
+        self.check(False, field, msg)
+    self.check(self.attn_global < self.block_size, 'attn_global',
+               f"{self.attn_global} global tokens fill the whole context (block_size={self.block_size}); use fewer than "
+               "block_size, or attn_pattern dense.")
+    if kind == 'block_sparse':
+        self.check(self.attn_block_size <= self.block_size, 'attn_block_size',
+                   f"{self.attn_block_size} > block_size={self.block_size}: the whole context is one block (dense); use a "
+                   "smaller block.")
 
 # %% ../../nbs/21_gpt.ipynb #ac128bd5
 @register_model('gpt')
@@ -123,7 +147,8 @@ class GPT(BytropixModel):
     def incremental_limit(self) -> int | None:
         "The longest context `step` handles faithfully (None: unbounded); beyond it the generator recomputes."
         c = self.config
-        if c.style == 'llama' and c.sliding_window is not None and c.sliding_window <= c.block_size: return None
+        w = AttentionPattern.from_config(c).cache_window   # only a `local` pattern bounds what a query reaches
+        if c.style == 'llama' and w is not None and w <= c.block_size: return None
         return c.block_size
 
     def _embed(self, ids: torch.Tensor, offset: int) -> torch.Tensor:
