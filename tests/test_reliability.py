@@ -199,6 +199,28 @@ def test_2_changed_settings_are_logged_with_the_values_in_effect(tmp_path):
     assert re.search(r'now in effect \(step 7\): lr 0\.0\d+', text), text      # the lr of the next step, read back from the optimizer
 
 
+def test_2_a_run_from_an_older_bytropix_resumes(tmp_path):
+    "Fields added to the config after a run started (absent from its config.yaml) are their defaults, not changes."
+    import yaml
+    out = tmp_path / 'run'
+    run = load_config(None, {'out_dir': str(out), 'model.n_layer': 1, 'model.n_head': 2, 'model.n_embd': 32,
+                             'train.steps': 4, 'train.batch_size': 2, 'train.block_size': 16, 'train.eval_interval': 0,
+                             'train.save_interval': 2, 'train.sample_interval': 0, 'train.tensorboard': False,
+                             'data.max_train_tokens': 20000, 'data.max_val_tokens': 4000})
+    Trainer(run, log=None, progress=False).fit()
+    cfg = yaml.safe_load((out / 'config.yaml').read_text())
+    for k in ('attn_impl', 'attn_pattern', 'causal'): cfg['model'].pop(k)        # written by an older version
+    for k in ('optimizer', 'checkpoint_store', 'decay_fraction'): cfg['train'].pop(k)
+    (out / 'config.yaml').write_text(yaml.safe_dump(cfg))
+    lines = []
+    t = Trainer(load_config(None, {**run.to_dict(), 'train': {**run.train.to_dict(), 'steps': 6}}), log=lines.append,
+                progress=False, resume=True)
+    t.fit()
+    assert t.step == 6
+    note = '\n'.join(l for l in lines if 'changed training settings' in l)
+    assert 'train.steps' in note and 'optimizer' not in note and 'checkpoint_store' not in note, note
+
+
 # ---------------------------------------------------------------- 3. recovery from a non-finite streak works
 def test_3_divergence_advice_works(text, tmp_path, capsys):
     out = tmp_path / 'run'

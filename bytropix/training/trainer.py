@@ -369,7 +369,8 @@ def _check_resume_config(self: Trainer, resolved: RunConfig) -> list[str]:
     saved_path = self.rundir.config_file
     if not saved_path.is_file(): return []
     saved, now = read_config_file(saved_path), resolved.to_dict()
-    try: RunConfig.from_dict(saved)
+    # compare through today's RunConfig: a field added to bytropix after the run started is its default on both sides
+    try: saved = RunConfig.from_dict(saved).resolved().to_dict()
     except ConfigError as e:
         raise ConfigError(f"{saved_path}, the saved config of this run, is damaged ({e}) Restore it, or start over with "
                           "overwrite (`--overwrite`).") from None
