@@ -187,10 +187,15 @@ def run_fresh(spec: dict, inline: bool) -> dict:
     with mp.get_context('spawn').Pool(1) as pool: return pool.apply(train_run, (spec,))
 
 
+def _fail(message: str) -> None:
+    print(f"compare.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _per_size(values: list[float] | None, sizes: list[str], what: str) -> dict[str, float | None]:
     if not values: return {s: None for s in sizes}
     if len(values) == 1: return {s: values[0] for s in sizes}
-    if len(values) != len(sizes): raise SystemExit(f"compare.py: error: give {what} once or once per size ({len(sizes)}).")
+    if len(values) != len(sizes): _fail(f"give {what} once or once per size ({len(sizes)} values for --sizes {' '.join(sizes)}).")
     return dict(zip(sizes, values))
 
 
@@ -203,7 +208,7 @@ def plan(a) -> tuple[list[str], dict]:
         bad = [n for n in a.archs if n not in archs]
         if bad:
             why = '; '.join(f"{n}: {skipped.get(n, 'not a registered architecture')}" for n in bad)
-            raise SystemExit(f"compare.py: error: cannot compare {why}. Choose among {', '.join(archs)}.")
+            _fail(f"cannot compare {why}. Choose among {', '.join(archs)}.")
         archs = [n for n in archs if n in a.archs or n == REFERENCE]   # the reference sets the sizes and budgets
     sizes = {}
     for size in a.sizes:

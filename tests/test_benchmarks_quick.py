@@ -133,3 +133,19 @@ def test_peft_quick():
     for method in ('full fine-tune', 'LoRA, fp32 trunk', 'LoRA, bf16 trunk', 'QLoRA (NF4 trunk)', 'LoRA, NVFP4 trunk',
                    'prompt tuning (16)'):
         assert f"| {method} |" in out, out
+
+
+def test_compare_quick(tmp_path):
+    out = run_quick('compare.py', '--out-dir', str(tmp_path))
+    assert '| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps |' in out
+    for arch in ('gpt', 'bdh', 'mamba', 'wubu', 'wubu_bytes'): assert f'\n| small | {arch} |' in out, out
+    assert 'skipped hrm: puzzle solver' in out and 'skipped encoder: bidirectional encoder' in out
+    assert 'BDH vs GPT' in out and 'equal data' in out
+    assert {p.name for p in tmp_path.iterdir()} == {'compare.json', 'compare.md', 'compare.png'}
+
+
+def test_compare_refuses_a_puzzle_solver():
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt', 'hrm'],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 2 and 'compare.py: error: cannot compare hrm: puzzle solver' in r.stderr, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
