@@ -96,7 +96,7 @@ def model_fields(arch: str, shape: dict, block_size: int) -> tuple[dict, str]:
             n = _count(arch, {**fields, 'n_embd': w})
             if n is not None and (best_n is None or abs(n - target) < abs(best_n - target)): best, best_n = w, n
     consider(range(32, 4 * shape['n_embd'] + 1, 32))     # coarse, then every multiple of 8 around the best
-    consider(range(8, 32, 8) if best is None or best == 32 else range(best - 24, best + 32, 8))
+    consider(range(8, 64, 8) if best is None else range(max(8, best - 24), best + 32, 8))
     if best is None: return base, 'default config (no width fits)'
     return {**fields, 'n_embd': best}, ''
 
