@@ -20,7 +20,9 @@ run's steps, cosine to lr/10), clipping at 1.0, fp32. Each run is a fresh subpro
   backward pass under `FlopCounterMode`), and each gets `budget / FLOPs-per-step` steps. Default budget of a size:
   `--steps` steps of the reference architecture (gpt).
 - equal wall time: each architecture trains for about `--budget-seconds` (default: the time the reference needed for
-  its equal-compute run); the steps are the budget times the steps/s each one reached in its equal-compute run.
+  its equal-compute run); the schedule's steps are the budget times the steps/s each one reached in its
+  equal-compute run, and a run that is slower than that stops at the budget. The seconds each run took are printed:
+  on a loaded machine they differ, and so does what "equal time" means.
 - equal data (the BDH paper's setting, "rivals GPT-2 at the same number of parameters ... for the same training
   data"): the `--equal-data` architectures (default bdh) also train as many steps as the reference.
 Generation: the trained equal-compute model, its weights copied into one with a `block_size` holding the context,
@@ -172,6 +174,7 @@ def train_run(spec: dict) -> dict:
         clip_gradients(params, tc.clip_grad)
         opt.step(); sched.step()
         train_time += time.perf_counter() - t0
+        if spec.get('max_seconds') and train_time >= spec['max_seconds']: steps = s + 1; break   # equal time: a slower machine stops here
     ev = evaluate(model, data.val_batches(spec['val_batches']), data.bytes_per_token)
     out = {'bpb': ev['bpb'], 'steps': steps, 'train_s': train_time,
            'tokens_per_s': steps * spec['batch_size'] * spec['block_size'] / train_time,
@@ -250,7 +253,7 @@ def measure(a, archs: list[str], sizes: dict) -> list[dict]:
             row = by_arch[arch]
             fr = row['flops_run']
             steps = max(1, round(seconds * fr['steps'] / fr['train_s']))
-            r = run_fresh({**common, 'arch': arch, 'fields': row['fields'], 'steps': steps}, a.inline)
+            r = run_fresh({**common, 'arch': arch, 'fields': row['fields'], 'steps': steps, 'max_seconds': seconds}, a.inline)
             row.update(time_run=r, budget_seconds=seconds)
             print(f"[{size}] {arch}: equal time {steps} steps, {r}", flush=True)
             if arch in a.equal_data and arch != REFERENCE:
@@ -268,7 +271,7 @@ def table(result: dict) -> str:
     "The markdown table of a comparison (from the JSON this script writes)."
     s = result['settings']
     S, L = s['contexts']
-    lines = [f"| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps | bpb | "
+    lines = [f"| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps (s) | bpb | "
              f"train tok/s | peak MiB | ms/token @ {S} | ms/token @ {L} |",
              '|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in result['rows']:
@@ -277,7 +280,7 @@ def table(result: dict) -> str:
         gen = fr.get('gen_ms') or [None, None]
         mark = ' (recompute)' if fr.get('gen_mode') == 'recompute' else ''
         lines.append(f"| {r['size']} | {r['arch']} | {r['params']:,} | {shape} | {r['flops_per_step'] / 1e9:.2f} | "
-                     f"{fr['steps']} | {fr['bpb']:.3f} | {tr['steps']} | {tr['bpb']:.3f} | {fr['tokens_per_s']:,.0f} | "
+                     f"{fr['steps']} | {fr['bpb']:.3f} | {tr['steps']} ({tr['train_s']:.0f} s) | {tr['bpb']:.3f} | {fr['tokens_per_s']:,.0f} | "
                      f"{fr['peak_mib']:.0f} | {_f(gen[0], '.2f')}{mark} | {_f(gen[1], '.2f')}{mark} |")
     return '\n'.join(lines)
 

@@ -137,7 +137,7 @@ def test_peft_quick():
 
 def test_compare_quick(tmp_path):
     out = run_quick('compare.py', '--out-dir', str(tmp_path))
-    assert '| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps |' in out
+    assert '| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps (s) |' in out
     for arch in ('gpt', 'bdh', 'mamba', 'wubu', 'wubu_bytes'): assert f'\n| small | {arch} |' in out, out
     assert 'skipped hrm: puzzle solver' in out and 'skipped encoder: bidirectional encoder' in out
     assert 'BDH vs GPT' in out and 'equal data' in out
