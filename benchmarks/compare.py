@@ -314,11 +314,16 @@ def plot(result: dict, path: str) -> None:
               (f'ms per generated token @ {L}', lambda r: (r['flops_run'].get('gen_ms') or [math.nan, math.nan])[1])]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     archs = list(dict.fromkeys(r['arch'] for r in result['rows']))
-    for ax, (title, get) in zip(axes.flat, panels):
-        for arch in archs:
-            rows = [r for r in result['rows'] if r['arch'] == arch]
-            ax.plot([r['params'] for r in rows], [get(r) for r in rows], 'o-', label=arch)
-        ax.set_xscale('log'); ax.set_title(title, fontsize=10); ax.set_xlabel('parameters'); ax.grid(alpha=0.3)
+    sizes = list(dict.fromkeys(r['size'] for r in result['rows']))
+    width = 0.8 / len(archs)
+    for ax, (title, get) in zip(axes.flat, panels):   # one group of bars per size, one bar per architecture
+        for k, arch in enumerate(archs):
+            rows = {r['size']: r for r in result['rows'] if r['arch'] == arch}
+            ax.bar([i + (k - (len(archs) - 1) / 2) * width for i in range(len(sizes))],
+                   [get(rows[s]) if s in rows else math.nan for s in sizes], width, label=arch)
+        ax.set_xticks(range(len(sizes)), [f"{s}\n({next(r['params'] for r in result['rows'] if r['size'] == s and r['arch'] == archs[0]):,} params)"
+                                          for s in sizes])
+        ax.set_title(title, fontsize=10); ax.grid(alpha=0.3, axis='y')
         if 'ms per' in title or 'tokens/s' in title or 'memory' in title: ax.set_yscale('log')
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(result['caption'], fontsize=9)
