@@ -41,6 +41,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -365,7 +366,7 @@ def main(argv=None) -> dict:
     S, L = a.contexts
     caption = (f"{time.strftime('%Y-%m-%d')}, {a.machine or 'CPU'}, {a.threads} thread(s); byte-level default corpus, "
                f"batch {a.batch_size}×{a.block_size}, lr {a.lr}; equal compute = {a.steps} gpt steps per size")
-    result = {'caption': caption, 'command': 'python benchmarks/compare.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    result = {'caption': caption, 'command': shlex.join(['python', 'benchmarks/compare.py', *(argv if argv is not None else sys.argv[1:])]),
               'settings': {k: getattr(a, k) for k in ('sizes', 'steps', 'batch_size', 'block_size', 'lr', 'val_batches',
                                                       'contexts', 'gen_tokens', 'threads', 'seed', 'equal_data')},
               'size_shapes': {s: a.size_shapes[s] for s in a.sizes}, 'wall_s': time.time() - t0, 'rows': rows}
