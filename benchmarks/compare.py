@@ -199,7 +199,7 @@ def _fail(message: str) -> None:
 def _per_size(values: list[float] | None, sizes: list[str], what: str) -> dict[str, float | None]:
     if not values: return {s: None for s in sizes}
     if len(values) == 1: return {s: values[0] for s in sizes}
-    if len(values) != len(sizes): _fail(f"give {what} once or once per size ({len(sizes)} values for --sizes {' '.join(sizes)}).")
+    if len(values) != len(sizes): _fail(f"give {what} once, or once per size in the order of --sizes ({' '.join(sizes)}).")
     return dict(zip(sizes, values))
 
 

@@ -149,3 +149,9 @@ def test_compare_refuses_a_puzzle_solver():
                        capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert r.returncode == 2 and 'compare.py: error: cannot compare hrm: puzzle solver' in r.stderr, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr
+
+
+def test_compare_refuses_budgets_that_do_not_match_the_sizes():
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt',
+                        '--budget-flops', '1e6', '2e6'], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 2 and 'give --budget-flops once, or once per size in the order of --sizes (small)' in r.stderr, r.stderr[-2000:]
