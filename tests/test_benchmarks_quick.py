@@ -170,3 +170,25 @@ def test_sparse_attention_quick():
     assert '### training: forward + backward' in out and '### inference: forward only' in out
     for row in ('| dense | sdpa |', '| local_global | math |', '| block_sparse | flex |'): assert row in out, out
     assert 'failed' not in out, out
+
+
+def test_compare_quick(tmp_path):
+    out = run_quick('compare.py', '--out-dir', str(tmp_path))
+    assert '| size | arch | params | layers × width | GFLOP/step | equal compute: steps | bpb | equal time: steps (s) |' in out
+    for arch in ('gpt', 'bdh', 'mamba', 'wubu', 'wubu_bytes'): assert f'\n| small | {arch} |' in out, out
+    assert 'skipped hrm: puzzle solver' in out and 'skipped encoder: bidirectional encoder' in out
+    assert 'BDH vs GPT' in out and 'equal data' in out
+    assert {p.name for p in tmp_path.iterdir()} == {'compare.json', 'compare.md', 'compare.png'}
+
+
+def test_compare_refuses_a_puzzle_solver():
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt', 'hrm'],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 2 and 'compare.py: error: cannot compare hrm: puzzle solver' in r.stderr, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
+
+
+def test_compare_refuses_budgets_that_do_not_match_the_sizes():
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt',
+                        '--budget-flops', '1e6', '2e6'], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 2 and 'give --budget-flops once, or once per size in the order of --sizes (small)' in r.stderr, r.stderr[-2000:]

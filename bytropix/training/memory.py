@@ -17,7 +17,7 @@ from ..core import ConfigError
 
 # %% auto #0
 __all__ = ['model_shape', 'approx_parameters', 'estimate_step_memory', 'available_memory', 'check_step_memory',
-           'check_model_memory']
+           'check_model_memory', 'training_step_flops', 'reset_peak_memory', 'peak_memory']
 
 # %% ../../nbs/41a_memory.ipynb #2bb4d8e4
 _WIDTH, _DEPTH = ('n_embd', 'd_model', 'hidden_size', 'dim', 'width'), ('n_layer', 'n_layers', 'num_layers', 'depth')
@@ -100,3 +100,42 @@ def check_model_memory(arch: str, config: Any, device: torch.device | str = 'cpu
     if n is None or free is None or 4 * n <= free: return
     raise ConfigError(f"{what} describes a `{arch}` model of {n / 1e6:,.0f}M parameters ({_mib(4 * n)}), more than the "
                       f"{_mib(free)} available on {torch.device(device)}. Check its config (a damaged or edited file?).")
+
+# %% ../../nbs/41a_memory.ipynb #c8f1a002
+def training_step_flops(model: torch.nn.Module, batch_size: int, block_size: int, device: torch.device | str = 'cpu') -> int:
+    "Floating-point operations of one training step (forward + backward) of `model` on a `batch_size` × `block_size` batch, counted by `FlopCounterMode`."
+    from torch.utils.flop_counter import FlopCounterMode
+    vocab = getattr(getattr(model, 'config', None), 'vocab_size', 256)
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, vocab, (batch_size, block_size), generator=g).to(device) for _ in range(2))
+    was_training = model.training
+    model.train()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter: model(x, y).loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+# %% ../../nbs/41a_memory.ipynb #c8f1a004
+def reset_peak_memory(device: torch.device | str = 'cpu') -> bool:
+    "Start a new peak-memory measurement on `device`; False where the CPU's peak mark cannot be reset (then `peak_memory` is the process's lifetime peak)."
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device); return True
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+        return True
+    except OSError: return False
+
+def peak_memory(device: torch.device | str = 'cpu') -> int:
+    "Bytes at the high-water mark since `reset_peak_memory`: CUDA's max allocated, or the process's peak resident set on the CPU."
+    device = torch.device(device)
+    if device.type == 'cuda': return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
