@@ -67,3 +67,14 @@ def test_bad_settings_name_the_field():
             _run('/tmp/never', 3, bad)
     with pytest.raises(BytropixError, match='parallel: ddp'):
         _run('/tmp/never', 3, 'train.optimizer=muon', 'train.parallel=fsdp')
+
+
+def test_muon_on_a_model_without_linear_layers_is_refused():
+    "BDH keeps its weights as plain parameters: `optimizer: muon` would silently be AdamW, so it is refused by name."
+    from types import SimpleNamespace
+    from bytropix.models.base import build_model
+    from bytropix.training.optim import build_optimizer
+    m = build_model('bdh', vocab_size=64, block_size=16, n_layer=1, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4)
+    tc = SimpleNamespace(optimizer='muon', lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8, muon_momentum=0.95)
+    with pytest.raises(BytropixError, match='train.optimizer: muon'):
+        build_optimizer(m, tc)

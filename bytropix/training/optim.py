@@ -186,6 +186,9 @@ def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | N
     kind = getattr(train, 'optimizer', 'adamw')
     if kind not in ('adamw', 'muon'): raise ConfigError(f"`train.optimizer`: unknown optimizer `{kind}`; use adamw or muon.")
     muon = muon_matrices(model) if kind == 'muon' else []
+    if kind == 'muon' and not muon:   # silently training with AdamW alone would mislabel the run
+        raise ConfigError(f"`train.optimizer: muon` found no hidden weight matrices (linear layers) in {type(model).__name__}, "
+                          "which keeps its weights as plain parameters; use adamw.")
     mids = {id(p) for p in muon}
     groups = [dict(g, params=[p for p in g['params'] if id(p) not in mids]) for g in groups]
     groups = [g for g in groups if g['params']]
