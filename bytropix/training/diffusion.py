@@ -14,15 +14,16 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from ..core import TASKS, ConfigBase, ConfigError
 from ..models.base import ModelOutput
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'SAMPLERS', 'MaskSchedule', 'sample_times', 'corrupt', 'masked_nll', 'diffusion_loss', 'MDLMObjective',
-           'MDLMOptions', 'check_masked_run', 'prepare_masked', 'setup_mdlm', 'prepare_mdlm', 'is_diffusion_model',
-           'diffusion_generate', 'diffusion_sample', 'diffusion_complete', 'MLMObjective', 'MLMOptions', 'setup_mlm',
-           'prepare_mlm']
+__all__ = ['SCHEDULES', 'TIME_SAMPLING', 'SAMPLERS', 'MaskSchedule', 'sample_times', 'corrupt', 'masked_nll', 'diffusion_loss',
+           'sample_mask_counts', 'corrupt_count', 'count_loss', 'MDLMObjective', 'MDLMOptions', 'check_masked_run',
+           'prepare_masked', 'setup_mdlm', 'prepare_mdlm', 'is_diffusion_model', 'diffusion_generate',
+           'diffusion_sample', 'diffusion_complete', 'MLMObjective', 'MLMOptions', 'setup_mlm', 'prepare_mlm']
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0005
 SCHEDULES = ('linear', 'loglinear', 'cosine')
@@ -48,8 +49,8 @@ class MaskSchedule:
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         "The ELBO weight −α'_t / (1 − α_t) of a masked token's cross-entropy at time t."
         if self.kind in ('linear', 'loglinear'): return 1 / t   # the (1 − ε) of α' and of 1 − α cancel
-        h = 0.5 * math.pi * t
-        return 0.5 * math.pi * torch.sin(h) / (1 - torch.cos(h))
+        # (π/2) sin 2h / (1 − cos 2h) with h = πt/4 is (π/2) / tan h; the first form cancels to 0/0 in float32 near t = 0
+        return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0009
 def sample_times(batch_size: int, t_min: float = 1e-3, generator: torch.Generator | None = None,
@@ -78,16 +79,41 @@ def diffusion_loss(logits: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor, t
     "The MDLM ELBO per token (nats): Σ_b w(t_b) Σ_masked −log p_θ(x0 | x_t) / (B·T)."
     return (schedule.weight(t).float()[:, None] * masked_nll(logits, x0, mask, mask_id)).sum() / x0.numel()
 
+# %% ../../nbs/45_diffusion.ipynb #d45c0011b
+def sample_mask_counts(batch_size: int, length: int, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    "Stratified numbers of masks in {1, …, T}: one uniform offset u, then m_i = ⌊((u + i/B) mod 1)·T⌋ + 1."
+    v = (torch.rand((), generator=generator, device=device) + torch.arange(batch_size, device=device) / batch_size) % 1.0
+    return (v * length).long().clamp(max=length - 1) + 1
+
+def corrupt_count(x0: torch.Tensor, m: torch.Tensor, mask_id: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Mask exactly `m[b]` positions of row b of `x0` (B, T), a uniformly random set → (x_t, mask)."
+    rank = torch.rand(x0.shape, generator=generator, device=x0.device).argsort(1).argsort(1)
+    mask = rank < m.to(x0.device)[:, None]
+    return x0.masked_fill(mask, mask_id), mask
+
+def count_loss(logits: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor, mask_id: int) -> torch.Tensor:
+    "The ELBO per token (nats) of masks drawn by count: the mean over rows of Σ_masked −log p_θ(x0 | x_t) / m."
+    return (masked_nll(logits, x0, mask, mask_id).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
 # %% ../../nbs/45_diffusion.ipynb #d45c0013
+TIME_SAMPLING = ('time', 'count')
+
 class MDLMObjective:
     """Makes `model(ids, targets)` the masked-diffusion loss of the clean tokens `ids` (`targets` only switch it on):
-    in training one time per sequence (low-discrepancy), in evaluation the ELBO over `eval_points` stratified times with
-    fixed masks (the same figure every call) and its Monte-Carlo spread in `aux['metric/elbo_sd']`. `model(ids)` alone
-    returns the denoiser's logits. The model itself is unchanged: its weights, checkpoints and exports are the trunk's."""
-    def __init__(self, schedule: MaskSchedule, mask_id: int, t_min: float = 1e-3, eval_points: int = 8, eval_seed: int = 0):
+    in training one time (`sampling='time'`) or one number of masks (`'count'`) per sequence, low-discrepancy; in
+    evaluation the ELBO over `eval_points` stratified mask counts with fixed masks (the same figure every call) and its
+    Monte-Carlo spread in `aux['metric/elbo_sd']`. `model(ids)` alone returns the denoiser's logits. The model itself is
+    unchanged: its weights, checkpoints and exports are the trunk's."""
+    def __init__(self, schedule: MaskSchedule, mask_id: int, t_min: float = 1e-3, eval_points: int = 8, eval_seed: int = 0,
+                 sampling: str = 'time'):
         if not 0 <= t_min < 1: raise ConfigError(f"t_min must be in [0, 1), got {t_min}.")
         if eval_points < 1: raise ConfigError(f"eval_points must be at least 1, got {eval_points}.")
+        if sampling not in TIME_SAMPLING: raise ConfigError(f"Unknown sampling `{sampling}`; use one of {', '.join(TIME_SAMPLING)}.")
         self.schedule, self.mask_id, self.t_min, self.eval_points, self.eval_seed = schedule, mask_id, t_min, eval_points, eval_seed
+        self.sampling = sampling
 
     def attach(self, model: nn.Module) -> nn.Module:
         "Route `model`'s forward through this objective (again on a model that has one: the new objective replaces it)."
@@ -108,28 +134,52 @@ class MDLMObjective:
         if self._model.training: return self._train_loss(ids)
         return self._elbo(ids)
 
-    def _train_loss(self, x0: torch.Tensor) -> ModelOutput:
-        t = sample_times(x0.shape[0], self.t_min, device=x0.device)
+
+# %% ../../nbs/45_diffusion.ipynb #d45c0013a
+@patch
+def _train_loss(self: MDLMObjective, x0: torch.Tensor) -> ModelOutput:
+    B, T = x0.shape
+    if self.sampling == 'count':
+        xt, mask = corrupt_count(x0, sample_mask_counts(B, T, device=x0.device), self.mask_id)
+        out = self._forward(xt)
+        out.loss = count_loss(out.logits, x0, mask, self.mask_id)
+    else:
+        t = sample_times(B, self.t_min, device=x0.device)
         xt, mask = corrupt(x0, t, self.schedule, self.mask_id)
         out = self._forward(xt)
         out.loss = diffusion_loss(out.logits, x0, mask, t, self.schedule, self.mask_id)
-        out.aux = {**(out.aux or {}), 'mdlm/masked': mask.float().mean()}
-        return out
+    out.aux = {**(out.aux or {}), 'mdlm/masked': mask.float().mean()}
+    return out
 
-    def _elbo(self, x0: torch.Tensor) -> ModelOutput:
-        B, T = x0.shape
-        g = torch.Generator(device=x0.device).manual_seed(self.eval_seed)
-        K, per_t = self.eval_points, []
-        for k in range(K):   # stratified: one time in each of K equal slices of (0, 1]
-            t = (k + 1 - torch.rand(B, generator=g, device=x0.device)) / K
-            xt, mask = corrupt(x0, t, self.schedule, self.mask_id, g)
-            out = self._forward(xt)
-            per_t.append((self.schedule.weight(t)[:, None] * masked_nll(out.logits, x0, mask, self.mask_id)).sum(1) / T)
-        v = torch.stack(per_t, 1)   # (B, K): per-token ELBO of each sequence at each time
-        out.loss = v.mean()
-        sd = v.std(1) / math.sqrt(K) if K > 1 else torch.zeros(B, device=x0.device)
-        out.aux = {**(out.aux or {}), 'metric/elbo_sd': sd.mean()}
-        return out
+@patch
+def _elbo_terms(self: MDLMObjective, x0: torch.Tensor, points: int | None = None) -> tuple[torch.Tensor, ModelOutput]:
+    "(B, K) mean masked cross-entropies (nats), m masks drawn in the k-th of K slices of {1..T}; and the last output."
+    B, T = x0.shape
+    g = torch.Generator(device=x0.device).manual_seed(self.eval_seed)
+    K, terms = points or self.eval_points, []
+    for k in range(K):
+        m = ((k + torch.rand(B, generator=g, device=x0.device)) / K * T).long().clamp(max=T - 1) + 1
+        xt, mask = corrupt_count(x0, m, self.mask_id, g)
+        out = self._forward(xt)
+        terms.append(masked_nll(out.logits, x0, mask, self.mask_id).sum(1) / m)
+    return torch.stack(terms, 1), out
+
+@patch
+def _elbo(self: MDLMObjective, x0: torch.Tensor) -> ModelOutput:
+    v, out = self._elbo_terms(x0)   # v.mean(1): each sequence's ELBO per token
+    K = v.shape[1]
+    out.loss = v.mean()
+    sd = v.std(1) / math.sqrt(K) if K > 1 else torch.zeros(v.shape[0], device=x0.device)
+    out.aux = {**(out.aux or {}), 'metric/elbo_sd': sd.mean()}
+    return out
+
+@patch
+@torch.no_grad()
+def ce_by_mask_rate(self: MDLMObjective, x0: torch.Tensor, bins: int = 10) -> torch.Tensor:
+    """(bins,) the mean cross-entropy (nats) of a masked token when a fraction in ((j−1)/bins, j/bins] of `x0`'s tokens
+    is masked; their mean is the ELBO per token (the fixed evaluation masks, `bins` points per sequence)."""
+    return self._elbo_terms(x0, bins)[0].mean(0)
+
 
 # %% ../../nbs/45_diffusion.ipynb #d45c0019
 @dataclass
@@ -140,6 +190,7 @@ class MDLMOptions(ConfigBase):
     t_min: float = 1e-3        # training times are drawn in [t_min, 1] (the weight 1/t is unbounded at 0)
     eval_points: int = 8       # times per validation sequence in the ELBO (forward passes per batch)
     eval_seed: int = 0         # the validation masks (fixed: evaluations are comparable)
+    sampling: Literal['time', 'count'] = 'time'   # training: draw a time t (weight w(t)) or a number of masks m (weight 1/m)
 
     def validate(self) -> None:
         self.check(0 < self.eps < 1, 'eps', f"must be in (0, 1), got {self.eps}.")
@@ -180,7 +231,7 @@ def prepare_masked(run, tokenizer: Any = None) -> Any:
 def setup_mdlm(model: nn.Module, data: Any, run) -> None:
     "The trainer's (and `evaluate_run`'s) hook: attach the MDLM objective, [MASK] being the model's last id."
     o = run.task_config
-    MDLMObjective(o.mask_schedule, model.config.vocab_size - 1, o.t_min, o.eval_points, o.eval_seed).attach(model)
+    MDLMObjective(o.mask_schedule, model.config.vocab_size - 1, o.t_min, o.eval_points, o.eval_seed, o.sampling).attach(model)
 
 def prepare_mdlm(run, tokenizer: Any = None) -> Any:
     "The `mdlm` task: see `prepare_masked`."
