@@ -109,9 +109,12 @@ def test_distributed_quick():
 
 
 def test_perplexity_quick():
-    out = run_quick('perplexity.py')
-    assert '| AR GPT (exact NLL) |' in out and '| MDLM (ELBO, 2 times/sequence) |' in out
-    assert 'perplexity ratio MDLM / AR:' in out
+    out = run_quick('perplexity.py', '--sampling', 'time,count')
+    assert '| AR GPT (exact NLL) |' in out and '| MDLM, time sampling (ELBO, 2 mask counts/sequence) |' in out
+    assert '| MDLM, count sampling (ELBO, 2 mask counts/sequence) |' in out
+    assert 'perplexity ratio MDLM (time sampling) / AR:' in out
+    assert 'training loss of one batch' in out and 'count sampling' in out
+    assert '| masked fraction | MDLM time | MDLM count | MDLM − AR |' in out and '| 0.9–1.0 |' in out and '| mean (= ELBO) |' in out
     assert '| MDLM, confidence | 2 |' in out and '| MDLM, ancestral, 8 semi-AR blocks (cached) |' in out
 
 
@@ -146,8 +149,11 @@ def test_checkpoint_store_quick():
 
 def test_context_length_quick():
     out = run_quick('context_length.py')
-    assert '| eval length | × training length | RoPE (none) | PI (factor s) | NTK-aware (factor s) |' in out
+    assert ('| eval length | × training length | fixed: RoPE | fixed: PI (factor s) | fixed: NTK-aware (factor s) | '
+            'curriculum: RoPE | curriculum: NTK-aware |') in out
     for row in ('| 16 | 1 |', '| 32 | 2 |', '| 64 | 4 |'): assert row in out, out
+    assert '| length L | × | no fine-tune, PI | fine-tuned with PI: at L |' in out
+    for row in ('| 32 | 2 |', '| 64 | 4 |'): assert out.count(row) == 2, out
 
 
 def test_recipe_quick():
