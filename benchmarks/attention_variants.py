@@ -9,6 +9,7 @@ at a time (greedy, batch 1; MLA decodes in the absorbed form, attending over the
 batches, optimizer and number of steps for all three (`bytropix.training.trainer.Trainer`).
 
     python benchmarks/attention_variants.py                 # 4096-token context, 300 training steps each
+    python benchmarks/attention_variants.py --variants mla  # one variant (the bpb column is deterministic: runs can be split)
     python benchmarks/attention_variants.py --quick         # tiny sizes: checks that the script runs
 """
 import argparse
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 
 VARIANTS = {'MHA': {}, 'GQA (1 kv head)': {'n_kv_head': 1},
             'MLA (d_c 32, d_R 16)': {'attention': 'mla', 'kv_lora_rank': 32, 'rope_head_dim': 16}}
+KEYS = dict(zip(('mha', 'gqa', 'mla'), VARIANTS))
 
 
 def model_dict(args, over: dict, mlp_ratio: float) -> dict:
@@ -71,7 +73,11 @@ def main():
     ap.add_argument('--steps', type=int, default=300); ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--block-size', type=int, default=128); ap.add_argument('--eval-batches', type=int, default=20)
     ap.add_argument('--max-train-tokens', type=int, default=None)
+    ap.add_argument('--variants', default='mha,gqa,mla', help="which of mha, gqa, mla to run (comma-separated)")
     args = ap.parse_args()
+    chosen = [v.strip() for v in args.variants.split(',')]
+    if not chosen or any(v not in KEYS for v in chosen):
+        sys.exit(f"attention_variants: --variants takes a comma-separated subset of {', '.join(KEYS)}, got {args.variants!r}.")
     if args.quick:
         args.n_layer, args.n_embd, args.context, args.decode, args.steps = 1, 64, 128, 4, 3
         args.batch_size, args.block_size, args.eval_batches, args.max_train_tokens = 4, 32, 2, 50_000
@@ -83,7 +89,7 @@ def main():
     torch.manual_seed(0)
     with torch.device('meta'): target = build_model('gpt', model_dict(args, {}, 4.0), vocab_size=256, block_size=64).num_parameters()
     rows, tmp = [], tempfile.mkdtemp(prefix='bytropix-attn-')
-    for name, over in VARIANTS.items():
+    for name, over in ((KEYS[v], VARIANTS[KEYS[v]]) for v in chosen):
         ratio, n = (4.0, target) if not over else matched_ratio(args, over, target)
         m = build_model('gpt', model_dict(args, over, ratio), vocab_size=256, block_size=args.context)
         kv, speed = kv_bytes_per_token(m), decode_speed(m, args.context, args.decode)
@@ -96,14 +102,15 @@ def main():
         t0 = time.perf_counter(); tr.fit(); dt = time.perf_counter() - t0
         ev = evaluate(tr.model, tr.data.val_batches, bytes_per_token=tr.data.bytes_per_token, max_batches=args.eval_batches)
         rows.append((name, tr.model.num_parameters(), ratio, kv, speed, ev['bpb'], dt))
-    base_kv, base_speed = rows[0][3], rows[0][4]
+    base = next((r for r in rows if r[0] == 'MHA'), None)   # the "vs MHA" columns need MHA in the same run
     print(f"\n## Attention variants: {args.n_layer} layers, n_embd {args.n_embd}, {args.n_head} heads; decode at "
           f"{args.context} tokens of context (batch 1, fp32); bpb after {args.steps} steps of {args.batch_size} × "
           f"{args.block_size} tokens\n")
     print("| attention | parameters | mlp_ratio | KV cache bytes/token | vs MHA | decode tokens/s | vs MHA | validation bpb | training time (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, n, r, kv, sp, bpb, dt in rows:
-        print(f"| {name} | {n:,} | {r:.3f} | {kv:,} | {kv / base_kv:.3f}× | {sp:.1f} | {sp / base_speed:.2f}× | {bpb:.4f} | {dt:.0f} |")
+        vs_kv, vs_sp = (f"{kv / base[3]:.3f}×", f"{sp / base[4]:.2f}×") if base else ('–', '–')
+        print(f"| {name} | {n:,} | {r:.3f} | {kv:,} | {vs_kv} | {sp:.1f} | {vs_sp} | {bpb:.4f} | {dt:.0f} |")
     print(f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
