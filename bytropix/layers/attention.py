@@ -410,9 +410,9 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, heads, T, D): q, k, v heads
-        qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
+        qk, v = qkv.split([H + Hkv, Hkv], 1)   # split, not slices: the backward is one concatenation, no zero-filled buffers
         if self.rope is not None: qk = self.rope(qk, cache.pos if cache is not None else 0)  # q and k in one call
-        q, k = qk[:, :H], qk[:, H:]
+        q, k = qk.split([H, Hkv], 1)
         if cache is not None: k, v = cache.update(k, v)
         mask = cache.mask if isinstance(cache, RaggedKVCache) else None  # rows of different lengths
         y = attend(q, k, v, self.causal, None, self.dropout if self.training else 0.0, mask=mask, pattern=self.pattern,

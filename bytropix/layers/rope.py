@@ -70,14 +70,16 @@ def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.
     return ang.cos().float().to(positions.device), ang.sin().float().to(positions.device)
 
 def _rotate_full(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
-    "`x·cos2 + swap_halves(x)·sin2` on the first r = cos2.shape[-1] channels; `sin2` = [-sin, sin] (4 kernels, not 7)."
+    "`x·cos2 + swap_halves(x)·sin2` on the first r = cos2.shape[-1] channels; `sin2` = [-sin, sin] (3 kernels forward)."
     r = cos2.shape[-1]
     if r > x.shape[-1]:
         raise ValueError(f"RoPE rotates {r} channels but the input's last dimension is {x.shape[-1]}.")
     xf = x.to(compute_dtype(x.dtype))
-    xr = xf[..., :r] if r < xf.shape[-1] else xf
-    out = xr * cos2.to(xf.dtype) + torch.cat([xr[..., r // 2:], xr[..., :r // 2]], dim=-1) * sin2.to(xf.dtype)
-    if r < xf.shape[-1]: out = torch.cat([out, xf[..., r:]], dim=-1)
+    d = xf.shape[-1]
+    xr, rest = xf.split([r, d - r], -1) if r < d else (xf, None)
+    x1, x2 = xr.chunk(2, -1)  # split views: their gradient is one concatenation, not a zero-filled buffer per slice
+    out = torch.addcmul(xr * cos2.to(xf.dtype), torch.cat([x2, x1], dim=-1), sin2.to(xf.dtype))  # one fused multiply-add
+    if rest is not None: out = torch.cat([out, rest], dim=-1)
     return out.to(x.dtype)
 
 def _full_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
