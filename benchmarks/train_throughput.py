@@ -164,7 +164,8 @@ class RefOutput(NamedTuple):
 
 
 class RefBlock(nn.Module):
-    "GPT-2 block: x + W_o·attn(LN(x)), x + W_2·gelu_tanh(W_1·LN(x)); one fused qkv projection, biases everywhere."
+    """GPT-2 block: x + W_o·attn(LN(x)), x + W_2·gelu(W_1·LN(x)); one fused qkv projection, biases everywhere. The exact
+    (erf) GELU, as nanoGPT: on this CPU it costs ~40 % of the tanh form's time (fwd+bwd), the stronger contender."""
     def __init__(self, d: int, n_head: int, hidden: int):
         super().__init__()
         self.n_head = n_head
@@ -177,7 +178,7 @@ class RefBlock(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q·kᵀ/√d_h + causal mask)·v
         x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, d))
-        return x + self.fc_out(F.gelu(self.fc(self.ln2(x)), approximate='tanh'))
+        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
 
 
 class RefGPT(nn.Module):
