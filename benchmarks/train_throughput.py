@@ -1,9 +1,11 @@
-"""Training throughput of the bytropix GPT through the full `Trainer` vs a minimal plain-PyTorch loop.
+"""Training throughput of the bytropix GPT through the full `Trainer`, through a minimal plain-PyTorch loop, and of a
+reference GPT-2 written from the formulas in this file, trained by the same plain loop.
 
-Both sides train the default GPT (4 layers, 4 heads, 128 wide, byte tokenizer, block 128, batch 16) of the default
-run config, from the same seed (the same initial weights: checked), on the same batches in the same order (the
-task's `BlockLoader`, fresh each run), with the same AdamW hyper-parameters (decay on matrices only), the same
-warm-up + cosine learning-rate schedule and the same global-norm gradient clipping, for the same number of steps.
+All sides train the default GPT shape (4 layers, 4 heads, 128 wide, byte tokenizer, block 128, batch 16) of the
+default run config (`--style llama`, the default, or `gpt2`, or `both`), from the same seed, on the same batches in
+the same order (the task's `BlockLoader`, fresh each run), with the same AdamW hyper-parameters (decay on matrices
+only), the same warm-up + cosine learning-rate schedule and the same global-norm gradient clipping, for the same
+number of steps.
 
 - trainer: `bytropix.training.trainer.Trainer(run).fit()` — the real platform: metrics log (fsync'd JSON lines every
   `log_interval` = 10 steps), non-finite checks, progress bookkeeping, scheduler, clipping helpers. Evaluation,
@@ -12,20 +14,23 @@ warm-up + cosine learning-rate schedule and the same global-norm gradient clippi
   `RUN/metrics.jsonl`, measured by `fit()` from the start of its training loop (after setup) to the end of the last
   optimizer step — it includes every step's data loading and the periodic logging, and excludes setup and the final
   evaluation/checkpoint/export. tokens/s = tokens trained / that time.
-- plain: `torch.optim.AdamW`, the schedule written inline, `torch.nn.utils.clip_grad_norm_`, the same model class;
+- plain: `torch.optim.AdamW`, the schedule written inline, `torch.nn.utils.clip_grad_norm_`, the bytropix model;
   timed with `time.perf_counter()` from before the first batch is drawn to after the last optimizer step.
+- reference: `RefGPT` below, the same plain loop: learned positions, pre-LayerNorm blocks with one fused qkv Linear,
+  `F.scaled_dot_product_attention(is_causal=True)`, the exact-GELU MLP of width 4d, tied head, one
+  `F.cross_entropy` on flattened logits; GPT-2 initialisation. Same widths as the bytropix model; in gpt2 style the
+  same parameter count (and, from the same seed, the same initial weights: the two train to the same losses).
 
-A warm-up run of each side comes first (untimed); then the two alternate (trainer, plain, plain, trainer, ...) for
-`--repeats` rounds and the medians are reported (the CPU may be shared). The headline ratio is median / median of
-the whole-loop figures; the per-round ratios (adjacent runs), the ratio of the medians of the trainer's own logged
-10-step `train/tokens_per_s` (the plain loop timed at the same steps) and the ratio in process CPU time are printed
-as well, to show how much of a difference is run-to-run noise. Finally both final models are evaluated on the same
-validation batches (`bytropix.training.evaluation.evaluate`). Targets: tokens/s ratio trainer/plain ≥ 1.0 (the
-platform costs nothing) and |bpb difference| ≤ 2 %.
+A warm-up run of each side comes first (untimed); then the sides alternate (trainer, plain, reference, reference,
+plain, trainer, ...) for `--repeats` rounds and the medians are reported (the CPU may be shared). Printed: tokens/s
+of each side, the ratios plain/reference (target >= 1.0), trainer/reference and trainer/plain (target >= 1.0), per
+round and in process CPU time (less sensitive to other jobs), page faults per step, and the validation bits per byte
+of all final models on the same batches (`bytropix.training.evaluation.evaluate`; target |trainer - plain| <= 2 %).
 
-    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py              # ~4 minutes on 1 CPU thread
-    python benchmarks/train_throughput.py --steps 50 --repeats 1          # quick
-    python benchmarks/train_throughput.py --pin-malloc                    # without allocator page-fault noise
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py                    # llama style, ~5 minutes on 1 thread
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --style both       # both styles, ~10 minutes
+    python benchmarks/train_throughput.py --steps 50 --repeats 1               # quick
+    python benchmarks/train_throughput.py --pin-malloc                         # without allocator page-fault noise
     python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
 """
 import argparse

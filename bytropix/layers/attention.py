@@ -416,8 +416,10 @@ class SelfAttention(nn.Module):
         `value_embed` (B, T, n_kv_head·head_dim): the tokens' value embeddings (a layer built with `value_embed=True`)."""
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
-        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, heads, T, D): q, k, v heads
-        qk, v = qkv.split([H + Hkv, Hkv], 1)   # split, not slices: the backward is one concatenation, no zero-filled buffers
+        # split (not slices: no zero-filled gradient buffers) in the projection's own (B, T, heads, D) layout, so that
+        # the backward's concatenation already has the layout of the projection's gradient (no transposing copy)
+        qk, v = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).split([H + Hkv, Hkv], 2)
+        qk, v = qk.transpose(1, 2), v.transpose(1, 2)   # (B, heads, T, D)
         if (value_embed is None) != (self.ve_gate is None):
             raise ValueError("value_embed must be given exactly to the layers built with value_embed=True.")
         if value_embed is not None:

@@ -12,11 +12,37 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..core import ConfigError, did_you_mean
 
 # %% auto #0
 __all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'ReLU2MLP', 'GELUMLP', 'make_mlp']
+
+# %% ../../nbs/13_mlp.ipynb #a13s0002
+class _SwiGLUFn(torch.autograd.Function):
+    "silu(g)·u of the fused projection h = [g, u]; the backward fills both halves of one gradient buffer."
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        g, u = h.chunk(2, -1)
+        sg = F.silu(g)
+        ctx.save_for_backward(h, sg)
+        return sg * u
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        h, sg = ctx.saved_tensors
+        g, u = h.chunk(2, -1)
+        gh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        gg, gu = gh.chunk(2, -1)
+        torch.mul(gy, sg, out=gu)
+        torch.ops.aten.silu_backward.grad_input(gy * u, g, grad_input=gg)
+        return gh
+
+def _use_swiglu_fn(h: torch.Tensor) -> bool:
+    "Eager autograd only: tracers (compile, export) and no-grad paths keep the formula."
+    return torch.is_grad_enabled() and h.requires_grad and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 # %% ../../nbs/13_mlp.ipynb #8659cba2
 def round_up(n: float, multiple: int) -> int:
@@ -41,7 +67,9 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = self.gate_up(x).chunk(2, dim=-1)
+        h = self.gate_up(x)
+        if _use_swiglu_fn(h): return self.drop(self.down(_SwiGLUFn.apply(h)))   # eager training: see "The gradient"
+        g, u = h.chunk(2, dim=-1)
         return self.drop(self.down(F.silu(g) * u))
 
 class ReLU2MLP(nn.Module):
