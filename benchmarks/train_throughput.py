@@ -1,9 +1,11 @@
-"""Training throughput of the bytropix GPT through the full `Trainer` vs a minimal plain-PyTorch loop.
+"""Training throughput of the bytropix GPT through the full `Trainer`, through a minimal plain-PyTorch loop, and of a
+reference GPT-2 written from the formulas in this file, trained by the same plain loop.
 
-Both sides train the default GPT (4 layers, 4 heads, 128 wide, byte tokenizer, block 128, batch 16) of the default
-run config, from the same seed (the same initial weights: checked), on the same batches in the same order (the
-task's `BlockLoader`, fresh each run), with the same AdamW hyper-parameters (decay on matrices only), the same
-warm-up + cosine learning-rate schedule and the same global-norm gradient clipping, for the same number of steps.
+All sides train the default GPT shape (4 layers, 4 heads, 128 wide, byte tokenizer, block 128, batch 16) of the
+default run config (`--style llama`, the default, or `gpt2`, or `both`), from the same seed, on the same batches in
+the same order (the task's `BlockLoader`, fresh each run), with the same AdamW hyper-parameters (decay on matrices
+only), the same warm-up + cosine learning-rate schedule and the same global-norm gradient clipping, for the same
+number of steps.
 
 - trainer: `bytropix.training.trainer.Trainer(run).fit()` — the real platform: metrics log (fsync'd JSON lines every
   `log_interval` = 10 steps), non-finite checks, progress bookkeeping, scheduler, clipping helpers. Evaluation,
@@ -12,20 +14,23 @@ warm-up + cosine learning-rate schedule and the same global-norm gradient clippi
   `RUN/metrics.jsonl`, measured by `fit()` from the start of its training loop (after setup) to the end of the last
   optimizer step — it includes every step's data loading and the periodic logging, and excludes setup and the final
   evaluation/checkpoint/export. tokens/s = tokens trained / that time.
-- plain: `torch.optim.AdamW`, the schedule written inline, `torch.nn.utils.clip_grad_norm_`, the same model class;
+- plain: `torch.optim.AdamW`, the schedule written inline, `torch.nn.utils.clip_grad_norm_`, the bytropix model;
   timed with `time.perf_counter()` from before the first batch is drawn to after the last optimizer step.
+- reference: `RefGPT` below, the same plain loop: learned positions, pre-LayerNorm blocks with one fused qkv Linear,
+  `F.scaled_dot_product_attention(is_causal=True)`, the exact-GELU MLP of width 4d, tied head, one
+  `F.cross_entropy` on flattened logits; GPT-2 initialisation. Same widths as the bytropix model; in gpt2 style the
+  same parameter count (and, from the same seed, the same initial weights: the two train to the same losses).
 
-A warm-up run of each side comes first (untimed); then the two alternate (trainer, plain, plain, trainer, ...) for
-`--repeats` rounds and the medians are reported (the CPU may be shared). The headline ratio is median / median of
-the whole-loop figures; the per-round ratios (adjacent runs), the ratio of the medians of the trainer's own logged
-10-step `train/tokens_per_s` (the plain loop timed at the same steps) and the ratio in process CPU time are printed
-as well, to show how much of a difference is run-to-run noise. Finally both final models are evaluated on the same
-validation batches (`bytropix.training.evaluation.evaluate`). Targets: tokens/s ratio trainer/plain ≥ 1.0 (the
-platform costs nothing) and |bpb difference| ≤ 2 %.
+A warm-up run of each side comes first (untimed); then the sides alternate (trainer, plain, reference, reference,
+plain, trainer, ...) for `--repeats` rounds and the medians are reported (the CPU may be shared). Printed: tokens/s
+of each side, the ratios plain/reference (target >= 1.0), trainer/reference and trainer/plain (target >= 1.0), per
+round and in process CPU time (less sensitive to other jobs), page faults per step, and the validation bits per byte
+of all final models on the same batches (`bytropix.training.evaluation.evaluate`; target |trainer - plain| <= 2 %).
 
-    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py              # ~4 minutes on 1 CPU thread
-    python benchmarks/train_throughput.py --steps 50 --repeats 1          # quick
-    python benchmarks/train_throughput.py --pin-malloc                    # without allocator page-fault noise
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py                    # llama style, ~5 minutes on 1 thread
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --style both       # both styles, ~10 minutes
+    python benchmarks/train_throughput.py --steps 50 --repeats 1               # quick
+    python benchmarks/train_throughput.py --pin-malloc                         # without allocator page-fault noise
     python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
 """
 import argparse
@@ -38,9 +43,11 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
 
@@ -51,9 +58,9 @@ from bytropix.training.evaluation import evaluate  # noqa: E402
 from bytropix.training.trainer import Trainer  # noqa: E402
 
 
-def make_run(steps: int, device: str, threads: int, eval_batches: int, out_dir: str):
-    "The default run config, with evaluation/checkpoint only at the end and sampling/TensorBoard off."
-    ov = {'train.steps': steps, 'train.warmup_steps': max(1, steps // 10), 'train.device': device,
+def make_run(steps: int, device: str, threads: int, eval_batches: int, out_dir: str, style: str = 'llama'):
+    "The default run config (model `style`), with evaluation/checkpoint only at the end and sampling/TensorBoard off."
+    ov = {'model.style': style, 'train.steps': steps, 'train.warmup_steps': max(1, steps // 10), 'train.device': device,
           'train.eval_interval': 0, 'train.eval_batches': eval_batches, 'train.save_interval': 0, 'train.keep_last': 1,
           'train.sample_interval': 0, 'train.tensorboard': False, 'out_dir': out_dir}
     if threads: ov['train.num_threads'] = threads
@@ -154,12 +161,162 @@ def run_plain(run, device: torch.device) -> dict:
     return {**r, 'model': model, 'data': data}
 
 
+# ---------------------------------------------------------------------------------------------- reference contender
+class RefOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    aux: dict | None = None
+
+
+class RefBlock(nn.Module):
+    """GPT-2 block: x + W_o·attn(LN(x)), x + W_2·gelu(W_1·LN(x)); one fused qkv projection, biases everywhere. The exact
+    (erf) GELU, as nanoGPT: on this CPU it costs ~40 % of the tanh form's time (fwd+bwd), the stronger contender."""
+    def __init__(self, d: int, n_head: int, hidden: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.attn_out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.fc_out = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q·kᵀ/√d_h + causal mask)·v
+        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, d))
+        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+
+
+class RefGPT(nn.Module):
+    """A minimal GPT-2 written from the formulas, the contender the bytropix model is measured against: learned
+    positions, pre-LayerNorm blocks, GELU MLP of width 4d, tied output head, mean cross-entropy."""
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d: int, std: float = 0.02):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, d), nn.Embedding(block_size, d)
+        self.blocks = nn.ModuleList(RefBlock(d, n_head, 4 * d) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab_size, bias=False)
+        for name, p in self.named_parameters():   # GPT-2 init: N(0, 0.02²), residual outputs / √(2L), zero biases
+            if name.endswith('bias'): nn.init.zeros_(p)
+            elif p.ndim == 2: nn.init.normal_(p, 0.0, std / math.sqrt(2 * n_layer) if name.endswith('_out.weight') else std)
+        self.head.weight = self.wte.weight
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> RefOutput:
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks: x = block(x)
+        logits = self.head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return RefOutput(logits, loss)
+
+
+def run_reference(run, device: torch.device) -> dict:
+    "The reference model, same seed, same batches, same plain loop."
+    data = prepare_task(run, byte_tokenizer())
+    mc = run.resolved(data.vocab_size).model_config
+    torch.manual_seed(run.train.seed)
+    model = RefGPT(data.vocab_size, mc.block_size, mc.n_layer, mc.n_head, mc.n_embd).to(device)
+    r = train_plain(model, data.train, device, run.train)
+    return {**r, 'model': model, 'data': data}
+
+
 # ------------------------------------------------------------------------------------------------------------ main
+SIDES = ('trainer', 'plain', 'reference')
+WHAT = {'trainer': 'Trainer + bytropix gpt', 'plain': 'plain loop + bytropix gpt', 'reference': 'plain loop + reference GPT-2'}
+
+
+def measure(a, style: str, device: torch.device, tmp: str) -> dict:
+    "Warm-up, `a.repeats` interleaved rounds of the three sides, evaluation; prints the table of one model style."
+    mk = lambda steps, name: make_run(steps, str(device), a.threads, a.eval_batches, os.path.join(tmp, name), style)
+    run = mk(a.steps, f'run-{style}')
+    tc, mc = run.train, run.model_config
+    nparam = lambda m: sum(p.numel() for p in m.parameters())
+
+    # warm-up (untimed) + checks: the same initial weights, the same step-1 loss (→ the same first batch)
+    wr = mk(a.warmup_run_steps, f'warmup-{style}')
+    pm, _ = build_plain(wr, device)
+    chk = {'state': {k: v.detach().cpu().clone() for k, v in pm.state_dict().items()}}
+    del pm
+    tw, pw, rw = run_trainer(wr, check_init=chk), run_plain(wr, device), run_reference(wr, device)
+    same_first = tw['loss_at'][1] == pw['losses'][0]
+    print(f"\n## style {style}: bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, {nparam(pw['model']):,} parameters; "
+          f"reference GPT-2 {nparam(rw['model']):,} parameters")
+    print(f"warm-up ({a.warmup_run_steps} steps each): same initial weights: {chk['same_init']}; "
+          f"same step-1 loss: {same_first} ({tw['loss_at'][1]:.6f} vs {pw['losses'][0]:.6f})")
+    del tw, pw, rw; gc.collect()
+
+    res = {k: {side: [] for side in SIDES} for k in ('loop', 'interval', 'cpu', 'faults')}
+    last = {}
+    for i in range(a.repeats):
+        for side in (SIDES if i % 2 == 0 else SIDES[::-1]):   # trainer, plain, reference, reference, plain, trainer, ...
+            last.pop(side, None); gc.collect()
+            if side == 'trainer':
+                shutil.rmtree(run.out_dir, ignore_errors=True)
+                r = run_trainer(run)
+            else: r = (run_plain if side == 'plain' else run_reference)(run, device)
+            res['loop'][side].append(r['tok_s']); res['cpu'][side].append(r['cpu_tok_s'])
+            res['faults'][side].append(r['faults'])
+            res['interval'][side] += r['interval_tok_s']
+            print(f"  round {i + 1} {side:<9} {r['time_s']:7.2f} s  {r['tok_s']:7,.0f} tok/s  "
+                  f"(median of its {tc.log_interval}-step intervals {statistics.median(r['interval_tok_s']):,.0f}; "
+                  f"{r['cpu_tok_s']:,.0f} tok/CPU-s; {r['faults']:,.0f} page faults/step)  final train loss {r['final_loss']:.4f}", flush=True)
+            last[side] = r
+
+    # evaluate the final models on the same validation batches
+    vd = last['plain']['data']
+    ev = {side: evaluate(last[side]['model'], vd.val_batches(a.eval_batches), bytes_per_token=vd.bytes_per_token)
+          for side in SIDES}
+    bpb_t, bpb_p = ev['trainer']['bpb'], ev['plain']['bpb']
+    dbpb = (bpb_t - bpb_p) / bpb_p * 100
+    lt, lp = last['trainer']['loss_at'], last['plain']['losses']
+    max_dloss = max(abs(v - lp[s - 1]) for s, v in lt.items())
+
+    med = {k: {side: statistics.median(v[side]) for side in SIDES} for k, v in res.items()}
+    ratio = {k: m['trainer'] / m['plain'] for k, m in med.items() if k != 'faults'}
+    vs_ref = {k: {side: m[side] / m['reference'] for side in ('trainer', 'plain')} for k, m in med.items() if k != 'faults'}
+    paired = [t / p for t, p in zip(res['loop']['trainer'], res['loop']['plain'])]   # per round (adjacent runs)
+    paired_ref = [p / r for p, r in zip(res['loop']['plain'], res['loop']['reference'])]
+    spread = lambda v: (max(v) - min(v)) / statistics.median(v) * 100
+    ok_speed, ok_bpb, ok_ref = ratio['loop'] >= 1.0, abs(dbpb) <= 2.0, vs_ref['loop']['plain'] >= 1.0
+    within_noise = min(paired) <= 1.0 <= max(paired)
+    yes = lambda ok: 'met' if ok else 'NOT met'
+
+    n_int = len(res['interval']['trainer'])
+    print()
+    print(f"| style | side | tokens/s (median of {a.repeats} runs) | runs: tokens/s (spread) | tokens/s (median of {n_int} "
+          f"{tc.log_interval}-step intervals) | tokens/CPU-s (median) | / reference (tokens/s) | / reference (tokens/CPU-s) "
+          f"| page faults/step (median) | val bpb | final train loss |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for side in SIDES:
+        runs = ', '.join(f"{v:,.0f}" for v in res['loop'][side])
+        rel = lambda k: f"{med[k][side] / med[k]['reference']:.3f}"
+        print(f"| {style} | {WHAT[side]} | {med['loop'][side]:,.0f} | {runs} ({spread(res['loop'][side]):.0f} %) | "
+              f"{med['interval'][side]:,.0f} | {med['cpu'][side]:,.0f} | {rel('loop')} | {rel('cpu')} | "
+              f"{med['faults'][side]:,.0f} | {ev[side]['bpb']:.4f} | {last[side]['final_loss']:.4f} |")
+    print()
+    print(f"[{style}] tokens/s ratio plain loop + bytropix gpt / reference: {vs_ref['loop']['plain']:.3f}  (target >= 1.0: "
+          f"{yes(ok_ref)}); per round: {', '.join(f'{r:.3f}' for r in paired_ref)}; CPU time: {vs_ref['cpu']['plain']:.3f}; "
+          f"trainer / reference: {vs_ref['loop']['trainer']:.3f}")
+    print(f"[{style}] tokens/s ratio trainer/plain: {ratio['loop']:.3f}  (target >= 1.0: {yes(ok_speed)})")
+    print(f"    per round: {', '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f}); "
+          f"{tc.log_interval}-step intervals: {ratio['interval']:.3f}; CPU time: {ratio['cpu']:.3f}"
+          + ("; 1.0 lies within the per-round range: the difference is within this machine's run-to-run noise"
+             if within_noise and not ok_speed else ''))
+    print(f"[{style}] bpb difference (trainer - plain) / plain: {dbpb:+.3f} %  ({bpb_t:.4f} vs {bpb_p:.4f}; target |.| <= 2 %: "
+          f"{yes(ok_bpb)}); reference {ev['reference']['bpb']:.4f}")
+    print(f"    largest train-loss difference at the trainer's logged steps: {max_dloss:.2e}; the trainer's own final "
+          f"val/bpb: {last['trainer']['val_bpb_fit']:.4f} (the same {a.eval_batches} validation batches)")
+    return {'style': style, 'tokens_per_s': res, 'median_tokens_per_s': med, 'ratio': ratio, 'vs_reference': vs_ref,
+            'paired_ratios': paired, 'paired_vs_reference': paired_ref,
+            'bpb': {side: ev[side]['bpb'] for side in SIDES}, 'bpb_diff_pct': dbpb,
+            'targets_met': {'speed': ok_speed, 'bpb': ok_bpb, 'vs_reference': ok_ref}, 'same_init': chk['same_init'],
+            'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--steps', type=int, default=60, help='optimizer steps per run (default 60: ~4 min on 1 CPU thread)')
-    ap.add_argument('--repeats', type=int, default=4, help='timed runs of each side, alternating trainer-plain, plain-trainer, ... '
-                    '(default 4: each side runs first in half of the rounds)')
+    ap.add_argument('--steps', type=int, default=60, help='optimizer steps per run (default 60)')
+    ap.add_argument('--repeats', type=int, default=4, help='timed runs of each side, alternating trainer-plain-reference, '
+                    'reference-plain-trainer, ... (default 4)')
+    ap.add_argument('--style', default='llama', choices=('llama', 'gpt2', 'both'), help="the bytropix model's style (default llama)")
     ap.add_argument('--device', default='cpu', help="cpu, cuda, auto (default cpu)")
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default; default 1)')
     ap.add_argument('--warmup-run-steps', type=int, default=10, help='steps of the untimed warm-up run of each side')
@@ -185,96 +342,24 @@ def main(argv=None) -> dict:
     tmp = tempfile.mkdtemp(prefix='bytropix-throughput-')
     t_start = time.perf_counter()
     try:
-        mk = lambda steps, name: make_run(steps, str(device), a.threads, a.eval_batches, os.path.join(tmp, name))
-        run = mk(a.steps, 'run')
-        tc, mc = run.train, run.model_config
-        print(f"bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, batch {tc.batch_size} x block {tc.block_size} = "
-              f"{tc.tokens_per_step:,} tokens/step, {tc.steps} steps (warm-up {tc.warmup_steps}, cosine {tc.lr:g} -> "
-              f"{tc.min_lr:g}, clip {tc.clip_grad}), device {device}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} thread(s)")
-
-        # warm-up (untimed) + checks: the same initial weights, the same step-1 loss (→ the same first batch)
-        wr = mk(a.warmup_run_steps, 'warmup')
-        pm, _ = build_plain(wr, device)
-        chk = {'state': {k: v.detach().cpu().clone() for k, v in pm.state_dict().items()}}
-        del pm
-        tw, pw = run_trainer(wr, check_init=chk), run_plain(wr, device)
-        same_first = tw['loss_at'][1] == pw['losses'][0]
-        print(f"warm-up ({a.warmup_run_steps} steps each): same initial weights: {chk['same_init']}; "
-              f"same step-1 loss: {same_first} ({tw['loss_at'][1]:.6f} vs {pw['losses'][0]:.6f})")
-        del tw, pw; gc.collect()
-
-        sides = ('trainer', 'plain')
-        res = {k: {side: [] for side in sides} for k in ('loop', 'interval', 'cpu', 'faults')}
-        last = {}
-        for i in range(a.repeats):
-            for side in (sides if i % 2 == 0 else sides[::-1]):   # trainer, plain, plain, trainer, ...
-                last.pop(side, None); gc.collect()
-                if side == 'trainer':
-                    shutil.rmtree(run.out_dir, ignore_errors=True)
-                    r = run_trainer(run)
-                else:
-                    r = run_plain(run, device)
-                res['loop'][side].append(r['tok_s']); res['cpu'][side].append(r['cpu_tok_s'])
-                res['faults'][side].append(r['faults'])
-                res['interval'][side] += r['interval_tok_s']
-                print(f"  round {i + 1} {side:<7} {r['time_s']:7.2f} s  {r['tok_s']:7,.0f} tok/s  "
-                      f"(median of its {tc.log_interval}-step intervals {statistics.median(r['interval_tok_s']):,.0f}; "
-                      f"{r['cpu_tok_s']:,.0f} tok/CPU-s; {r['faults']:,.0f} page faults/step)  final train loss {r['final_loss']:.4f}", flush=True)
-                last[side] = r
-
-        # evaluate both final models on the same validation batches
-        vd = last['plain']['data']
-        ev = {side: evaluate(last[side]['model'], vd.val_batches(a.eval_batches), bytes_per_token=vd.bytes_per_token)
-              for side in sides}
-        bpb_t, bpb_p = ev['trainer']['bpb'], ev['plain']['bpb']
-        dbpb = (bpb_t - bpb_p) / bpb_p * 100
-        lt, lp = last['trainer']['loss_at'], last['plain']['losses']
-        max_dloss = max(abs(v - lp[s - 1]) for s, v in lt.items())
-
-        med = {k: {side: statistics.median(v[side]) for side in sides} for k, v in res.items()}
-        ratio = {k: m['trainer'] / m['plain'] for k, m in med.items() if k != 'faults'}
-        paired = [t / p for t, p in zip(res['loop']['trainer'], res['loop']['plain'])]   # per round (adjacent runs)
-        spread = lambda v: (max(v) - min(v)) / statistics.median(v) * 100
-        ok_speed, ok_bpb = ratio['loop'] >= 1.0, abs(dbpb) <= 2.0
-        within_noise = min(paired) <= 1.0 <= max(paired)
-        yes = lambda ok: 'met' if ok else 'NOT met'
-
-        n_int = len(res['interval']['trainer'])
-        print()
-        print(f"| side | tokens/s (median of {a.repeats} runs) | runs: tokens/s (spread) | tokens/s (median of {n_int} "
-              f"{tc.log_interval}-step intervals) | tokens/CPU-s (median) | page faults/step (median) | val bpb | final train loss |")
-        print("|---|---:|---|---:|---:|---:|---:|---:|")
-        for side in sides:
-            runs = ', '.join(f"{v:,.0f}" for v in res['loop'][side])
-            print(f"| {side} | {med['loop'][side]:,.0f} | {runs} ({spread(res['loop'][side]):.0f} %) | "
-                  f"{med['interval'][side]:,.0f} | {med['cpu'][side]:,.0f} | {med['faults'][side]:,.0f} | {ev[side]['bpb']:.4f} | "
-                  f"{last[side]['final_loss']:.4f} |")
-        print()
-        print(f"tokens/s ratio trainer/plain: {ratio['loop']:.3f}  (target >= 1.0: {yes(ok_speed)})")
-        print(f"    per round: {', '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f}); "
-              f"{tc.log_interval}-step intervals: {ratio['interval']:.3f}; CPU time: {ratio['cpu']:.3f}"
-              + ("; 1.0 lies within the per-round range: the difference is within this machine's run-to-run noise"
-                 if within_noise and not ok_speed else ''))
-        print(f"bpb difference (trainer - plain) / plain: {dbpb:+.3f} %  ({bpb_t:.4f} vs {bpb_p:.4f}; target |.| <= 2 %: "
-              f"{yes(ok_bpb)})")
-        print(f"    largest train-loss difference at the trainer's logged steps: {max_dloss:.2e}; the trainer's own final "
-              f"val/bpb: {last['trainer']['val_bpb_fit']:.4f} (the same {a.eval_batches} validation batches)")
-        print(f"How measured: tokens trained / time over the training loop. Trainer: `time_s` of its last-step record in "
+        tc = make_run(a.steps, str(device), a.threads, a.eval_batches, tmp).train
+        print(f"batch {tc.batch_size} x block {tc.block_size} = {tc.tokens_per_step:,} tokens/step, {tc.steps} steps "
+              f"(warm-up {tc.warmup_steps}, cosine {tc.lr:g} -> {tc.min_lr:g}, clip {tc.clip_grad}), device {device}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+        styles = ('llama', 'gpt2') if a.style == 'both' else (a.style,)
+        out = {'steps': a.steps, 'repeats': a.repeats, 'device': str(device), 'threads': torch.get_num_threads(),
+               'styles': {s: measure(a, s, device, tmp) for s in styles}}
+        print(f"\nHow measured: tokens trained / time over the training loop. Trainer: `time_s` of its last-step record in "
               f"RUN/metrics.jsonl, which fit() measures from the start of its loop (after setup) to the end of the last "
               f"step: data loading, steps and periodic logging included; the final eval, checkpoint and export excluded. "
-              f"Plain: perf_counter around its loop. Intervals: the trainer's own `train/tokens_per_s` records (every "
-              f"{tc.log_interval} steps; the step-1 record left out), the plain loop timed at the same steps. "
-              f"tokens/CPU-s: the whole loop in process CPU time" + (" (host)" if device.type == 'cuda' else '') +
-              f". {a.repeats} alternating rounds (trainer-plain, plain-trainer, ...) after an untimed warm-up run of "
-              f"each; medians, since the CPU may be shared. Page faults/step: minor page faults over the loop / steps"
+              f"Plain and reference: perf_counter around the same plain loop. Intervals: the trainer's own "
+              f"`train/tokens_per_s` records (every {tc.log_interval} steps; the step-1 record left out), the plain loops "
+              f"timed at the same steps. tokens/CPU-s: the whole loop in process CPU time"
+              + (" (host)" if device.type == 'cuda' else '') +
+              f". {a.repeats} alternating rounds after an untimed warm-up run of each side; medians, since the CPU may "
+              f"be shared. Page faults/step: minor page faults over the loop / steps"
               + (" (malloc thresholds pinned)" if os.environ.get('MALLOC_TRIM_THRESHOLD_') else '') +
               f". Benchmark wall time {time.perf_counter() - t_start:.0f} s.")
-        out = {'steps': a.steps, 'repeats': a.repeats, 'device': str(device), 'threads': torch.get_num_threads(),
-               'tokens_per_s': res, 'median_tokens_per_s': med, 'ratio': ratio, 'paired_ratios': paired,
-               'bpb': {'trainer': bpb_t, 'plain': bpb_p}, 'bpb_diff_pct': dbpb,
-               'targets_met': {'speed': ok_speed, 'bpb': ok_bpb}, 'same_init': chk['same_init'],
-               'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss}
         if a.json:
             with open(a.json, 'w') as f: json.dump(out, f, indent=1)
         return out

@@ -65,6 +65,9 @@ def test_hyperbolic_vs_euclidean_quick():
 def test_train_throughput_quick():
     out = run_quick('train_throughput.py')
     assert 'bpb difference (trainer - plain) / plain' in out
+    for side in ('Trainer + bytropix gpt', 'plain loop + bytropix gpt', 'plain loop + reference GPT-2'):
+        assert f'| llama | {side} |' in out, out
+    assert '[llama] tokens/s ratio plain loop + bytropix gpt / reference:' in out
 
 
 def test_wubu_vs_gpt_quick(tmp_path):

@@ -20,7 +20,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from fastcore.basics import patch
 
 from ..core import ConfigError
-from .norms import make_norm
+from .norms import RMSNorm, make_norm
 from .rope import RotaryEmbedding
 
 # %% auto #0
@@ -374,7 +374,8 @@ class SelfAttention(nn.Module):
     backend `impl` (sdpa | flex | math), optional RoPE, KV cache."""
     def __init__(self, dim: int, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
                  causal: bool = True, window: int | None = None, bias: bool = False, dropout: float = 0.0,
-                 rope: RotaryEmbedding | None = None, pattern: AttentionPattern | None = None, impl: str = 'sdpa'):
+                 rope: RotaryEmbedding | None = None, pattern: AttentionPattern | None = None, impl: str = 'sdpa',
+                 qk_norm: bool = False, value_embed: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_head < 1 or n_kv_head < 1 or n_head % n_kv_head:
@@ -397,6 +398,11 @@ class SelfAttention(nn.Module):
         self.out_proj.residual_projection = True
         self.resid_drop = nn.Dropout(dropout)
         self.rope = rope
+        # QK-norm: RMSNorm of every query and key head (gain per channel) before RoPE; see "QK-norm" below
+        self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
+        # value embeddings: v ← v + γ_h·e(token), one learned γ per key/value head; see "Value embeddings" below
+        self.ve_gate = nn.Parameter(torch.full((n_kv_head,), 0.5)) if value_embed else None
 
     def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
@@ -405,14 +411,27 @@ class SelfAttention(nn.Module):
         return KVCache(batch_size, self.n_kv_head, self.head_dim, max_len, device or w.device, dtype or w.dtype, self.window,
                        self.pattern)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        "x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens after those already cached."
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, value_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim) → (B, T, dim); with a `cache`, `x` holds the next T tokens after those already cached.
+        `value_embed` (B, T, n_kv_head·head_dim): the tokens' value embeddings (a layer built with `value_embed=True`)."""
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
-        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, heads, T, D): q, k, v heads
-        qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
-        if self.rope is not None: qk = self.rope(qk, cache.pos if cache is not None else 0)  # q and k in one call
-        q, k = qk[:, :H], qk[:, H:]
+        # split (not slices: no zero-filled gradient buffers) in the projection's own (B, T, heads, D) layout, so that
+        # the backward's concatenation already has the layout of the projection's gradient (no transposing copy)
+        qk, v = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim).split([H + Hkv, Hkv], 2)
+        qk, v = qk.transpose(1, 2), v.transpose(1, 2)   # (B, heads, T, D)
+        if (value_embed is None) != (self.ve_gate is None):
+            raise ValueError("value_embed must be given exactly to the layers built with value_embed=True.")
+        if value_embed is not None:
+            v = v + self.ve_gate.view(1, Hkv, 1, 1) * value_embed.view(B, T, Hkv, self.head_dim).transpose(1, 2)
+        pos = cache.pos if cache is not None else 0
+        if self.q_norm is not None:   # separate gains for q and k: normalise and rotate each
+            q, k = qk.split([H, Hkv], 1)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if self.rope is not None: q, k = self.rope(q, pos), self.rope(k, pos)
+        else:
+            if self.rope is not None: qk = self.rope(qk, pos)  # q and k in one call
+            q, k = qk.split([H, Hkv], 1)
         if cache is not None: k, v = cache.update(k, v)
         mask = cache.mask if isinstance(cache, RaggedKVCache) else None  # rows of different lengths
         y = attend(q, k, v, self.causal, None, self.dropout if self.training else 0.0, mask=mask, pattern=self.pattern,

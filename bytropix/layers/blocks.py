@@ -16,6 +16,7 @@ from typing import Any, Iterable, Literal, Optional
 import torch
 import torch.nn as nn
 
+from ..core import ConfigError
 from .attention import AttentionPattern, KVCache, MultiHeadLatentAttention, SelfAttention
 from .mlp import make_mlp
 from .moe import MoE
@@ -56,6 +57,8 @@ class BlockConfig:
     attn_block_size: int = 64              # block_sparse: positions per block
     attn_block_window: int = 1             # block_sparse: key blocks seen around a query's own block
     attn_block_stride: int = 0             # block_sparse: plus every stride-th key block (0: none)
+    qk_norm: bool = False                  # RMSNorm of each query/key head before RoPE (mha only)
+    mlp_act: Optional[Literal['relu2']] = None   # None: the style's MLP (SwiGLU | GELU); relu2: squared-ReLU MLP
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -66,29 +69,36 @@ class BlockConfig:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 class TransformerBlock(nn.Module):
-    "Pre-norm block `x + attn(norm(x))`, `x + mlp(norm(x))` of shape `config` (a RoPE module, if any, shared by the stack)."
-    def __init__(self, config: BlockConfig, rope: RotaryEmbedding | None = None, causal: bool = True):
+    """Pre-norm block `x + attn(norm(x))`, `x + mlp(norm(x))` of shape `config` (a RoPE module, if any, shared by the
+    stack); `value_embed`: its attention mixes value embeddings into its values (given to `forward`)."""
+    def __init__(self, config: BlockConfig, rope: RotaryEmbedding | None = None, causal: bool = True,
+                 value_embed: bool = False):
         super().__init__()
         c, llama = config, config.style == 'llama'
         norm, bias = ('rms', False) if llama else ('layer', True)
         self.ln1 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
+        if c.attention == 'mla' and (c.qk_norm or value_embed):
+            raise ConfigError("qk_norm and value embeddings apply to attention mha (MLA normalises its own latents).")
         if c.attention == 'mla':
             self.attn = MultiHeadLatentAttention(c.n_embd, c.n_head, c.kv_lora_rank, c.q_lora_rank, rope_dim=c.rope_head_dim,
                                                  causal=causal, bias=bias, dropout=c.dropout, rope=rope, norm_eps=c.norm_eps,
                                                  pattern=AttentionPattern.from_config(c), impl=c.attn_impl)
         else: self.attn = SelfAttention(c.n_embd, c.n_head, c.n_kv_head, causal=causal, bias=bias, dropout=c.dropout,
-                                        rope=rope, pattern=AttentionPattern.from_config(c), impl=c.attn_impl)
+                                        rope=rope, pattern=AttentionPattern.from_config(c), impl=c.attn_impl,
+                                        qk_norm=c.qk_norm, value_embed=value_embed, norm_eps=c.norm_eps)
         self.ln2 = make_norm(norm, c.n_embd, eps=c.norm_eps, bias=bias)
         self.mlp = block_mlp(c)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, value_embed: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.ln1(x)
+        x = x + (self.attn(a, cache) if value_embed is None else self.attn(a, cache, value_embed))
         return x + self.mlp(self.ln2(x))
 
 def block_mlp(config: BlockConfig) -> nn.Module:
-    "The block's MLP: SwiGLU ('llama') or GELU ('gpt2'), or with `mlp='moe'` a mixture of such experts."
+    "The block's MLP: SwiGLU ('llama') or GELU ('gpt2') unless `mlp_act` names another, or with `mlp='moe'` a mixture of such experts."
     c = config
     kind, bias = ('swiglu', False) if c.style == 'llama' else ('gelu', True)
+    if c.mlp_act is not None: kind = c.mlp_act   # biases follow the style
     def one(ratio: float) -> nn.Module:
         return make_mlp(kind, c.n_embd, mlp_ratio=ratio, bias=bias, dropout=c.dropout, multiple_of=c.multiple_of,
                         approximate=c.gelu_approximate)

@@ -1,4 +1,4 @@
-"""SwiGLU (Llama-style gated MLP, hidden size rounded to a hardware-friendly multiple) and the GELU MLP of GPT-2.
+"""SwiGLU (Llama-style gated MLP, hidden size rounded to a hardware-friendly multiple), the GELU MLP of GPT-2 and the squared-ReLU MLP of Primer.
 
 Docs: https://bytropix.github.io/bytropix/mlp.html.md"""
 
@@ -12,11 +12,37 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..core import ConfigError, did_you_mean
 
 # %% auto #0
-__all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'GELUMLP', 'make_mlp']
+__all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'ReLU2MLP', 'GELUMLP', 'make_mlp']
+
+# %% ../../nbs/13_mlp.ipynb #a13s0002
+class _SwiGLUFn(torch.autograd.Function):
+    "silu(g)·u of the fused projection h = [g, u]; the backward fills both halves of one gradient buffer."
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        g, u = h.chunk(2, -1)
+        sg = F.silu(g)
+        ctx.save_for_backward(h, sg)
+        return sg * u
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        h, sg = ctx.saved_tensors
+        g, u = h.chunk(2, -1)
+        gh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        gg, gu = gh.chunk(2, -1)
+        torch.mul(gy, sg, out=gu)
+        torch.ops.aten.silu_backward.grad_input(gy * u, g, grad_input=gg)
+        return gh
+
+def _use_swiglu_fn(h: torch.Tensor) -> bool:
+    "Eager autograd only: tracers (compile, export) and no-grad paths keep the formula."
+    return torch.is_grad_enabled() and h.requires_grad and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 # %% ../../nbs/13_mlp.ipynb #8659cba2
 def round_up(n: float, multiple: int) -> int:
@@ -41,8 +67,24 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = self.gate_up(x).chunk(2, dim=-1)
+        h = self.gate_up(x)
+        if _use_swiglu_fn(h): return self.drop(self.down(_SwiGLUFn.apply(h)))   # eager training: see "The gradient"
+        g, u = h.chunk(2, dim=-1)
         return self.drop(self.down(F.silu(g) * u))
+
+class ReLU2MLP(nn.Module):
+    "Primer's squared-ReLU MLP `proj(relu(fc(x))²)`, hidden size `hidden` (default `mlp_ratio`·dim): GELU's two matrices."
+    def __init__(self, dim: int, hidden: int | None = None, mlp_ratio: float = 4.0, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.hidden = hidden if hidden is not None else int(round(mlp_ratio * dim))
+        if dim < 1 or self.hidden < 1: raise ConfigError(f"MLP sizes must be positive, got dim={dim}, hidden={self.hidden}.")
+        self.fc = nn.Linear(dim, self.hidden, bias=bias)
+        self.proj = nn.Linear(self.hidden, dim, bias=bias)
+        self.proj.residual_projection = True
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.relu(self.fc(x)).square()))
 
 class GELUMLP(nn.Module):
     "GPT-2 MLP `proj(gelu(fc(x)))` with hidden size `hidden` (default `mlp_ratio`·dim) and biases by default."
@@ -62,9 +104,11 @@ class GELUMLP(nn.Module):
 
 def make_mlp(kind: str, dim: int, mlp_ratio: float = 4.0, bias: bool | None = None, dropout: float = 0.0,
              multiple_of: int = 64, approximate: str = 'tanh') -> nn.Module:
-    "An MLP by name: `'swiglu'` (no bias by default) or `'gelu'` (bias by default; `approximate`: 'tanh' or 'none', exact)."
+    """An MLP by name: `'swiglu'` (no bias by default), `'gelu'` (bias by default; `approximate`: 'tanh' or 'none',
+    exact) or `'relu2'` (squared ReLU, two matrices; bias by default)."""
     if kind == 'swiglu':
         return SwiGLU(dim, mlp_ratio=mlp_ratio, multiple_of=multiple_of, bias=bool(bias), dropout=dropout)
     if kind == 'gelu': return GELUMLP(dim, mlp_ratio=mlp_ratio, bias=True if bias is None else bias, dropout=dropout,
                                      approximate=approximate)
-    raise ConfigError(f"Unknown MLP `{kind}`." + did_you_mean(kind, ['swiglu', 'gelu']))
+    if kind == 'relu2': return ReLU2MLP(dim, mlp_ratio=mlp_ratio, bias=True if bias is None else bias, dropout=dropout)
+    raise ConfigError(f"Unknown MLP `{kind}`." + did_you_mean(kind, ['swiglu', 'gelu', 'relu2']))

@@ -12,17 +12,47 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..core import ConfigError, compute_dtype, did_you_mean
 
 # %% auto #0
 __all__ = ['NormKind', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm']
 
+# %% ../../nbs/10_norms.ipynb #a10r0002
+class _RMSNormFn(torch.autograd.Function):
+    "RMSNorm of the last dimension with the closed-form backward above (float32 or float64 inputs)."
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+        # one reduction kernel (the norm); the rest works on the (…, 1) column
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        xh = x * r
+        ctx.save_for_backward(xh, w, r)
+        return xh if w is None else xh * w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        xh, w, r = ctx.saved_tensors
+        u = g if w is None else g * w
+        if ctx.needs_input_grad[0]:
+            s = torch.linalg.vecdot(u, xh).unsqueeze(-1).div_(-xh.shape[-1])   # −(1/d) Σ u·x̂ per row
+            gx = torch.addcmul(u, xh, s).mul_(r)
+        else: gx = None
+        gw = (g * xh).reshape(-1, xh.shape[-1]).sum(0) if w is not None and ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+def _use_rms_fn(x: torch.Tensor, w: torch.Tensor | None) -> bool:
+    "Eager autograd only: tracers (compile, export) and no-grad paths keep the fused/composite op."
+    return (torch.is_grad_enabled() and (x.requires_grad or (w is not None and w.requires_grad))
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
+
 # %% ../../nbs/10_norms.ipynb #e6a64748
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     "Normalise the last dimension of `x` by its root mean square (float32 math for half inputs), times `weight`."
     xf = x.to(compute_dtype(x.dtype))
     w = None if weight is None else weight.to(xf.dtype)
+    if _use_rms_fn(xf, w): return _RMSNormFn.apply(xf, w, eps).to(x.dtype)  # eager training: the hand-written backward
     if hasattr(F, 'rms_norm'): return F.rms_norm(xf, (xf.shape[-1],), w, eps).to(x.dtype)  # fused where available
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return (y if w is None else y * w).to(x.dtype)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from fastcore.basics import patch
 
 from ..core import ConfigError, compute_dtype
@@ -70,14 +71,19 @@ def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.
     return ang.cos().float().to(positions.device), ang.sin().float().to(positions.device)
 
 def _rotate_full(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
-    "`x·cos2 + swap_halves(x)·sin2` on the first r = cos2.shape[-1] channels; `sin2` = [-sin, sin] (4 kernels, not 7)."
+    "`x·cos2 + swap_halves(x)·sin2` on the first r = cos2.shape[-1] channels; `sin2` = [-sin, sin] (3 kernels forward)."
     r = cos2.shape[-1]
     if r > x.shape[-1]:
         raise ValueError(f"RoPE rotates {r} channels but the input's last dimension is {x.shape[-1]}.")
     xf = x.to(compute_dtype(x.dtype))
-    xr = xf[..., :r] if r < xf.shape[-1] else xf
-    out = xr * cos2.to(xf.dtype) + torch.cat([xr[..., r // 2:], xr[..., :r // 2]], dim=-1) * sin2.to(xf.dtype)
-    if r < xf.shape[-1]: out = torch.cat([out, xf[..., r:]], dim=-1)
+    d = xf.shape[-1]
+    xr, rest = xf.split([r, d - r], -1) if r < d else (xf, None)
+    cos2, sin2 = cos2.to(xf.dtype), sin2.to(xf.dtype)
+    if _use_rotary_fn(xr, cos2, sin2): out = _RotaryFn.apply(xr, cos2, sin2)   # eager training: see "The gradient"
+    else:
+        x1, x2 = xr.chunk(2, -1)  # split views: their gradient is one concatenation, not a zero-filled buffer per slice
+        out = torch.addcmul(xr * cos2, torch.cat([x2, x1], dim=-1), sin2)  # one fused multiply-add
+    if rest is not None: out = torch.cat([out, rest], dim=-1)
     return out.to(x.dtype)
 
 def _full_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +103,39 @@ def rotate(x: torch.Tensor, positions: torch.Tensor | None = None, theta: float 
     if positions is None: positions = torch.arange(x.shape[-2], device=x.device)
     cos, sin = rope_cos_sin(positions, r, theta)
     return apply_rotary(x, cos, sin)
+
+# %% ../../nbs/11_rope.ipynb #a11r0002
+def _rotate_halves(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+    "`x·cos2 + swap_halves(x)·sin2` half by half into one new tensor; `adjoint`: the transposed map (the rotation back)."
+    x1, x2 = x.chunk(2, -1)
+    c1, c2 = cos2.chunk(2, -1)
+    s1, s2 = sin2.chunk(2, -1)
+    if adjoint: s1, s2 = s2, s1
+    out = torch.empty(torch.broadcast_shapes(x.shape, cos2.shape), dtype=x.dtype, device=x.device)
+    o1, o2 = out.chunk(2, -1)
+    torch.mul(x1, c1, out=o1).addcmul_(x2, s1)
+    torch.mul(x2, c2, out=o2).addcmul_(x1, s2)
+    return out
+
+class _RotaryFn(torch.autograd.Function):
+    "RoPE whose backward is the adjoint rotation (no concatenations, no zero-filled or summed partial gradients)."
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos2, sin2)
+        return _rotate_halves(x, cos2, sin2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        cos2, sin2 = ctx.saved_tensors
+        gx = _rotate_halves(g, cos2, sin2, adjoint=True)
+        return gx, None, None
+
+def _use_rotary_fn(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> bool:
+    "Eager autograd on `x` only (fixed tables of x's shape or broadcast over it); tracers keep the traced formula."
+    return (torch.is_grad_enabled() and x.requires_grad and not (cos2.requires_grad or sin2.requires_grad)
+            and torch.broadcast_shapes(x.shape, cos2.shape) == x.shape
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
 
 # %% ../../nbs/11_rope.ipynb #2ea41a8a
 class RotaryEmbedding(nn.Module):

@@ -62,6 +62,9 @@ class GPTConfig(ModelConfig):
     moe_balance_coef: float = 0.01          # weight of the Switch load-balancing loss
     moe_z_coef: float = 1e-3                # weight of the router z-loss
     moe_mlp_ratio: Optional[float] = None   # an expert's hidden size ratio (None: mlp_ratio)
+    qk_norm: bool = False                   # RMSNorm on every query/key head before RoPE (OLMo-2, modded-nanogpt)
+    mlp_act: Optional[Literal['relu2']] = None   # None: the style's MLP (SwiGLU | GELU); relu2: squared ReLU (Primer)
+    value_embeds: int = 0                   # k extra token tables mixed into the values of the first k and last k layers
 
     def validate(self) -> None:
         super().validate()
@@ -87,6 +90,7 @@ class GPTConfig(ModelConfig):
         self.check(self.norm_eps > 0, 'norm_eps', f"must be positive, got {self.norm_eps}.")
         self.check(self.init_std > 0, 'init_std', f"must be positive, got {self.init_std}.")
         check_moe_config(self)
+        self.check_recipe_options()
         if self.attention == 'mla':
             self.check(self.style == 'llama', 'attention', "mla uses decoupled RoPE: it needs style llama, not gpt2.")
             self.check(self.n_kv_head is None, 'n_kv_head', "does not apply to attention: mla (its heads share one latent); "
@@ -120,6 +124,35 @@ def check_attention_pattern(self: GPTConfig) -> None:
                    f"{self.attn_block_size} > block_size={self.block_size}: the whole context is one block (dense); use a "
                    "smaller block.")
 
+@patch
+def check_recipe_options(self: GPTConfig) -> None:
+    "Validate `qk_norm`, `mlp_act` and `value_embeds` (see *Recipe options* below), naming the field."
+    self.check(isinstance(self.qk_norm, bool), 'qk_norm', f"must be true or false, got {self.qk_norm!r}.")
+    self.check(self.mlp_act in (None, 'relu2'), 'mlp_act',
+               f"unknown activation {self.mlp_act!r}; use relu2 (squared-ReLU MLP) or null (the style's MLP).")
+    ok = isinstance(self.value_embeds, int) and not isinstance(self.value_embeds, bool) and 0 <= 2 * self.value_embeds <= self.n_layer
+    self.check(ok, 'value_embeds', f"must be an integer from 0 to n_layer // 2 = {self.n_layer // 2} (each table feeds one of "
+               f"the first and one of the last layers), got {self.value_embeds!r}.")
+    if self.attention == 'mla':
+        self.check(not self.qk_norm, 'qk_norm', "applies to attention mha (MLA normalises its latents); remove it or use mha.")
+        self.check(not self.value_embeds, 'value_embeds', "applies to attention mha (MLA's values come from a shared latent); "
+                   "set it to 0 or use mha.")
+
+@patch
+def value_embed_layers(self: GPTConfig) -> dict[int, int]:
+    "Layer index → value-embedding table: table j feeds layer j and layer n_layer − value_embeds + j."
+    k = self.value_embeds
+    return {**{self.n_layer - k + j: j for j in range(k)}, **{j: j for j in range(k)}}
+
+@patch
+def hf_unsupported(self: GPTConfig) -> str | None:
+    "Why transformers' Llama/Mistral/GPT-2 classes cannot hold this model (one line), or None: the recipe options."
+    used = [f"{n}: {v}" for n, v, on in [('qk_norm', 'true', self.qk_norm), ('mlp_act', self.mlp_act, self.mlp_act),
+                                         ('value_embeds', self.value_embeds, self.value_embeds)] if on]
+    if not used: return None
+    return (f"{', '.join(used)} has no equivalent in transformers' Llama/Mistral/GPT-2 classes; export it as onnx or "
+            "pt2 (they trace the model itself).")
+
 # %% ../../nbs/21_gpt.ipynb #ac128bd5
 @register_model('gpt')
 class GPT(BytropixModel):
@@ -135,7 +168,11 @@ class GPT(BytropixModel):
         rope_dim = c.rope_head_dim if c.attention == 'mla' else c.head_dim   # MLA rotates its decoupled part only
         self.rope = RotaryEmbedding(rope_dim, c.block_size, c.rope_theta) if c.style == 'llama' else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope, causal=c.causal) for _ in range(c.n_layer))
+        ve = c.value_embed_layers()   # layer → value-embedding table (none by default)
+        self.blocks = nn.ModuleList(TransformerBlock(c.block, self.rope, causal=c.causal, value_embed=i in ve)
+                                    for i in range(c.n_layer))
+        kv_width = (c.n_kv_head or c.n_head) * c.head_dim
+        self.value_embeds = nn.ModuleList(nn.Embedding(c.vocab_size, kv_width) for _ in range(c.value_embeds)) if ve else None
         self.ln_f = make_norm('rms' if c.style == 'llama' else 'layer', c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         init_gpt_weights(self, c.n_layer, c.init_std)
@@ -168,12 +205,19 @@ class GPT(BytropixModel):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(x))
 
+    def _value_embeds(self, ids: torch.Tensor) -> list[torch.Tensor | None]:
+        "Per block, the value embeddings of `ids` it mixes into its values (None for the blocks without)."
+        if self.value_embeds is None: return [None] * len(self.blocks)
+        rows = [t(ids) for t in self.value_embeds]
+        ve = self.config.value_embed_layers()
+        return [rows[ve[i]] if i in ve else None for i in range(len(self.blocks))]
+
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         "Logits (B, T, V) for token ids (B, T); mean cross-entropy against `targets` (ignore_index -100) when given."
         x = self._embed(ids, 0)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+        for block, ve in zip(self.blocks, self._value_embeds(ids)):
+            x = checkpoint(block, x, None, ve, use_reentrant=False) if ckpt else block(x, None, ve)
         logits = self._head(x)
         loss = None if targets is None else lm_loss(logits, targets)
         moe_loss, aux = collect_moe_aux(self)           # MoE blocks in training: balance + z losses join the loss
@@ -192,7 +236,7 @@ def init_state(self: GPT, batch_size: int, device: torch.device | str | None = N
 def step(self: GPT, ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
     "Consume the next tokens `ids` (B, T_new) after those in `state`; return their logits (B, T_new, V) and the state."
     x = self._embed(ids, state.pos)
-    for block, cache in zip(self.blocks, state.caches): x = block(x, cache)
+    for block, cache, ve in zip(self.blocks, state.caches, self._value_embeds(ids)): x = block(x, cache, ve)
     return self._head(x), state
 
 # %% ../../nbs/21_gpt.ipynb #3a0abe9d
@@ -211,7 +255,7 @@ class Encoder(GPT):
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         "The final (normalised) hidden states (B, T, n_embd) of token ids (B, T)."
         x = self._embed(ids, 0)
-        for block in self.blocks: x = block(x)
+        for block, ve in zip(self.blocks, self._value_embeds(ids)): x = block(x, None, ve)
         return self.ln_f(x)
 
     @torch.no_grad()
