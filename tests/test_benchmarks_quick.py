@@ -192,3 +192,12 @@ def test_compare_refuses_budgets_that_do_not_match_the_sizes():
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt',
                         '--budget-flops', '1e6', '2e6'], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert r.returncode == 2 and 'give --budget-flops once, or once per size in the order of --sizes (small)' in r.stderr, r.stderr[-2000:]
+
+
+def test_hierarchical_quick():
+    out = run_quick('hierarchical.py')
+    assert '| model | parameters | steps | train tokens/s | validation bpb ↓ | bpb / GPT | bpb − floor |' in out
+    assert '| floor (Bayes-optimal predictor, whole history) |' in out and 'WuBu / GPT bpb on the default corpus' in out
+    out = run_quick('hierarchical.py', '--ablation', '--ablation-seconds', '0.2')
+    for name in ('1 level', '4 levels', 'fixed curvature', 'no rotations', 'no boundary points', 'hyperbolic RMSNorm'):
+        assert f'\n| {name} |' in out, out
