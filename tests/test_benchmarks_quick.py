@@ -196,7 +196,7 @@ def test_compare_refuses_budgets_that_do_not_match_the_sizes():
 
 def test_hierarchical_quick():
     out = run_quick('hierarchical.py')
-    assert '| model | parameters | steps | train tokens/s | validation bpb ↓ | bpb / GPT | bpb − floor |' in out
+    assert '| model | parameters | steps | train tokens/CPU-s | validation bpb ↓ | bpb / GPT | bpb − floor |' in out
     assert '| floor (Bayes-optimal predictor, whole history) |' in out and 'WuBu / GPT bpb on the default corpus' in out
     out = run_quick('hierarchical.py', '--ablation', '--ablation-seconds', '0.2')
     for name in ('1 level', '4 levels', 'fixed curvature', 'no rotations', 'no boundary points', 'hyperbolic RMSNorm'):

@@ -43,12 +43,17 @@ def expm_taylor(A: torch.Tensor) -> torch.Tensor:
     for _ in range(s): R = R @ R
     return R
 
+def _taylor_pays(A: torch.Tensor) -> bool:
+    "Eager CPU training: the backward is where `matrix_exp` is slow (and tracing/compiling needs no Python-side norm)."
+    return (A.device.type == 'cpu' and A.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
 def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
-    """The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype): `expm_taylor` on
-    the CPU, `torch.linalg.matrix_exp` elsewhere."""
+    """The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype): `expm_taylor`
+    when training eagerly on the CPU, `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
     A = skew_from_params(params.to(cd), n)
-    return (expm_taylor(A) if A.device.type == 'cpu' else torch.linalg.matrix_exp(A)).to(params.dtype)
+    return (expm_taylor(A) if _taylor_pays(A) else torch.linalg.matrix_exp(A)).to(params.dtype)
 
 # %% ../../nbs/16_rotations.ipynb #b78bd448
 def quaternion_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
