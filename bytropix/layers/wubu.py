@@ -335,20 +335,28 @@ def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None) -> tup
 # %% ../../nbs/17_wubu_block.ipynb #f7a1c0de
 @patch
 def _transfer_map(self: WuBuBlock, i: int) -> tuple[Tensor, Tensor]:
-    "$(M, \\beta)$ with $u_{i+1} = M[t_i;\\mu_i] + \\beta$: rotation, transfer and the next level's context map folded."
+    """$(M, \\beta)$ with $u_{i+1} = M[t_i;\\mu_i] + \\beta$: rotation, transfer and the next level's context map folded.
+    The maps are read off by applying the modules to a few probe rows (a basis, the landmarks, zero), so any affine
+    module works — plain, LoRA-adapted or quantized linear layers alike."""
     geo, W, Wn = self.geo[i], self.weights(i), self.weights(i + 1)
-    k, dn = self.nb[i], self.dims[i + 1]
-    Tw, b = W.transfer.weight, W.transfer.bias                          # `.weight`: LoRA/quantized layers too
-    T = Tw if isinstance(W.rotation, IdentityRotation) else Tw @ W.rotation.matrix().to(Tw.dtype)   # T R
+    d, k, dn = self.dims[i], self.nb[i], self.dims[i + 1]
+    p = W.transfer.bias if W.transfer.bias is not None else next(W.transfer.parameters())
     tau = expmap0_with_log(geo.boundary, geo.c)[1] / geo.s            # landmarks' tangent vectors (k, n_i)
-    tau_n, desc_n = F.linear(tau.to(T.dtype), T, b), F.linear(geo.descriptor.to(T.dtype), T, b)
-    Wc = Wn.ctx.weight                  # column blocks: k relative vectors, k memberships, descriptor, spread
-    W_rel = Wc[:, :k * dn].view(dn, k, dn)
-    W_mu, W_desc, w_sig = Wc[:, k * dn:k * dn + k], Wc[:, k * dn + k:-1], Wc[:, -1]
-    P = torch.eye(dn, dtype=Wc.dtype, device=Wc.device) + W_rel.sum(1)
-    beta = (P @ b + Wn.ctx.bias - torch.einsum('ojm,jm->o', W_rel, tau_n) + W_desc @ desc_n
-            + w_sig * geo.sigma.to(Wc.dtype))
-    return torch.cat([P @ T, W_mu], dim=1), beta
+    probe = torch.cat([torch.eye(d, dtype=tau.dtype, device=tau.device), tau, geo.descriptor[None].to(tau.dtype),
+                       tau.new_zeros(1, d)])
+    Y = W.transfer(W.rotation(probe.to(p.dtype)))                     # rows: T R e_m + b, T R tau_j + b, T R l + b, b
+    b = Y[-1]
+    TR, tau_n, desc_n = (Y[:d] - b).T, Y[d:d + k], Y[d + k]
+    # the context map's rows: the relative-vector slots all e_m, each membership slot, and the constant features
+    Z = torch.zeros(dn + k + 2, k * dn + k + dn + 1, dtype=Y.dtype, device=Y.device)
+    Z[:dn, :k * dn] = torch.eye(dn, dtype=Y.dtype, device=Y.device).repeat(1, k)
+    Z[dn:dn + k, k * dn:k * dn + k] = torch.eye(k, dtype=Y.dtype, device=Y.device)
+    Z[dn + k] = torch.cat([-tau_n.flatten(), Y.new_zeros(k), desc_n, geo.sigma.to(Y.dtype)[None]])
+    C = Wn.ctx(Z)                                                       # last row: the bias alone
+    bc = C[-1]
+    P = torch.eye(dn, dtype=C.dtype, device=C.device) + (C[:dn] - bc).T   # I + sum_j W_rel_j
+    W_mu = (C[dn:dn + k] - bc).T
+    return torch.cat([P @ TR.to(P.dtype), W_mu], dim=1), P @ b.to(P.dtype) + C[dn + k]
 
 
 # %% ../../nbs/17_wubu_block.ipynb #e4260b82
