@@ -261,18 +261,18 @@ def main(argv=None) -> dict:
                     wubu('no boundary points', boundary_points=[0]), wubu('hyperbolic mixing (Möbius MLP)', intra='mobius'),
                     wubu('hyperbolic attention + rotary', attention='hyperbolic'), wubu('hyperbolic RMSNorm', level_norm='hyperbolic')]
         rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed)
-        table(f"WuBu ablation on the hierarchy, {a.ablation_seconds:g} s of training each (equal wall time):", rows, floor)
+        table(f"WuBu ablation on the hierarchy, {a.ablation_seconds:g} CPU-seconds of training each (equal time):", rows, floor)
         res['ablation'] = rows
         return res
     rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed)
-    table(f"Hierarchical grammar, {a.seconds:g} s of training each (equal wall time):", rows, floor)
+    table(f"Hierarchical grammar, {a.seconds:g} CPU-seconds of training each (equal time):", rows, floor)
     g, w = rows
     print(f"WuBu / GPT bpb on the hierarchy: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.000: "
           f"{'met' if w['bpb'] <= g['bpb'] else 'NOT met'})")
     res['hierarchy'] = rows
     if not a.skip_corpus:
         rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed)
-        table(f"Default corpus, {a.seconds:g} s of training each (equal wall time):", rows)
+        table(f"Default corpus, {a.seconds:g} CPU-seconds of training each (equal time):", rows)
         g, w = rows
         print(f"WuBu / GPT bpb on the default corpus: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.030: "
               f"{'met' if w['bpb'] <= 1.03 * g['bpb'] else 'NOT met'})")
