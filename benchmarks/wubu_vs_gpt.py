@@ -14,6 +14,11 @@ the script counts non-finite losses/gradients (the run must have none) and plots
 
     python benchmarks/wubu_vs_gpt.py                               # 300 steps each, CPU, ~10 minutes on 1 thread
     python benchmarks/wubu_vs_gpt.py --steps 100 --stability-steps 50 --out-dir /tmp/wubu
+    python benchmarks/wubu_vs_gpt.py --speed                       # the training-step table: before/after the rewrites
+
+Part 3 (`--speed`) — the WuBu training step before and after the speed rewrites (chapter *WuBu block*): GPT, WuBu with
+its levels computed literally and rotations by `torch.linalg.matrix_exp` (a reference implementation kept here), then
+each rewrite added; all in one process, interleaved, medians.
 """
 import argparse
 import json
@@ -177,6 +182,102 @@ def plot(results: list[dict], stab: dict | None, out_dir: str) -> list[str]:
     return paths
 
 
+# ---------------------------------------------------------------- --speed: the training step, before and after the rewrites
+def literal_wubu_forward(blk, x, trace=None):
+    """A WuBu block computed as its chapter's steps 1-4 are written (the code before the speed rewrites): exp/log round
+    trips, rotation + transfer + a context map over relative-vector features, landmark distances by broadcasting."""
+    import torch
+    from bytropix.core import upcast
+    from bytropix.geometry import dist, expmap0, logmap0, mobius_add
+    u, ctx, outs = blk.in_proj(x), None, []
+    for i in range(blk.n_levels):
+        geo, W = blk.geo[i], blk.weights(i)
+        c, s, sigma = geo.c, geo.s, geo.sigma
+        if ctx is not None:
+            rel, memb, desc, sig_prev = ctx
+            u = u + W.ctx(torch.cat([rel.flatten(-2), memb.to(rel.dtype), desc.expand(*rel.shape[:-2], -1),
+                                     sig_prev.to(rel.dtype).expand(*rel.shape[:-2], 1)], dim=-1))
+        xb = expmap0(s * u, c)
+        y = mobius_add(xb, W.intra.g(xb, c), c)
+        t = logmap0(y, c) / s
+        b = geo.boundary_points()
+        memb = torch.exp(-upcast(dist(y.unsqueeze(-2), b.to(y.dtype), c)).square() / (2 * sigma * sigma))
+        outs.append(torch.cat([t, memb.to(t.dtype)], dim=-1))
+        if i + 1 < blk.n_levels:
+            rt, rtb, rld = W.rotation(t, (logmap0(b, c) / s).to(t.dtype), geo.descriptor.to(t.dtype))
+            nxt, tbn, descn = W.transfer(rt), W.transfer(rtb), W.transfer(rld)
+            u, ctx = nxt, (nxt.unsqueeze(-2) - tbn, memb, descn, sigma)
+    if blk.aggregation == 'concat': return blk.out_proj(torch.cat(outs, dim=-1))
+    return sum(p(t) for p, t in zip(blk.out_proj, outs))
+
+
+def _use_matrix_exp(model) -> None:
+    "Rotations by `torch.linalg.matrix_exp` (the library's choice before the Taylor exponential) on this model only."
+    import torch
+    from bytropix.layers.rotations import SORotation, skew_from_params
+    for m in model.modules():
+        if isinstance(m, SORotation):
+            m.matrix = (lambda r: lambda: torch.linalg.matrix_exp(skew_from_params(r.params.float(), r.dim)).to(r.params.dtype))(m)
+
+
+def speed(a) -> list[dict]:
+    """Median time of one training step (forward, backward, clipping, AdamW) of GPT and of WuBu before/after the speed
+    rewrites, all in this process on the same batch, interleaved (round r runs the contenders in order, round r+1 in
+    reverse), timed in CPU time of the (single) training thread: ratios are meaningful on a shared CPU."""
+    import types
+    import torch
+    torch.set_num_threads(a.threads)
+    import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401
+    from bytropix.config import TrainConfig
+    from bytropix.core import seed_everything
+    from bytropix.models.base import build_model
+    from bytropix.training.optim import build_optimizer, clip_gradients
+    B, T, nh = a.batch_size, a.block_size, 4
+    common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
+    g = torch.Generator().manual_seed(a.seed)
+    x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
+    def contender(name, arch, literal=False, matrix_exp=False, compile_=False, **kw):
+        seed_everything(a.seed)
+        m = build_model(arch, {**common, **kw})
+        if literal:
+            for blk in m.modules():
+                if type(blk).__name__ == 'WuBuBlock': blk.forward = types.MethodType(literal_wubu_forward, blk)
+        if matrix_exp: _use_matrix_exp(m)
+        opt = build_optimizer(m, TrainConfig(lr=1e-4, weight_decay=0.1), torch.device('cpu'))
+        params = [p for p in m.parameters() if p.requires_grad]
+        f = torch.compile(m) if compile_ else m
+        def step():
+            loss = f(x, y).loss
+            opt.zero_grad(set_to_none=True); loss.backward(); clip_gradients(params, 1.0); opt.step()
+        t0 = time.perf_counter(); step(); step()                    # warm-up (and the compilation, if any)
+        return dict(name=name, params=m.num_parameters(), step=step, warmup_s=time.perf_counter() - t0, times=[])
+    wk = dict(level_dims=a.level_dims)
+    cs = [contender('GPT', 'gpt'),
+          contender('WuBu, before (literal levels, matrix_exp)', 'wubu', literal=True, matrix_exp=True, **wk),
+          contender('WuBu, + Taylor exponential for the rotations', 'wubu', literal=True, **wk),
+          contender('WuBu, + fused levels (no round trip, one affine map, cdist): now', 'wubu', **wk)]
+    if a.compile:
+        cs += [contender('GPT, torch.compile', 'gpt', compile_=True),
+               contender('WuBu now, torch.compile', 'wubu', compile_=True, **wk)]
+    for r in range(a.speed_rounds):
+        for c in (cs if r % 2 == 0 else cs[::-1]):
+            for _ in range(a.speed_steps):
+                t0 = time.thread_time(); c['step'](); c['times'].append(time.thread_time() - t0)
+    import statistics
+    for c in cs: c['ms'] = 1000 * statistics.median(c['times'])
+    gpt = cs[0]['ms']
+    print(f"\nTraining step, batch {B} × {T}, {a.threads} thread(s), median of {a.speed_rounds} × {a.speed_steps} interleaved steps (CPU time):")
+    print('| model | parameters | CPU ms / step | tokens/CPU-s | ÷ GPT | gain over the row above |')
+    print('|---|---:|---:|---:|---:|---:|')
+    prev = None
+    for c in cs:
+        gain = '' if prev is None else f"{prev / c['ms']:.2f}×"
+        print(f"| {c['name']} | {c['params']:,} | {c['ms']:.1f} | {B * T / c['ms'] * 1000:.0f} | {gpt / c['ms']:.2f} | {gain} |")
+        prev = c['ms'] if c['name'].startswith('WuBu') and 'compile' not in c['name'] else prev
+    if a.compile: print('compile + 2 warm-up steps: ' + ', '.join(f"{c['name']} {c['warmup_s']:.0f} s" for c in cs if 'compile' in c['name']))
+    return [{k: v for k, v in c.items() if k != 'step'} for c in cs]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=300)
@@ -196,11 +297,16 @@ def main(argv=None) -> dict:
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out-dir', default='.', help='where the PNGs (and results.json) go')
+    ap.add_argument('--speed', action='store_true', help='only the training-step speed table (GPT, WuBu before/after the rewrites)')
+    ap.add_argument('--speed-rounds', type=int, default=6)
+    ap.add_argument('--speed-steps', type=int, default=3)
+    ap.add_argument('--compile', action='store_true', help='--speed: add torch.compile rows (slow to compile on a CPU)')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
     if a.quick:   # explicit flags still win over the quick sizes
-        ap.set_defaults(**dict(steps=4, batch_size=2, block_size=32, warmup=1, eval_interval=2, val_batches=1, n_layer=1, n_embd=32, level_dims=[16, 8], stability_steps=2, stability_layers=1, stability_level_dims=[16, 8])); a = ap.parse_args(argv)
+        ap.set_defaults(**dict(steps=4, batch_size=2, block_size=32, warmup=1, eval_interval=2, val_batches=1, n_layer=1, n_embd=32, level_dims=[16, 8], stability_steps=2, stability_layers=1, stability_level_dims=[16, 8], speed_rounds=2, speed_steps=1)); a = ap.parse_args(argv)
     os.makedirs(a.out_dir, exist_ok=True)
+    if a.speed: return {'speed': speed(a)}
     common = dict(steps=a.steps, batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, warmup=a.warmup,
                   eval_interval=a.eval_interval, val_batches=a.val_batches, device=a.device, threads=a.threads,
                   seed=a.seed, precision='fp32')

@@ -24,10 +24,10 @@ from .core import ConfigError, compute_dtype, did_you_mean, is_half
 # %% auto #0
 __all__ = ['Curvature', 'MIN_NORM', 'TORCH_OPS', 'ball_eps', 'atanh_eps', 'margin_floor', 'artanh', 'tanh', 'safe_norm', 'sqnorm',
            'dot', 'register_kernel', 'unregister_kernel', 'registered_kernels', 'get_backend', 'set_backend',
-           'use_backend', 'lambda_x', 'project', 'mobius_add', 'mobius_sub', 'gyration', 'expmap0', 'logmap0', 'expmap',
-           'logmap', 'dist', 'dist0', 'cdist', 'mobius_scalar_mul', 'mobius_matvec', 'mobius_linear',
-           'parallel_transport', 'egrad2rgrad', 'poincare_to_lorentz', 'lorentz_to_poincare', 'poincare_to_klein',
-           'klein_to_poincare', 'compiled', 'inv_softplus', 'floored_softplus', 'PoincareBall']
+           'use_backend', 'lambda_x', 'project', 'mobius_add', 'mobius_sub', 'gyration', 'expmap0', 'logmap0',
+           'expmap0_with_log', 'expmap', 'logmap', 'dist', 'dist0', 'cdist', 'mobius_scalar_mul', 'mobius_matvec',
+           'mobius_linear', 'parallel_transport', 'egrad2rgrad', 'poincare_to_lorentz', 'lorentz_to_poincare',
+           'poincare_to_klein', 'klein_to_poincare', 'compiled', 'inv_softplus', 'floored_softplus', 'PoincareBall']
 
 # %% ../nbs/01_geometry.ipynb #1f0e4967
 Curvature = Union[float, Tensor]
@@ -304,6 +304,15 @@ def logmap0(y: Tensor, c: Curvature = 1.0) -> Tensor:
     "Logarithmic map at the origin, $\\log^c_0(y)$ (a tangent vector)."
     if _BACKEND == 'auto' and not y.is_cuda: return _logmap0(y, c)
     return _dispatch('logmap0', (y,), {}, c)
+
+# %% ../nbs/01_geometry.ipynb #0ccca627
+def expmap0_with_log(v: Tensor, c: Curvature = 1.0) -> tuple[Tensor, Tensor]:
+    "$(\\exp^c_0 v,\\ \\log^c_0\\exp^c_0 v)$: the point and the tangent vector it represents (`v` clipped at the margin)."
+    dt = v.dtype; cd = _cdt(dt); v, c = _up(v, cd), _c(c, cd)
+    eps = ball_eps(dt)
+    z = _sqrt(c) * safe_norm(v)
+    x = v * (torch.tanh(z).clamp_max(1 - eps) / z)                 # = _expmap0_c(v, c, eps), sharing z
+    return x.to(dt), (v * (math.atanh(1 - eps) / z).clamp_max(1.0)).to(dt)
 
 # %% ../nbs/01_geometry.ipynb #c68e296a
 @_reference

@@ -74,6 +74,9 @@ def test_wubu_vs_gpt_quick(tmp_path):
     out = run_quick('wubu_vs_gpt.py', '--out-dir', str(tmp_path))
     assert '| model | parameters | validation bpb' in out and 'WuBu / GPT: bpb' in out
     assert {'wubu_vs_gpt.png', 'wubu_levels.png', 'wubu_vs_gpt.json'} <= {p.name for p in tmp_path.iterdir()}
+    out = run_quick('wubu_vs_gpt.py', '--speed', '--out-dir', str(tmp_path))
+    assert '| model | parameters | CPU ms / step | tokens/CPU-s | ÷ GPT | gain over the row above |' in out
+    assert '| WuBu, before (literal levels, matrix_exp) |' in out and ': now |' in out
 
 
 def test_geometry_quick():
@@ -201,3 +204,12 @@ def test_compare_refuses_budgets_that_do_not_match_the_sizes():
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'compare.py'), '--quick', '--archs', 'gpt',
                         '--budget-flops', '1e6', '2e6'], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert r.returncode == 2 and 'give --budget-flops once, or once per size in the order of --sizes (small)' in r.stderr, r.stderr[-2000:]
+
+
+def test_hierarchical_quick():
+    out = run_quick('hierarchical.py')
+    assert '| model | parameters | steps | train tokens/CPU-s | validation bpb ↓ | bpb / GPT | bpb − floor |' in out
+    assert '| floor (Bayes-optimal predictor, whole history) |' in out and 'WuBu / GPT bpb on the default corpus' in out
+    out = run_quick('hierarchical.py', '--ablation', '--ablation-seconds', '0.2')
+    for name in ('1 level', '4 levels', 'fixed curvature', 'no rotations', 'no boundary points', 'hyperbolic RMSNorm'):
+        assert f'\n| {name} |' in out, out

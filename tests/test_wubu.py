@@ -93,7 +93,7 @@ def test_aux_reports_every_level_and_layer():
 
 def test_config_errors_are_clear():
     for bad, msg in [({'level_dims': []}, 'at least one positive'), ({'boundary_points': [1, 2]}, 'has 2 entries'),
-                     ({'boundary_points': [0]}, 'at least one boundary point'), ({'curvature_min': 0.0}, 'must be positive'),
+                     ({'boundary_points': [-1]}, 'non-negative'), ({'level_norm': 'lorenz'}, 'hyperbolic'), ({'curvature_min': 0.0}, 'must be positive'),
                      ({'scale_init': [1e-4], 'scale_min': 1e-3}, 'exceed scale_min'), ({'n_embd': 18, 'n_head': 4}, 'divisible'),
                      ({'rotation': 'quaternion', 'level_dims': [8, 6]}, 'divisible by 4'),
                      ({'share_level_weights': True}, 'equal level_dims'), ({'attentoin': 'x'}, 'Did you mean `attention`')]:

@@ -18,15 +18,16 @@ from torch import Tensor
 
 from ..core import ConfigError, compute_dtype, did_you_mean, is_half
 from ..geometry import (Curvature, PoincareBall, ball_eps, cdist, expmap0, floored_softplus, inv_softplus,
-                               klein_to_poincare, lambda_x, logmap0, mobius_add, mobius_linear, mobius_scalar_mul,
-                               poincare_to_klein, project)
+                               klein_to_poincare, lambda_x, logmap0, lorentz_to_poincare, mobius_add, mobius_linear, mobius_scalar_mul,
+                               poincare_to_klein, poincare_to_lorentz, project)
 from .attention import KVCache, RaggedKVCache, attention_mask
+from .norms import RMSNorm
 from .rope import RotaryEmbedding
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'R_CLAMP', 'mobius_fn', 'get_activation', 'MobiusLinear', 'hnnpp_logits', 'poincare_fc',
            'ganea_mlr_logits', 'PoincareLinear', 'HyperbolicMLR', 'HyperbolicEmbedding', 'HyperbolicMLP',
-           'weighted_midpoint', 'hyperbolic_attention', 'HyperbolicAttention']
+           'HyperbolicRMSNorm', 'weighted_midpoint', 'hyperbolic_attention', 'HyperbolicAttention']
 
 # %% ../../nbs/15_hyperbolic_layers.ipynb #70d75e93
 class _Curved(nn.Module):
@@ -234,6 +235,19 @@ class HyperbolicMLP(_Curved):
         return self.fc2(mobius_fn(self.act, self.fc1(x, c), c), c)
 
     def extra_repr(self) -> str: return f"kind={self.kind}, activation={self.act_name}"
+
+# %% ../../nbs/15_hyperbolic_layers.ipynb #48912307
+class HyperbolicRMSNorm(nn.Module):
+    "RMSNorm of a ball point's Lorentz space-like coordinates, the time coordinate recomputed (HELM): (..., dim) → (..., dim)."
+    def __init__(self, dim: int, eps: float = 1e-6, gain: float | None = None):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps=eps)
+        with torch.no_grad(): self.norm.weight.fill_(dim ** -0.5 if gain is None else gain)
+
+    def forward(self, x: Tensor, c: Curvature = 1.0) -> Tensor:
+        y = self.norm(poincare_to_lorentz(x, c)[..., 1:])                  # normalised space-like part
+        cc = c.to(y.dtype) if isinstance(c, Tensor) else c
+        return lorentz_to_poincare(torch.cat([(y.square().sum(-1, keepdim=True) + 1 / cc).sqrt(), y], -1), c)
 
 # %% ../../nbs/15_hyperbolic_layers.ipynb #161e63a8
 def weighted_midpoint(x: Tensor, weights: Tensor, c: Curvature = 1.0,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..core import ConfigError, compute_dtype, did_you_mean
 
 # %% auto #0
-__all__ = ['ROTATIONS', 'skew_from_params', 'so_matrix', 'quaternion_mul', 'quaternion_conj', 'unit_quaternion',
+__all__ = ['ROTATIONS', 'skew_from_params', 'expm_taylor', 'so_matrix', 'quaternion_mul', 'quaternion_conj', 'unit_quaternion',
            'quaternion_rotate', 'Rotation', 'IdentityRotation', 'SORotation', 'QuaternionRotation', 'make_rotation']
 
 # %% ../../nbs/16_rotations.ipynb #814e6816
@@ -30,10 +30,30 @@ def skew_from_params(params: torch.Tensor, n: int) -> torch.Tensor:
     A[..., iu[0], iu[1]] = params
     return A - A.transpose(-1, -2)
 
+def expm_taylor(A: torch.Tensor) -> torch.Tensor:
+    """$\\exp(A)$ of square matrices (..., n, n) by scaling and squaring a Taylor polynomial: $\\|A/2^s\\|_1\\le\\frac12$,
+    degree 8 (float32) or 16 (float64). Plain matmuls, so autograd's backward costs about two forwards."""
+    m = 16 if A.dtype == torch.float64 else 8
+    nrm = float(A.detach().abs().sum(-2).amax()) if A.numel() else 0.0    # the 1-norm (largest over a batch)
+    s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
+    X = A / 2 ** s
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    R = eye + X / m
+    for k in range(m - 1, 0, -1): R = eye + (X @ R) / k              # Horner: I + X(I + X/2(... (I + X/m)))
+    for _ in range(s): R = R @ R
+    return R
+
+def _taylor_pays(A: torch.Tensor) -> bool:
+    "Eager CPU training: the backward is where `matrix_exp` is slow (and tracing/compiling needs no Python-side norm)."
+    return (A.device.type == 'cpu' and A.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
 def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
-    "The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype)."
+    """The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype): `expm_taylor`
+    when training eagerly on the CPU, `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
-    return torch.linalg.matrix_exp(skew_from_params(params.to(cd), n)).to(params.dtype)
+    A = skew_from_params(params.to(cd), n)
+    return (expm_taylor(A) if _taylor_pays(A) else torch.linalg.matrix_exp(A)).to(params.dtype)
 
 # %% ../../nbs/16_rotations.ipynb #b78bd448
 def quaternion_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

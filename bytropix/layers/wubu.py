@@ -14,19 +14,21 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..core import ConfigBase, ConfigError, upcast
-from ..geometry import PoincareBall, dist, expmap0, floored_softplus, inv_softplus, logmap0, mobius_add
+from ..geometry import (PoincareBall, cdist, expmap0, expmap0_with_log, floored_softplus, inv_softplus, logmap0,
+                               mobius_add)
 from .attention import KVCache, SelfAttention
-from .hyperbolic import HyperbolicAttention, HyperbolicMLP
+from .hyperbolic import HyperbolicAttention, HyperbolicMLP, HyperbolicRMSNorm
 from .mlp import GELUMLP, SwiGLU
 from .moe import MoE, check_moe_config, curvature_moe
 from .norms import RMSNorm
 from .rope import RotaryEmbedding
-from .rotations import Rotation, make_rotation
+from .rotations import IdentityRotation, Rotation, make_rotation
 
 # %% auto #0
 __all__ = ['LevelSpec', 'WuBuNestingConfig', 'WuBuDecoderConfig', 'WuBuStackConfig', 'PositiveScalar', 'LevelGeometry',
@@ -52,7 +54,7 @@ class LevelSpec:
 class WuBuNestingConfig(ConfigBase):
     "The nested levels of a WuBu block: dimensions, boundary points, initial geometry and its floors, the learned maps."
     level_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
-    boundary_points: list[int] = field(default_factory=lambda: [4])    # per level (one value: every level)
+    boundary_points: list[int] = field(default_factory=lambda: [4])    # per level (one value: every level); 0: none
     curvature_init: list[float] = field(default_factory=lambda: [1.0])
     scale_init: Optional[list[float]] = None    # null: 1/sqrt(n_i) per level
     spread_init: list[float] = field(default_factory=lambda: [1.0])
@@ -64,6 +66,7 @@ class WuBuNestingConfig(ConfigBase):
     learnable_spread: bool = True
     rotation: Literal['so', 'quaternion', 'identity'] = 'so'
     intra: Literal['tangent_flow', 'mobius', 'poincare'] = 'tangent_flow'
+    level_norm: Literal['none', 'hyperbolic'] = 'none'   # hyperbolic: HELM-style RMSNorm of each level's point
     level_mlp_ratio: float = 2.0
     aggregation: Literal['concat', 'sum'] = 'concat'
     share_level_weights: bool = False
@@ -86,7 +89,7 @@ def validate(self: WuBuNestingConfig) -> None:
                f"must list at least one positive dimension, got {self.level_dims}.")
     L = len(self.level_dims)
     nb = _per_level(self.boundary_points, L, 'boundary_points', self)
-    self.check(all(k >= 1 for k in nb), 'boundary_points', f"every level needs at least one boundary point, got {nb}.")
+    self.check(all(k >= 0 for k in nb), 'boundary_points', f"must be non-negative (0: a level without landmarks), got {nb}.")
     for name in ('curvature_min', 'scale_min', 'spread_min'):
         self.check(getattr(self, name) > 0, name, f"must be positive (it keeps the parameter away from 0), got {getattr(self, name)}.")
     for name, floor in (('curvature_init', self.curvature_min), ('spread_init', self.spread_min)):
@@ -216,8 +219,9 @@ class TangentFlow(nn.Module):
         nn.init.normal_(self.mlp.fc.weight, 0.0, self.mlp.fc.in_features ** -0.5); nn.init.zeros_(self.mlp.fc.bias)
         nn.init.normal_(self.mlp.proj.weight, 0.0, self.out_std); nn.init.zeros_(self.mlp.proj.bias)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return expmap0(self.mlp(logmap0(x, c)), c)
+    def forward(self, x: Tensor, c: Tensor, v: Tensor | None = None) -> Tensor:
+        "`v`: $\\log^c_0 x$ when the caller has it (no round trip through the ball)."
+        return expmap0(self.mlp(logmap0(x, c) if v is None else v), c)
 
 class IntraLevel(nn.Module):
     "The Möbius residual step $y = x\\oplus_c g(x)$ with $g$ a tangent flow or a hyperbolic MLP."
@@ -229,8 +233,9 @@ class IntraLevel(nn.Module):
         elif kind in ('mobius', 'poincare'): self.g = HyperbolicMLP(dim, hidden, kind=kind, c=None, out_std=out_std)
         else: raise ConfigError(f"Unknown intra-level map `{kind}`; use 'tangent_flow', 'mobius' or 'poincare'.")
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return mobius_add(x, self.g(x, c), c)
+    def forward(self, x: Tensor, c: Tensor, v: Tensor | None = None) -> Tensor:
+        "`v`: $\\log^c_0 x$ if known (the tangent flow then skips computing it)."
+        return mobius_add(x, self.g(x, c, v) if self.kind == 'tangent_flow' else self.g(x, c), c)
 
 class LevelWeights(nn.Module):
     "Learned maps of a level: context map (if `ctx_dim`), intra-level step, rotation and transfer (if `next_dim`)."
@@ -242,6 +247,7 @@ class LevelWeights(nn.Module):
         self.intra = IntraLevel(dim, cfg.intra, cfg.level_mlp_ratio, out_std=cfg.init_std)
         self.rotation: Rotation | None = make_rotation(cfg.rotation, dim, init_std=cfg.init_std) if next_dim else None
         self.transfer = nn.Linear(dim, next_dim) if next_dim else None
+        self.norm = HyperbolicRMSNorm(dim) if cfg.level_norm == 'hyperbolic' else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -303,43 +309,69 @@ class WuBuBlock(nn.Module):
 
 # %% ../../nbs/17_wubu_block.ipynb #1b284b6c
 @patch
-def _level(self: WuBuBlock, i: int, u: Tensor, ctx: tuple | None, trace: list | None = None):
+def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None) -> tuple[Tensor, Tensor | None]:
+    "Level `i` on its input tangent vectors `u`: its output $[t_i;\\mu_i]$ and the next level's $u_{i+1}$ (None at the last)."
     geo, W = self.geo[i], self.weights(i)
     c, s, sigma = geo.c, geo.s, geo.sigma
-    if ctx is not None:                                     # step 1: fold in the previous level's context
-        rel, memb, desc, sig_prev = ctx
-        feats = torch.cat([rel.flatten(-2), memb.to(rel.dtype), desc.expand(*rel.shape[:-2], -1),
-                           sig_prev.to(rel.dtype).expand(*rel.shape[:-2], 1)], dim=-1)
-        u = u + W.ctx(feats)
-    x = expmap0(s * u, c)                                   # into the level
-    y = W.intra(x, c)                                       # step 2: Möbius residual step
+    x, v = expmap0_with_log(s * u, c)                       # into the level: the point and its log_0, no round trip
+    if W.norm is not None: x, v = W.norm(x, c), None        # hyperbolic RMSNorm moves the point: log_0 recomputed
+    y = W.intra(x, c, v)                                    # step 2: Möbius residual step
     t = logmap0(y, c) / s                                   # step 3: out of the level
     b = geo.boundary_points()
-    tb = logmap0(b, c) / s
-    d = dist(y.unsqueeze(-2), b.to(y.dtype), c)             # (..., k) distances to the landmarks
-    memb = torch.exp(-upcast(d).square() / (2 * sigma * sigma))
+    if self.nb[i]:                                          # (..., k) distances to the landmarks: one pairwise kernel
+        d = cdist(y.reshape(-1, y.shape[-1]), b.to(y.dtype), c).view(*y.shape[:-1], -1)
+        memb = torch.exp(-upcast(d).square() / (2 * sigma * sigma))
+    else: memb = y.new_zeros(*y.shape[:-1], 0)
     if trace is not None:
         trace.append(dict(level=i, c=c.detach(), s=s.detach(), sigma=sigma.detach(), points=y.detach(),
                           boundary=b.detach(), memberships=memb.detach(),
                           descriptor=None if geo.descriptor is None else geo.descriptor.detach()))
     out = torch.cat([t, memb.to(t.dtype)], dim=-1)         # what the aggregation sees of this level
     if i + 1 == self.n_levels: return out, None
-    rt, rtb, rld = W.rotation(t, tb.to(t.dtype), geo.descriptor.to(t.dtype))  # step 4: one rotation for all three
-    nxt, tbn, descn = W.transfer(rt), W.transfer(rtb), W.transfer(rld)
-    return out, (nxt, (nxt.unsqueeze(-2) - tbn, memb, descn, sigma))
+    M, beta = self._transfer_map(i)                         # step 4 and the next level's step 1: one affine map
+    return out, F.linear(out, M.to(out.dtype), beta.to(out.dtype))
+
+
+# %% ../../nbs/17_wubu_block.ipynb #f7a1c0de
+@patch
+def _transfer_map(self: WuBuBlock, i: int) -> tuple[Tensor, Tensor]:
+    """$(M, \\beta)$ with $u_{i+1} = M[t_i;\\mu_i] + \\beta$: rotation, transfer and the next level's context map folded.
+    The maps are read off by applying the modules to a few probe rows (a basis, the landmarks, zero), so any affine
+    module works — plain, LoRA-adapted or quantized linear layers alike."""
+    geo, W, Wn = self.geo[i], self.weights(i), self.weights(i + 1)
+    d, k, dn = self.dims[i], self.nb[i], self.dims[i + 1]
+    p = W.transfer.bias if W.transfer.bias is not None else next(W.transfer.parameters())
+    tau = expmap0_with_log(geo.boundary, geo.c)[1] / geo.s            # landmarks' tangent vectors (k, n_i)
+    probe = torch.cat([torch.eye(d, dtype=tau.dtype, device=tau.device), tau, geo.descriptor[None].to(tau.dtype),
+                       tau.new_zeros(1, d)])
+    Y = W.transfer(W.rotation(probe.to(p.dtype)))                     # rows: T R e_m + b, T R tau_j + b, T R l + b, b
+    b = Y[-1]
+    TR, tau_n, desc_n = (Y[:d] - b).T, Y[d:d + k], Y[d + k]
+    # the context map's rows: the relative-vector slots all e_m, each membership slot, and the constant features
+    Z = torch.zeros(dn + k + 2, k * dn + k + dn + 1, dtype=Y.dtype, device=Y.device)
+    Z[:dn, :k * dn] = torch.eye(dn, dtype=Y.dtype, device=Y.device).repeat(1, k)
+    Z[dn:dn + k, k * dn:k * dn + k] = torch.eye(k, dtype=Y.dtype, device=Y.device)
+    Z[dn + k] = torch.cat([-tau_n.flatten(), Y.new_zeros(k), desc_n, geo.sigma.to(Y.dtype)[None]])
+    C = Wn.ctx(Z)                                                       # last row: the bias alone
+    bc = C[-1]
+    P = torch.eye(dn, dtype=C.dtype, device=C.device) + (C[:dn] - bc).T   # I + sum_j W_rel_j
+    W_mu = (C[dn:dn + k] - bc).T
+    return torch.cat([P @ TR.to(P.dtype), W_mu], dim=1), P @ b.to(P.dtype) + C[dn + k]
+
 
 # %% ../../nbs/17_wubu_block.ipynb #e4260b82
 @patch
 def forward(self: WuBuBlock, x: Tensor, trace: list | None = None) -> Tensor:
-    u, ctx, outs = self.in_proj(x), None, []
+    u, outs = self.in_proj(x), []
     ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and trace is None
     for i in range(self.n_levels):
-        if ckpt: t, nxt = checkpoint(self._level, i, u, ctx, use_reentrant=False)
-        else: t, nxt = self._level(i, u, ctx, trace)
+        if ckpt: t, nxt = checkpoint(self._level, i, u, use_reentrant=False)
+        else: t, nxt = self._level(i, u, trace)
         outs.append(t)
-        if nxt is not None: u, ctx = nxt
+        if nxt is not None: u = nxt
     if self.aggregation == 'concat': return self.out_proj(torch.cat(outs, dim=-1))   # step 5
     return sum(p(t) for p, t in zip(self.out_proj, outs))
+
 
 # %% ../../nbs/17_wubu_block.ipynb #2ebe68b8
 class WuBuDecoderBlock(nn.Module):
