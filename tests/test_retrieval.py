@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import bytropix.models  # noqa: F401  (registers every architecture)
 from bytropix.cli import main
@@ -22,8 +23,10 @@ TINY = ['--model.n_layer', '1', '--model.n_head', '2', '--model.n_embd', '32', '
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('ret')/'run'
     cfg = out.parent/'cfg.yaml'
-    cfg.write_text((ROOT/'configs'/'default.yaml').read_text() + '\nretrieval:\n  kind: ngram\n  orders: [1, 2, 4, 8, 16]\n'
-                   '  calibration_tokens: 4096\n')
+    d = yaml.safe_load((ROOT/'configs'/'default.yaml').read_text())   # the main job's recipe, tiny
+    d['tokenizer'] = {'kind': 'bpe', 'vocab_size': 300}
+    d['retrieval'] = {'kind': 'ngram', 'orders': [1, 2, 4, 8, 16], 'calibration_tokens': 4096}
+    cfg.write_text(yaml.safe_dump(d))
     assert main(['train', str(cfg), '--out_dir', str(out), '--train.steps', '20', *TINY]) == 0
     return out
 
