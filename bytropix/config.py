@@ -159,11 +159,13 @@ class RetrievalConfig(ConfigBase):
     kind: Literal['ngram'] = 'ngram'
     orders: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])  # n-gram orders indexed
     calibration_tokens: int = 65536    # last training tokens held out of the index to fit the mixture weights
+    max_tokens: Optional[int] = None   # index at most this many training tokens (memory ≈ 150 bytes per token); null: all
 
     def validate(self) -> None:
         self.check(bool(self.orders) and all(isinstance(n, int) and 1 <= n <= 1024 for n in self.orders), 'orders',
                    f"must be a non-empty list of n-gram orders between 1 and 1024, got {self.orders}.")
         self.check(self.calibration_tokens >= 1, 'calibration_tokens', f"must be at least 1, got {self.calibration_tokens}.")
+        self.check(self.max_tokens is None or self.max_tokens >= 2, 'max_tokens', f"must be at least 2 or null (all), got {self.max_tokens}.")
 
 # %% ../nbs/40_config.ipynb #da44adca
 @dataclass

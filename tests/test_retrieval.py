@@ -70,6 +70,7 @@ def test_generate_samples_from_the_mixture(run, capsys):
     ({'retrieval': {'kind': 'ngram', 'orders': [0, 2]}}, 'retrieval.orders'),
     ({'retrieval': {'kind': 'ngram', 'calibration_tokens': 0}}, 'retrieval.calibration_tokens'),
     ({'retrieval': {'kind': 'knn'}}, 'retrieval.kind'),
+    ({'retrieval': {'kind': 'ngram', 'max_tokens': 1}}, 'retrieval.max_tokens'),
     ({'retrieval': {'kind': 'ngram'}, 'task': 'mdlm', 'model': {'causal': False}}, 'retrieval'),
 ])
 def test_bad_settings_are_refused(over, msg):

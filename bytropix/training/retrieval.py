@@ -222,7 +222,7 @@ def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None
     if packed is None:
         raise DataError("Retrieval indexes the run's training tokens, and this data has none packed (streaming or a "
                         "non-text task); use a non-streaming text source.")
-    tokens, orders = np.asarray(packed.tokens), sorted(set(rc.orders))
+    tokens, orders = np.asarray(packed.tokens)[:getattr(rc, 'max_tokens', None)], sorted(set(rc.orders))
     f = rundir.retrieval_file if rundir is not None else None
     saved = json.loads(f.read_text()) if f is not None and f.is_file() else None
     if saved and saved.get('step') == step and saved.get('orders') == orders and saved.get('train_tokens') == len(tokens):
