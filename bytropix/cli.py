@@ -266,7 +266,7 @@ def cmd_eval(args, out: TextIO) -> int:
     "Evaluate a run's checkpoint on its validation data."
     from bytropix.training.evaluation import evaluate_run, format_metric
     r = evaluate_run(args.run, args.checkpoint, max_batches=args.max_batches, device=args.device, dtype=args.dtype, quant=args.quant,
-                     block_size=args.block_size, rope_scaling=args.rope_scaling)
+                     block_size=args.block_size, rope_scaling=args.rope_scaling, retrieval=not args.no_retrieval)
     if args.json:   # non-finite numbers as strings ('inf'): strict JSON, as in metrics.jsonl
         _emit(out, json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in r.items()}, indent=2))
         return 0
@@ -286,6 +286,7 @@ def _add_eval(sub) -> None:
     e.add_argument('--device', default='auto')
     e.add_argument('--block-size', type=_number(int, 1), default=None, help="validation windows of this many tokens (default: the training length)")
     e.add_argument('--rope-scaling', default=None, metavar='KIND:FACTOR', help="RoPE models beyond the training length: pi:4 (position interpolation) or ntk:4 (NTK-aware)")
+    e.add_argument('--no-retrieval', action='store_true', help="runs with a `retrieval:` section: the model alone, without its n-gram index")
     e.add_argument('--json', action='store_true', help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval)
 
@@ -296,11 +297,12 @@ def cmd_generate(args, out: TextIO, inp: TextIO = sys.stdin) -> int:
     "Generate from a prompt (optionally streamed), or chat interactively."
     from bytropix.generation import stream_text
     from bytropix.training.run import load_trained
-    model, tok, _ = load_trained(args.path, args.checkpoint, args.device)
+    model, tok, run = load_trained(args.path, args.checkpoint, args.device)
     if is_puzzle_model(model):
         raise ConfigError(f"{args.path} holds a `{model.arch}` puzzle solver, which does not generate text; "
                           f"use `bytropix solve {args.path}`.")
     model = prepare_inference_model(model, args)
+    if run is not None and run.retrieval is not None and not args.no_retrieval: model = _with_retrieval(model, tok, run, args)
     if args.seed is not None: torch.manual_seed(args.seed)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               repetition_penalty=args.repetition_penalty, stop=_stop_ids(tok, args.stop))
@@ -332,6 +334,18 @@ def _decoding_options(args, tok) -> dict:
         draft = prepare_inference_model(draft, args) if not is_puzzle_model(draft) else draft  # same --dtype/--quant
         kw.update(draft=draft, num_draft_tokens=args.num_draft_tokens, draft_stats=SpeculativeStats())
     return kw
+
+# %% ../nbs/55_cli.ipynb #fccdfe9b
+def _with_retrieval(model: Any, tok: Any, run: Any, args) -> Any:
+    "The run's model interpolated with the n-gram index of its training split (a `retrieval:` run; the retrieval chapter)."
+    from bytropix.config import prepare_task
+    from bytropix.training.checkpoint import read_state
+    from bytropix.training.retrieval import run_retrieval
+    from bytropix.training.run import RunDir
+    rd = RunDir(args.path)
+    step = read_state(rd.resolve_checkpoint(args.checkpoint)).get('step')
+    print(f"bytropix generate: indexing the training split for retrieval (--no-retrieval: the model alone)", file=sys.stderr)
+    return run_retrieval(model, prepare_task(run, tok), run, step, rd)
 
 # %% ../nbs/55_cli.ipynb #8b76d70f
 def _diffusion_args(model, args, kw: dict) -> bool:
@@ -419,6 +433,7 @@ def _add_generate(sub) -> None:
     g.add_argument('--draft', default=None, metavar='RUN_OR_EXPORT', help="speculative decoding with this draft model")
     g.add_argument('--num-draft-tokens', type=_number(int, 1), default=4, help="tokens the draft proposes per round")
     g.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
+    g.add_argument('--no-retrieval', action='store_true', help="runs with a `retrieval:` section: sample from the model alone")
     g.add_argument('--device', default='auto')
     d = g.add_argument_group('masked-diffusion models (task mdlm)')
     d.add_argument('--steps', type=_number(int, 1), default=None, help="network evaluations per block (default: one per token)")

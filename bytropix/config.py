@@ -25,8 +25,8 @@ from .peft import PeftConfig
 from .training.stackwise import StackwiseConfig
 
 # %% auto #0
-__all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RunConfig', 'read_config_file', 'load_config', 'save_config',
-           'config_diff']
+__all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RetrievalConfig', 'RunConfig', 'read_config_file', 'load_config',
+           'save_config', 'config_diff']
 
 # %% ../nbs/40_config.ipynb #cdb80b18
 @dataclass
@@ -152,6 +152,21 @@ def prepare_task(run: 'RunConfig', tokenizer: Any = None) -> Any:
     "Prepare the data of `run.task` for training and evaluation (a `PreparedData`)."
     return get_task(run.task)(run, tokenizer)
 
+# %% ../nbs/40_config.ipynb #1e701332
+@dataclass
+class RetrievalConfig(ConfigBase):
+    "`retrieval:` — the ∞-gram index of the training split mixed into evaluation and generation (retrieval chapter)."
+    kind: Literal['ngram'] = 'ngram'
+    orders: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])  # n-gram orders indexed
+    calibration_tokens: int = 65536    # last training tokens held out of the index to fit the mixture weights
+    max_tokens: Optional[int] = None   # index at most this many training tokens (memory ≈ 150 bytes per token); null: all
+
+    def validate(self) -> None:
+        self.check(bool(self.orders) and all(isinstance(n, int) and 1 <= n <= 1024 for n in self.orders), 'orders',
+                   f"must be a non-empty list of n-gram orders between 1 and 1024, got {self.orders}.")
+        self.check(self.calibration_tokens >= 1, 'calibration_tokens', f"must be at least 1, got {self.calibration_tokens}.")
+        self.check(self.max_tokens is None or self.max_tokens >= 2, 'max_tokens', f"must be at least 2 or null (all), got {self.max_tokens}.")
+
 # %% ../nbs/40_config.ipynb #da44adca
 @dataclass
 class RunConfig(ConfigBase):
@@ -163,6 +178,7 @@ class RunConfig(ConfigBase):
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: Optional[RetrievalConfig] = None  # interpolate with an n-gram index of the training split (see the retrieval chapter)
     out_dir: str = 'runs/default'
     name: Optional[str] = None
 
@@ -183,7 +199,9 @@ class RunConfig(ConfigBase):
         opts = getattr(prepare, 'options_class', None)
         if opts is not None: self._task_options = opts.from_dict(self.task_options, _path='task_options')
         if (check := getattr(prepare, 'check_run', None)) is not None: check(self)   # e.g. `mdlm` needs a bidirectional model
-        if self.train.stackwise is not None: self.train.stackwise.check_run(self)   # a stage schedule this model can grow by
+        if self.train.stackwise is not None: self.train.stackwise.check_run(self)
+        self.check(self.retrieval is None or self.task == 'lm', 'retrieval',
+                   f"interpolates a left-to-right language model with its training text: task `lm` only, not `{self.task}`; remove it.")   # a stage schedule this model can grow by
 
     def _absolute_paths(self) -> None:
         # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:

@@ -51,8 +51,20 @@ def test_no_command_prints_help_and_fails(capsys):
     assert rc == 2 and 'COMMAND' in text
 
 
-def test_default_config_file_is_the_default_run_config():
-    assert load_config(ROOT/'configs'/'default.yaml').resolved().to_dict() == RunConfig().resolved().to_dict()
+def _flat(d: dict, prefix: str = '') -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{prefix}{k}.').items() if isinstance(v, dict) and v
+                                                        else [(f'{prefix}{k}', v)])}
+
+
+def test_default_config_file_is_the_run_config_plus_the_recipe():
+    # configs/default.yaml is RunConfig() written out, except the recipe's choices (marked `recipe` in the file)
+    main_job = _flat(load_config(ROOT/'configs'/'default.yaml').resolved().to_dict())
+    plain = _flat(RunConfig().resolved().to_dict())
+    differ = {k for k in main_job.keys() | plain.keys() if main_job.get(k, 'absent') != plain.get(k, 'absent')}
+    assert {k.split('.')[0] if k.startswith('retrieval') else k for k in differ} == {
+        'tokenizer.kind', 'train.steps', 'train.schedule', 'retrieval'}, differ
+    text = (ROOT/'configs'/'default.yaml').read_text()
+    assert text.count('# recipe') == 4
 
 
 @pytest.mark.parametrize('path', sorted((ROOT/'configs').glob('*.y*ml')), ids=lambda p: p.name)

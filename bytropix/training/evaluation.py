@@ -95,11 +95,12 @@ def format_change(r: dict, before: str, after: str, labels: tuple[str, str]) -> 
 # %% ../../nbs/43_evaluation.ipynb #7331d7b1
 def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'best', max_batches: int | None = None,
                  device: str = 'auto', precision: str | None = None, dtype: str = 'fp32', quant: str | None = None,
-                 block_size: int | None = None, rope_scaling: str | None = None) -> dict:
+                 block_size: int | None = None, rope_scaling: str | None = None, retrieval: bool = True) -> dict:
     """Evaluate a saved run on its validation data: loss, ppl, bpb, `metric/*`, plus `step` and `checkpoint`;
     `dtype`/`quant`: evaluate the model cast and quantized as for inference (`prepare_for_inference`);
     `block_size`: windows of that many tokens instead of the training length; `rope_scaling`: 'pi:4' / 'ntk:4'
-    (`bytropix.layers.rope.scale_rope`) for windows beyond it."""
+    (`bytropix.layers.rope.scale_rope`) for windows beyond it; `retrieval`: runs with a `retrieval:` section also get
+    `retrieval/loss` and `retrieval/bpb`, the model interpolated with its n-gram index (the retrieval chapter)."""
     from bytropix.config import get_task, prepare_task
     from bytropix.training.run import RunDir
     rd = RunDir(run_dir)
@@ -113,6 +114,11 @@ def evaluate_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = 'be
     if setup_model is not None: setup_model(model, data, run)   # e.g. `mdlm` makes the loss its ELBO
     out = evaluate(model, data.val_batches, bytes_per_token=getattr(data, 'bytes_per_token', None),
                    max_batches=max_batches, precision=precision or run.train.precision)
+    if retrieval and getattr(run, 'retrieval', None) is not None:
+        from bytropix.training.retrieval import run_retrieval
+        r = evaluate(run_retrieval(model, data, run, info['step'], rd), data.val_batches, max_batches=max_batches,
+                     bytes_per_token=getattr(data, 'bytes_per_token', None), precision=precision or run.train.precision)
+        out.update({f'retrieval/{k}': r[k] for k in ('loss', 'bpb') if k in r})
     return {**out, 'step': info['step'], 'checkpoint': str(info['path'])}
 
 def _at_context(run, model: nn.Module, block_size: int | None, rope_scaling: str | None):

@@ -18,8 +18,8 @@ from ..core import CheckpointError, ConfigError
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'muon_matrices', 'build_optimizer', 'adaptive_clip_grad_',
-           'grad_norm', 'clip_grad_norm_', 'clip_gradients']
+__all__ = ['SCHEDULES', 'NS_COEFFICIENTS', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'newton_schulz', 'Muon', 'muon_matrices',
+           'build_optimizer', 'adaptive_clip_grad_', 'grad_norm', 'clip_grad_norm_', 'clip_gradients']
 
 # %% ../../nbs/41_optim.ipynb #e5f6e0bb
 SCHEDULES = ('cosine', 'linear', 'step', 'constant', 'wsd')
@@ -157,6 +157,73 @@ def load_state_dict(self: MultiOptimizer, state: dict) -> None:
             for k, v in saved.get(i, {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and p in o.state: o.state[p][k] = v
 
+# %% ../../nbs/41_optim.ipynb #d18e995a
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # the quintic Newton-Schulz map of Muon's authors (slope 3.4 at 0)
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, coefficients: tuple = NS_COEFFICIENTS,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """$\\operatorname{NS}_{steps}(G) \\approx UV^\\top$ for a matrix or a batch of matrices `(..., m, n)`, computed in
+    `dtype` and returned in `g`'s dtype. Works on the wide orientation (m ≤ n) so the Gram matrix is the small one."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall: x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)     # spectral norm ≤ Frobenius norm ≤ 1
+    fma = torch.baddbmm if x.ndim == 3 else torch.addmm          # beta·C + alpha·A@B in one call
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = fma(x, fma(gram, gram, gram, beta=b, alpha=c), x, beta=a)   # aX + (bA + cA²)X
+    return (x.mT if tall else x).to(g.dtype)
+
+
+# %% ../../nbs/41_optim.ipynb #4285c3ed
+class Muon(torch.optim.Optimizer):
+    """Muon over 2-D parameters, with the Newton-Schulz iterations in `ns_dtype` (default: bfloat16 on CUDA, float32
+    elsewhere — a CPU computes bfloat16 matmuls several times slower than float32) and batched over matrices of one
+    shape. Hyper-parameters and state (`momentum_buffer`) are those of `torch.optim.Muon`, so its checkpoints load."""
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple = NS_COEFFICIENTS, eps: float = 1e-7, ns_steps: int = 5,
+                 adjust_lr_fn: str | None = 'match_rms_adamw', ns_dtype: torch.dtype | None = None):
+        if adjust_lr_fn not in (None, 'original', 'match_rms_adamw'): raise ValueError(f"unknown adjust_lr_fn {adjust_lr_fn!r}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
+                                      adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype))
+        for g in self.param_groups:
+            if any(p.ndim != 2 for p in g['params']): raise ValueError("Muon trains 2-D parameters only")
+
+    @staticmethod
+    def lr_ratio(shape, adjust_lr_fn) -> float:
+        "The factor on the lr: 0.2·√max(m, n) matches AdamW's update RMS; 'original' is √max(1, m/n)."
+        m, n = shape
+        return 0.2 * math.sqrt(max(m, n)) if adjust_lr_fn == 'match_rms_adamw' else math.sqrt(max(1, m / n)) if adjust_lr_fn == 'original' else 1.0
+
+
+# %% ../../nbs/41_optim.ipynb #2e9a93e3
+@patch
+@torch.no_grad()
+def step(self: Muon, closure=None):
+    "One Muon step: momentum, Newton-Schulz on every same-shaped stack of updates at once, decoupled decay, update."
+    loss = None
+    if closure is not None:
+        with torch.enable_grad(): loss = closure()
+    for g in self.param_groups:
+        ps = [p for p in g['params'] if p.grad is not None]
+        ups = []
+        for p in ps:
+            buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
+            buf.lerp_(p.grad, 1 - g['momentum'])
+            ups.append(p.grad.lerp(buf, g['momentum']) if g['nesterov'] else buf)
+        dtype = g.get('ns_dtype') or (torch.bfloat16 if ps and ps[0].is_cuda else torch.float32)
+        by_shape: dict = {}
+        for k, p in enumerate(ps): by_shape.setdefault((tuple(p.shape), p.device), []).append(k)
+        for (shape, _), ks in by_shape.items():
+            orth = newton_schulz(torch.stack([ups[k] for k in ks]), g['ns_steps'], g['eps'], g['ns_coefficients'], dtype)
+            alr = g['lr'] * Muon.lr_ratio(shape, g['adjust_lr_fn'])
+            for j, k in enumerate(ks):
+                ps[k].mul_(1 - g['lr'] * g['weight_decay']).add_(orth[j], alpha=-alr)
+    return loss
+
+
 # %% ../../nbs/41_optim.ipynb #50c4121b
 def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
     "The hidden weight matrices Muon trains: trainable 2-D weights of linear layers, not tied to an embedding, not the output head."
@@ -197,8 +264,7 @@ def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | N
         impl = {'fused': True} if device.type == 'cuda' else {'foreach': True}
         opts['adamw'] = torch.optim.AdamW(groups, lr=train.lr, betas=betas, eps=train.eps, **impl)
     if muon:  # update RMS matched to AdamW's, so lr and weight decay carry over (see above)
-        opts['muon'] = torch.optim.Muon(muon, lr=train.lr, weight_decay=train.weight_decay,
-                                        momentum=getattr(train, 'muon_momentum', 0.95), adjust_lr_fn='match_rms_adamw')
+        opts['muon'] = Muon(muon, lr=train.lr, weight_decay=train.weight_decay, momentum=getattr(train, 'muon_momentum', 0.95))
     if manifold:
         import geoopt
         rlr = getattr(train, 'riemannian_lr', None) or train.lr

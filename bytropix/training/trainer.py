@@ -676,6 +676,8 @@ def describe(self: Trainer) -> str:
 
 @patch
 def _finish(self: Trainer, elapsed: float) -> dict:
+    if self.run.retrieval is not None and 'val/loss' in self.last_eval and not self.nonfinite:
+        self.last_eval = {**self.last_eval, **self._retrieval_eval()}   # the n-gram interpolation of the final model
     ev = self.last_eval
     metrics = {'step': self.step, 'tokens': self.tokens_seen, **ev,
                'best/val_loss': self.best_val if math.isfinite(self.best_val) else None, 'best/step': self.best_step,
@@ -695,6 +697,24 @@ def _finish(self: Trainer, elapsed: float) -> dict:
     self.log(f"done: step {self.step}, val loss {format_metric(ev.get('val/loss', float('nan')))}"
              + (f", bpb {ev['val/bpb']:.4f}" if 'val/bpb' in ev else '') + f", {format_duration(elapsed)} → {self.rundir.export_dir}")
     return metrics
+
+# %% ../../nbs/44_trainer.ipynb #b9cf2e1b
+@patch
+def _retrieval_eval(self: Trainer) -> dict:
+    "`retrieval:` runs: λ fitted for the final weights (saved in the run directory), then the mixture's validation metrics."
+    if self.dist is not None:
+        self.log("retrieval: not evaluated on several processes; run `bytropix eval RUN` afterwards"); return {}
+    from bytropix.training.retrieval import run_retrieval
+    t0 = time.perf_counter()
+    rlm = run_retrieval(self.model, self.data, self.run, self.step, self.rundir)
+    r = evaluate(rlm, self.data.val_batches, bytes_per_token=getattr(self.data, 'bytes_per_token', None),
+                 max_batches=self.tc.eval_batches or None, precision=self.tc.precision)
+    ev = {f'val/retrieval/{k}': r[k] for k in ('loss', 'bpb') if k in r}
+    self.metrics_log.append({'step': self.step, **ev}); self.tb.scalars(self.step, ev)
+    bpb = f" | bpb {ev['val/retrieval/bpb']:.4f}" if 'val/retrieval/bpb' in ev else ''
+    self.log(f"retrieval: {rlm.index!r}; with it, val loss {format_metric(ev['val/retrieval/loss'])}{bpb} "
+             f"({format_duration(time.perf_counter() - t0)})")
+    return ev
 
 # %% ../../nbs/44_trainer.ipynb #022b2472
 @contextlib.contextmanager
