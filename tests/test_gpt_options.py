@@ -26,6 +26,12 @@ def test_train_with_every_option_from_the_cli(tmp_path, capsys):
     assert (c.qk_norm, c.mlp_act, c.value_embeds) == (True, 'relu2', 1)
     assert type(model.blocks[0].mlp).__name__ == 'ReLU2MLP' and len(model.value_embeds) == 1
     assert model.blocks[0].attn.q_norm is not None and model.blocks[1].attn.ve_gate is not None
+    # transformers' Llama/GPT-2 classes cannot hold these weights: the hf export refuses by name, nothing written
+    capsys.readouterr()
+    assert main(['export', str(out), '--format', 'hf', '--out', str(tmp_path/'hf')]) == 2
+    err = capsys.readouterr().err
+    assert 'qk_norm: true, mlp_act: relu2, value_embeds: 1 has no equivalent in transformers' in err and 'Traceback' not in err
+    assert not (tmp_path/'hf').exists()
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -52,6 +52,7 @@ HF_CLASSES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'gpt
 
 def hf_family(config: Any) -> str:
     "'llama', 'mistral' or 'gpt2': the transformers family a `GPTConfig` maps to; a `ConfigError` naming the feature otherwise."
+    if (why := getattr(config, 'hf_unsupported', lambda: None)()): raise ConfigError(why)   # qk_norm, relu2, value embeddings
     if getattr(config, 'mlp', 'dense') == 'moe':
         raise ConfigError("A mixture-of-experts gpt (mlp: moe) has no Llama/Mistral/GPT-2 equivalent in transformers; export it "
                           "as onnx or pt2.")
