@@ -135,6 +135,14 @@ def test_impossible_schedules(tmp_path, capsys, change, field, words):
     assert not (tmp_path/'r').exists()
 
 
+def test_value_embeddings_are_refused(tmp_path, capsys):
+    sw = {'stack_size': 1, 'stages': [{'steps': 4}] * 4}
+    rc, text, err = run(capsys, 'train', ROOT/'configs'/'stackwise.yaml', '--out_dir', tmp_path/'r', *TINY,
+                        '--train.steps', '16', '--train.stackwise', json.dumps(sw), '--model.value_embeds', '1')
+    assert rc == 2 and '`model.value_embeds`' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path/'r').exists()
+
+
 def test_adapters_on_a_missing_module_and_tied_embeddings(tmp_path, capsys):
     sw = {'stack_size': 1, 'stages': [{'steps': 4}, {'steps': 4, 'trunk': 'lora'}] * 2, 'adapter_target': ['qkvv']}
     rc, text, err = run(capsys, 'train', ROOT/'configs'/'stackwise.yaml', '--out_dir', tmp_path/'r', *TINY,

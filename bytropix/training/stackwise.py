@@ -132,6 +132,8 @@ def check_run(self: StackwiseConfig, run: Any) -> None:
                    ('init_from', 'the model grows from its first stack'), ('compile', 'the model changes shape between stages')):
         if getattr(tc, f): raise ConfigError(f"`train.{f}` cannot be combined with train.stackwise: {why}; remove one of them.")
     if tc.parallel in ('ddp', 'fsdp'): raise ConfigError("`train.parallel`: StackWise runs in one process; set it to auto or none.")
+    if getattr(mc, 'value_embeds', 0):   # value embeddings pair layer j with layer L-k+j: not a stack of independent blocks
+        raise ConfigError("`model.value_embeds` ties the first layers to the last ones, which StackWise grows separately; set it to 0.")
     tied0 = bool(getattr(mc, 'tie_embeddings', False))
     for i, s in enumerate(self.stages):
         q = f"stages[{i}]"
