@@ -72,6 +72,7 @@ def test_generate_samples_from_the_mixture(run, capsys):
     ({'retrieval': {'kind': 'knn'}}, 'retrieval.kind'),
     ({'retrieval': {'kind': 'ngram', 'max_tokens': 1}}, 'retrieval.max_tokens'),
     ({'retrieval': {'kind': 'ngram'}, 'task': 'mdlm', 'model': {'causal': False}}, 'retrieval'),
+    ({'retrieval': {'kind': 'ngram'}, 'data': {'streaming': True}}, 'retrieval'),
 ])
 def test_bad_settings_are_refused(over, msg):
     with pytest.raises(ConfigError, match=msg.replace('.', r'\.')):
