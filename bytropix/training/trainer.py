@@ -706,7 +706,9 @@ def _retrieval_eval(self: Trainer) -> dict:
         self.log("retrieval: not evaluated on several processes; run `bytropix eval RUN` afterwards"); return {}
     from bytropix.training.retrieval import run_retrieval
     t0 = time.perf_counter()
-    rlm = run_retrieval(self.model, self.data, self.run, self.step, self.rundir)
+    try: rlm = run_retrieval(self.model, self.data, self.run, self.step, self.rundir)
+    except (ConfigError, DataError) as e:   # e.g. too little training text to fit λ: the trained model is still exported
+        self.log(f"retrieval: not evaluated: {e}"); return {}
     r = evaluate(rlm, self.data.val_batches, bytes_per_token=getattr(self.data, 'bytes_per_token', None),
                  max_batches=self.tc.eval_batches or None, precision=self.tc.precision)
     ev = {f'val/retrieval/{k}': r[k] for k in ('loss', 'bpb') if k in r}
