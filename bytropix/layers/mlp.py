@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 from ..core import ConfigError, did_you_mean
 
 # %% auto #0
-__all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'ReLU2MLP', 'GELUMLP', 'make_mlp']
+__all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'GELUMLP', 'ReLU2MLP', 'make_mlp']
 
 # %% ../../nbs/13_mlp.ipynb #a13s0002
 class _SwiGLUFn(torch.autograd.Function):
@@ -72,20 +72,6 @@ class SwiGLU(nn.Module):
         g, u = h.chunk(2, dim=-1)
         return self.drop(self.down(F.silu(g) * u))
 
-class ReLU2MLP(nn.Module):
-    "Primer's squared-ReLU MLP `proj(relu(fc(x))²)`, hidden size `hidden` (default `mlp_ratio`·dim): GELU's two matrices."
-    def __init__(self, dim: int, hidden: int | None = None, mlp_ratio: float = 4.0, bias: bool = True, dropout: float = 0.0):
-        super().__init__()
-        self.hidden = hidden if hidden is not None else int(round(mlp_ratio * dim))
-        if dim < 1 or self.hidden < 1: raise ConfigError(f"MLP sizes must be positive, got dim={dim}, hidden={self.hidden}.")
-        self.fc = nn.Linear(dim, self.hidden, bias=bias)
-        self.proj = nn.Linear(self.hidden, dim, bias=bias)
-        self.proj.residual_projection = True
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.relu(self.fc(x)).square()))
-
 class GELUMLP(nn.Module):
     "GPT-2 MLP `proj(gelu(fc(x)))` with hidden size `hidden` (default `mlp_ratio`·dim) and biases by default."
     def __init__(self, dim: int, hidden: int | None = None, mlp_ratio: float = 4.0, bias: bool = True,
@@ -101,6 +87,14 @@ class GELUMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+
+class ReLU2MLP(GELUMLP):
+    "Primer's squared-ReLU MLP `proj(relu(fc(x))²)`, hidden size `hidden` (default `mlp_ratio`·dim): GELU's two matrices."
+    def __init__(self, dim: int, hidden: int | None = None, mlp_ratio: float = 4.0, bias: bool = True, dropout: float = 0.0):
+        super().__init__(dim, hidden, mlp_ratio, bias, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.relu(self.fc(x)).square()))
 
 def make_mlp(kind: str, dim: int, mlp_ratio: float = 4.0, bias: bool | None = None, dropout: float = 0.0,
              multiple_of: int = 64, approximate: str = 'tanh') -> nn.Module:
