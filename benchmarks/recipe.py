@@ -20,6 +20,8 @@ variant.
 
     python benchmarks/recipe.py                                  # every variant, 6 minutes each (~1 hour)
     python benchmarks/recipe.py --minutes 2 --variants baseline muon wsd muon+wsd
+    python benchmarks/recipe.py --steps 600 --threads 1 --variants previous-default cosine bpe4k-cosine block256-cosine bytes-muon
+                                                                 # equal steps: the trainer chapter's second table
     python benchmarks/recipe.py --quick                          # a tiny model, seconds per variant (smoke test)
 """
 import argparse
@@ -45,6 +47,9 @@ VARIANTS = {
     'cosine': ['train.schedule=cosine'],
     'bpe2k': ['tokenizer.vocab_size=2048'],
     'bpe1k': ['tokenizer.vocab_size=1024'],
+    'bpe4k-cosine': ['tokenizer.vocab_size=4096', 'train.schedule=cosine'],      # the equal-steps table's rows
+    'block256-cosine': ['train.block_size=256', 'train.batch_size=8', 'train.schedule=cosine'],
+    'bytes-muon': PREVIOUS + ['train.optimizer=muon'],
     'muon': ['train.optimizer=muon'],
     'qk-norm': ['model.qk_norm=true'],
     'relu2': ['model.mlp_act=relu2'],
@@ -75,7 +80,7 @@ def _train_s(out_dir: str) -> float:
 
 
 def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, threads: int | None, quick: bool,
-             work: str, q: mp.Queue) -> None:
+             work: str, q: mp.Queue, fixed_steps: int | None = None) -> None:
     "Child process: calibrate, train for the budget, evaluate on the whole validation split; report to `q`."
     from bytropix.config import load_config
     from bytropix.training.evaluation import evaluate_run
@@ -87,7 +92,7 @@ def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, thr
     cal_s = _train_s(cal.out_dir)
     setup_s = max(0.0, time.perf_counter() - t0 - cal_s)      # data preparation and tokenizer training
     step_s = cal_s / calib_steps
-    steps = max(calib_steps, int((budget_s - setup_s) / step_s))
+    steps = fixed_steps or max(calib_steps, int((budget_s - setup_s) / step_s))
     run = load_config(cfg, _common(os.path.join(work, name), steps, threads, quick) + extra)
     Trainer(run, data=tr.data, tokenizer=tr.tokenizer, log=None, progress=False).fit()   # the same prepared data
     ev = evaluate_run(run.out_dir, 'latest', max_batches=None, device='cpu')
@@ -98,11 +103,11 @@ def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, thr
 
 
 def run_variant(name: str, extra: list[str], budget_s: float, calib_steps: int, threads: int | None, quick: bool,
-                work: str) -> dict:
+                work: str, fixed_steps: int | None = None) -> dict:
     "One variant in a fresh process (its own peak memory, no state shared with the others)."
     ctx = mp.get_context('spawn')
     q = ctx.Queue()
-    p = ctx.Process(target=_variant, args=(name, extra, budget_s, calib_steps, threads, quick, work, q))
+    p = ctx.Process(target=_variant, args=(name, extra, budget_s, calib_steps, threads, quick, work, q, fixed_steps))
     p.start(); p.join()
     if p.exitcode != 0: raise SystemExit(f"recipe.py: variant `{name}` failed (exit {p.exitcode}): {extra}")
     return q.get()
@@ -114,6 +119,7 @@ def main(argv=None) -> list[dict]:
                     help=f"which variants (default: all): {', '.join(VARIANTS)}")
     ap.add_argument('--minutes', type=float, default=6.0, help="training budget per variant, setup included (default 6)")
     ap.add_argument('--calib-steps', type=int, default=30)
+    ap.add_argument('--steps', type=int, default=None, help="equal steps instead of equal time: every variant trains this many")
     ap.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's, i.e. every core)")
     ap.add_argument('--quick', action='store_true', help="a tiny model and a few seconds per variant (smoke test)")
     ap.add_argument('--out', default=None, help="write the results as JSON here")
@@ -122,11 +128,12 @@ def main(argv=None) -> list[dict]:
     if 'baseline' not in a.variants: a.variants = ['baseline'] + a.variants
     work = tempfile.mkdtemp(prefix='bytropix-recipe-')
     try:
-        rows = [run_variant(n, VARIANTS[n], 60 * a.minutes, a.calib_steps, a.threads, a.quick, work) for n in a.variants]
+        rows = [run_variant(n, VARIANTS[n], 60 * a.minutes, a.calib_steps, a.threads, a.quick, work, a.steps) for n in a.variants]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = rows[0]['bpb']
-    print(f"\nequal wall time: {a.minutes:g} min per variant (setup included), {os.cpu_count()} CPUs, "
+    print(f"\nequal steps: {a.steps} per variant, " if a.steps else f"\nequal wall time: {a.minutes:g} min per variant (setup included), ", end='')
+    print(f"{os.cpu_count()} CPUs, "
           f"threads {a.threads or 'default'}{', QUICK' if a.quick else ''}")
     print('| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | model bpb | + retrieval | Δ vs baseline |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')

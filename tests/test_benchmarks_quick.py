@@ -168,6 +168,11 @@ def test_recipe_quick():
     assert '\n| baseline | (default) |' in out and '\n| previous-default | tokenizer.kind=byte' in out
 
 
+def test_recipe_equal_steps_quick():
+    out = run_quick('recipe.py', '--variants', 'baseline', '--steps', '4')
+    assert 'equal steps: 4 per variant' in out and '\n| baseline | (default) | 4 |' in out
+
+
 def test_stackwise_quick():
     out = run_quick('stackwise.py')
     assert '| run | steps | train FLOPs / e2e | val bpb (ELBO) | bpb / e2e | wall s | wall / e2e | peak MB | trunk cache hits |' in out
