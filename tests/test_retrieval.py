@@ -54,6 +54,15 @@ def test_eval_reuses_or_refits(run, capsys):
     assert 'retrieval/bpb' not in json.loads(capsys.readouterr().out)
 
 
+def test_damaged_retrieval_file_is_refitted(run, capsys):
+    f = RunDir(run).retrieval_file
+    for junk in (b'\xff\x00 not json', b'{"orders": [1, 2, 4, 8, 16], "lambdas": [[0.5]], "step": 20}'):
+        f.write_bytes(junk)
+        assert main(['eval', str(run), '--checkpoint', 'latest', '--json']) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert r['retrieval/bpb'] < r['bpb'] and json.loads(f.read_text())['step'] == 20   # refitted, rewritten whole
+
+
 def test_generate_samples_from_the_mixture(run, capsys):
     assert main(['generate', str(run), '--checkpoint', 'latest', '--prompt', 'def ', '--max-new-tokens', '24',
                  '--temperature', '0']) == 0

@@ -224,8 +224,11 @@ def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None
                         "non-text task); use a non-streaming text source.")
     tokens, orders = np.asarray(packed.tokens)[:getattr(rc, 'max_tokens', None)], sorted(set(rc.orders))
     f = rundir.retrieval_file if rundir is not None else None
-    saved = json.loads(f.read_text()) if f is not None and f.is_file() else None
-    if saved and saved.get('step') == step and saved.get('orders') == orders and saved.get('train_tokens') == len(tokens):
+    try: saved = json.loads(f.read_text()) if f is not None and f.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError): saved = None        # damaged: a cache, so refitted and rewritten
+    ok = lambda d: (isinstance(d, dict) and np.shape(d.get('lambdas')) == (len(orders), len(COUNT_BANDS) + 1)
+                    and np.isfinite(np.asarray(d['lambdas'], float)).all())
+    if ok(saved) and saved.get('step') == step and saved.get('orders') == orders and saved.get('train_tokens') == len(tokens):
         return RetrievalLM(model, NgramIndex(tokens, data.vocab_size, orders), Interpolation.from_dict(saved))
     calib = min(rc.calibration_tokens, len(tokens) // 2)
     r = build_retrieval(model, tokens, data.vocab_size, data.block_size, orders, max(calib, 4 * data.block_size))
