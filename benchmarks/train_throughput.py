@@ -31,6 +31,7 @@ of all final models on the same batches (`bytropix.training.evaluation.evaluate`
     OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --style both       # both styles, ~10 minutes
     python benchmarks/train_throughput.py --steps 50 --repeats 1               # quick
     python benchmarks/train_throughput.py --pin-malloc                         # without allocator page-fault noise
+    python benchmarks/train_throughput.py --components                         # one layer's parts, forward + backward
     python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
 """
 import argparse
@@ -178,12 +179,18 @@ class RefBlock(nn.Module):
         self.qkv, self.attn_out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.fc, self.fc_out = nn.Linear(d, hidden), nn.Linear(hidden, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+    def attn(self, h: torch.Tensor) -> torch.Tensor:
+        "The attention sub-layer on the normalised input `h`."
+        B, T, d = h.shape
+        q, k, v = self.qkv(h).view(B, T, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q·kᵀ/√d_h + causal mask)·v
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, d))
-        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+        return self.attn_out(y.transpose(1, 2).reshape(B, T, d))
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor: return self.fc_out(F.gelu(self.fc(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
 
 
 class RefGPT(nn.Module):
@@ -216,6 +223,44 @@ def run_reference(run, device: torch.device) -> dict:
     model = RefGPT(data.vocab_size, mc.block_size, mc.n_layer, mc.n_head, mc.n_embd).to(device)
     r = train_plain(model, data.train, device, run.train)
     return {**r, 'model': model, 'data': data}
+
+
+# ------------------------------------------------------------------------------------------------------ components
+def components(a, device: torch.device, tmp: str) -> list[dict]:
+    """Forward + backward of one layer's parts on the benchmark's activations (batch × block × width), bytropix llama
+    against the reference: fastest and median of `a.component_runs` interleaved runs (the fastest is the least disturbed
+    by other jobs). Per step: × the layers (attention, MLP) or × the norms (2 per layer + the final one)."""
+    run = make_run(2, str(device), a.threads, 1, os.path.join(tmp, 'components'), 'llama')
+    mc, tc = run.model_config, run.train
+    torch.manual_seed(0)
+    model = build_model(run.arch, run.resolved(256).model_config).to(device)
+    ref = RefGPT(256, mc.block_size, mc.n_layer, mc.n_head, mc.n_embd).to(device)
+    blk, rblk = model.blocks[0], ref.blocks[0]
+    x = torch.randn(tc.batch_size, tc.block_size, mc.n_embd, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    per_step = {'attention': mc.n_layer, 'MLP': mc.n_layer, 'norm': 2 * mc.n_layer + 1}
+    parts = [('attention', 'fused qkv, RoPE, SDPA, out proj', blk.attn, 'fused qkv, SDPA, out proj', rblk.attn),
+             ('MLP', f'SwiGLU (hidden {blk.mlp.hidden})', blk.mlp, f'GELU erf (hidden {rblk.fc.out_features})', rblk.mlp),
+             ('norm', 'RMSNorm', blk.ln1, 'LayerNorm', rblk.ln1)]
+    def once(f) -> float:
+        _sync(device); t0 = time.perf_counter(); f(x).backward(g); _sync(device); return time.perf_counter() - t0
+    rows = []
+    for name, what, f, rwhat, rf in parts:
+        for _ in range(3): once(f); once(rf)                              # warm-up
+        ts, rs = [], []
+        for i in range(a.component_runs):
+            for fn, acc in ((f, ts), (rf, rs)) if i % 2 == 0 else ((rf, rs), (f, ts)): acc.append(once(fn))
+        row = dict(component=name, bytropix=what, reference=rwhat, ms=1000 * min(ts), ref_ms=1000 * min(rs),
+                   ms_median=1000 * statistics.median(ts), ref_ms_median=1000 * statistics.median(rs), per_step=per_step[name])
+        rows.append(row)
+    print(f"\n## One layer's parts, forward + backward on {tc.batch_size} × {tc.block_size} × {mc.n_embd} activations, "
+          f"{torch.get_num_threads()} thread(s), fastest (median) of {a.component_runs} interleaved runs, ms")
+    print('| component | bytropix llama | ms | reference GPT-2 | ms | difference per step |')
+    print('|---|---|---:|---|---:|---:|')
+    for r in rows:
+        print(f"| {r['component']} | {r['bytropix']} | {r['ms']:.2f} ({r['ms_median']:.2f}) | {r['reference']} | "
+              f"{r['ref_ms']:.2f} ({r['ref_ms_median']:.2f}) | {(r['ms'] - r['ref_ms']) * r['per_step']:+.1f} ms (× {r['per_step']}) |")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -322,6 +367,9 @@ def main(argv=None) -> dict:
     ap.add_argument('--warmup-run-steps', type=int, default=10, help='steps of the untimed warm-up run of each side')
     ap.add_argument('--eval-batches', type=int, default=20, help='validation batches for bits per byte (default 20)')
     ap.add_argument('--json', default=None, help='also write the results to this JSON file')
+    ap.add_argument('--components', action='store_true', help="only the per-layer table: forward + backward of attention, "
+                    "MLP and norm of the bytropix llama model and of the reference, on the benchmark's activations")
+    ap.add_argument('--component-runs', type=int, default=40, help='--components: timed runs of each part (default 40)')
     ap.add_argument('--pin-malloc', action='store_true',
                     help="re-run with glibc's malloc thresholds pinned (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): "
                          "freed activation memory is kept instead of being returned to the OS and faulted in again, "
@@ -329,7 +377,7 @@ def main(argv=None) -> dict:
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
     if a.quick:   # explicit flags still win over the quick sizes
-        ap.set_defaults(**dict(steps=3, repeats=1, warmup_run_steps=1, eval_batches=1)); a = ap.parse_args(argv)
+        ap.set_defaults(**dict(steps=3, repeats=1, warmup_run_steps=1, eval_batches=1, component_runs=2)); a = ap.parse_args(argv)
     if a.pin_malloc and argv is None and not os.environ.get('MALLOC_TRIM_THRESHOLD_'):
         env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': str(2**32), 'MALLOC_TRIM_THRESHOLD_': str(2**34)}
         sys.stdout.flush()
@@ -342,6 +390,11 @@ def main(argv=None) -> dict:
     tmp = tempfile.mkdtemp(prefix='bytropix-throughput-')
     t_start = time.perf_counter()
     try:
+        if a.components:
+            rows = components(a, device, tmp)
+            if a.json:
+                with open(a.json, 'w') as f: json.dump({'components': rows}, f, indent=1)
+            return {'components': rows}
         tc = make_run(a.steps, str(device), a.threads, a.eval_batches, tmp).train
         print(f"batch {tc.batch_size} x block {tc.block_size} = {tc.tokens_per_step:,} tokens/step, {tc.steps} steps "
               f"(warm-up {tc.warmup_steps}, cosine {tc.lr:g} -> {tc.min_lr:g}, clip {tc.clip_grad}), device {device}, "

@@ -59,6 +59,7 @@ class TrainConfig(ConfigBase):
     seed: int = 1337
     device: str = 'auto'               # 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...
     num_threads: Optional[int] = None  # torch CPU threads; null: torch's default
+    retain_freed_memory: bool = True   # CPU training: glibc keeps freed memory (no page faults per step; see core)
     eval_interval: int = 250           # evaluate every N steps (and at the end); 0: only at the end
     eval_batches: int = 20             # validation batches per evaluation; 0: the whole validation split
     log_interval: int = 10             # log training metrics every N steps

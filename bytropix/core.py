@@ -8,6 +8,7 @@ Docs: https://bytropix.github.io/bytropix/core.html.md"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import difflib
 import errno
@@ -15,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import types
 import typing
@@ -30,7 +32,7 @@ __all__ = ['TASKS', 'COMMANDS', 'DTYPES', 'BytropixError', 'ConfigError', 'DataE
            'is_half', 'compute_dtype', 'upcast', 'seed_everything', 'get_rng_state', 'set_rng_state', 'current_umask',
            'default_mode', 'storage_error', 'storage_errors', 'atomic_write', 'atomic_write_text', 'atomic_path',
            'atomic_dir', 'recover_atomic_dirs', 'ConfigBase', 'parse_value', 'set_by_path', 'apply_overrides',
-           'default_device', 'resolve_device']
+           'default_device', 'resolve_device', 'retain_freed_memory']
 
 # %% ../nbs/00_core.ipynb #5b59f511
 class BytropixError(Exception):
@@ -505,3 +507,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if d.type == 'cuda' and not torch.cuda.is_available():
         raise ConfigError(f"device `{device}` was requested but CUDA is not available; use `device: cpu` or `auto`.")
     return d
+
+# %% ../nbs/00_core.ipynb #9674cc89
+def retain_freed_memory() -> bool:
+    """Make glibc's `malloc` keep freed memory (no trimming; heap rather than per-buffer `mmap` below 1 GiB), so a step
+    reuses the pages of the step before instead of faulting in fresh ones. True where it applied (Linux with glibc)."""
+    if not sys.platform.startswith('linux'): return False
+    try: mallopt = ctypes.CDLL('libc.so.6').mallopt
+    except (OSError, AttributeError): return False    # another C library (musl): leave it alone
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # <malloc.h>
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -20,29 +20,41 @@ from ..core import ConfigError, did_you_mean
 __all__ = ['round_up', 'swiglu_hidden', 'SwiGLU', 'GELUMLP', 'ReLU2MLP', 'make_mlp']
 
 # %% ../../nbs/13_mlp.ipynb #a13s0002
-class _SwiGLUFn(torch.autograd.Function):
-    "silu(g)·u of the fused projection h = [g, u]; the backward fills both halves of one gradient buffer."
+class _GatedProjFn(torch.autograd.Function):
+    "silu(x·W_gate^T + b_gate) ⊙ (x·W_up^T + b_up) with `w` = [W_gate; W_up]: dense halves both ways (see above)."
     @staticmethod
-    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        g, u = h.chunk(2, -1)
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        H = w.shape[0] // 2
+        x2 = x.reshape(-1, x.shape[-1])
+        g = torch.mm(x2, w[:H].t()) if b is None else torch.addmm(b[:H], x2, w[:H].t())
+        u = torch.mm(x2, w[H:].t()) if b is None else torch.addmm(b[H:], x2, w[H:].t())
         sg = F.silu(g)
-        ctx.save_for_backward(h, sg)
-        return sg * u
+        ctx.save_for_backward(x2, w, g, u, sg)
+        ctx.x_shape, ctx.has_bias = x.shape, b is not None
+        return (sg * u).view(*x.shape[:-1], H)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
-        h, sg = ctx.saved_tensors
-        g, u = h.chunk(2, -1)
-        gh = torch.empty(h.shape, dtype=h.dtype, device=h.device)
-        gg, gu = gh.chunk(2, -1)
-        torch.mul(gy, sg, out=gu)
-        torch.ops.aten.silu_backward.grad_input(gy * u, g, grad_input=gg)
-        return gh
+        x2, w, g, u, sg = ctx.saved_tensors
+        H = g.shape[-1]
+        gy = gy.reshape(-1, H)
+        gu = gy * sg
+        gg = torch.ops.aten.silu_backward(gy * u, g)
+        gx = torch.mm(gg, w[:H]).addmm_(gu, w[H:]).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.empty_like(w)
+            torch.mm(gg.t(), x2, out=gw[:H]); torch.mm(gu.t(), x2, out=gw[H:])
+        if ctx.has_bias and ctx.needs_input_grad[2]: gb = torch.cat([gg.sum(0), gu.sum(0)])
+        return gx, gw, gb
 
-def _use_swiglu_fn(h: torch.Tensor) -> bool:
-    "Eager autograd only: tracers (compile, export) and no-grad paths keep the formula."
-    return torch.is_grad_enabled() and h.requires_grad and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+def _use_gated_fn(x: torch.Tensor, proj: nn.Module) -> bool:
+    "Eager autograd through a plain `nn.Linear` without autocast; tracers, no-grad paths and wrapped projections keep the formula."
+    return (torch.is_grad_enabled() and type(proj) is nn.Linear
+            and (x.requires_grad or any(p.requires_grad for p in proj.parameters()))
+            and not torch.is_autocast_enabled(x.device.type)
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
 
 # %% ../../nbs/13_mlp.ipynb #8659cba2
 def round_up(n: float, multiple: int) -> int:
@@ -67,9 +79,9 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up(x)
-        if _use_swiglu_fn(h): return self.drop(self.down(_SwiGLUFn.apply(h)))   # eager training: see "The gradient"
-        g, u = h.chunk(2, dim=-1)
+        if _use_gated_fn(x, self.gate_up):   # eager training: see "The gradient"
+            return self.drop(self.down(_GatedProjFn.apply(x, self.gate_up.weight, self.gate_up.bias)))
+        g, u = self.gate_up(x).chunk(2, dim=-1)
         return self.drop(self.down(F.silu(g) * u))
 
 class GELUMLP(nn.Module):

@@ -20,26 +20,33 @@ from ..core import ConfigError, compute_dtype, did_you_mean
 __all__ = ['NormKind', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm']
 
 # %% ../../nbs/10_norms.ipynb #a10r0002
+def _rms_forward(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    "RMSNorm's output and its (…, 1) column r = 1/rms: PyTorch's fused kernel where it exists, else the formula."
+    if hasattr(torch.ops.aten, '_fused_rms_norm'):
+        try: return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], w, eps)
+        except (RuntimeError, NotImplementedError): pass   # no kernel for this device
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return (x * r if w is None else x * r * w), r
+
 class _RMSNormFn(torch.autograd.Function):
-    "RMSNorm of the last dimension with the closed-form backward above (float32 or float64 inputs)."
+    "RMSNorm of the last dimension; backward: LayerNorm's fused gradient at mean 0 plus the row term (see above)."
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
-        # one reduction kernel (the norm); the rest works on the (…, 1) column
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        xh = x * r
-        ctx.save_for_backward(xh, w, r)
-        return xh if w is None else xh * w
+        y, r = _rms_forward(x, w, eps)
+        ctx.save_for_backward(x, w, r)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        xh, w, r = ctx.saved_tensors
-        u = g if w is None else g * w
-        if ctx.needs_input_grad[0]:
-            s = torch.linalg.vecdot(u, xh).unsqueeze(-1).div_(-xh.shape[-1])   # −(1/d) Σ u·x̂ per row
-            gx = torch.addcmul(u, xh, s).mul_(r)
-        else: gx = None
-        gw = (g * xh).reshape(-1, xh.shape[-1]).sum(0) if w is not None and ctx.needs_input_grad[1] else None
+        x, w, r = ctx.saved_tensors
+        d = x.shape[-1]
+        want_w = w is not None and ctx.needs_input_grad[1]
+        gx, gw, _ = torch.ops.aten.native_layer_norm_backward(g, x, [d], torch.zeros_like(r), r, w, None,
+                                                               [ctx.needs_input_grad[0], want_w, False])
+        if gx is not None:   # + r·(1/d)·Σ u, the mean term LayerNorm subtracts and RMSNorm does not
+            su = g.sum(-1, keepdim=True) if w is None else torch.mv(g.reshape(-1, d), w).view(r.shape)
+            gx.add_(su.mul_(r).div_(d))
         return gx, gw, None
 
 def _use_rms_fn(x: torch.Tensor, w: torch.Tensor | None) -> bool:

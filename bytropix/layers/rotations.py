@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from ..core import ConfigError, compute_dtype, did_you_mean
 
 # %% auto #0
-__all__ = ['ROTATIONS', 'skew_from_params', 'expm_taylor', 'so_matrix', 'quaternion_mul', 'quaternion_conj', 'unit_quaternion',
-           'quaternion_rotate', 'Rotation', 'IdentityRotation', 'SORotation', 'QuaternionRotation', 'make_rotation']
+__all__ = ['TRACED_SQUARINGS', 'ROTATIONS', 'skew_from_params', 'expm_taylor', 'so_matrix', 'quaternion_mul', 'quaternion_conj',
+           'unit_quaternion', 'quaternion_rotate', 'Rotation', 'IdentityRotation', 'SORotation', 'QuaternionRotation',
+           'make_rotation']
 
 # %% ../../nbs/16_rotations.ipynb #814e6816
 def skew_from_params(params: torch.Tensor, n: int) -> torch.Tensor:
@@ -30,30 +31,43 @@ def skew_from_params(params: torch.Tensor, n: int) -> torch.Tensor:
     A[..., iu[0], iu[1]] = params
     return A - A.transpose(-1, -2)
 
-def expm_taylor(A: torch.Tensor) -> torch.Tensor:
+TRACED_SQUARINGS = 12   # in a compiled graph: exact for ‖A‖₁ ≤ 0.5·2¹² = 2048, far beyond a trained rotation's generator
+
+def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tensor:
     """$\\exp(A)$ of square matrices (..., n, n) by scaling and squaring a Taylor polynomial: $\\|A/2^s\\|_1\\le\\frac12$,
-    degree 8 (float32) or 16 (float64). Plain matmuls, so autograd's backward costs about two forwards."""
+    degree 8 (float32) or 16 (float64). Plain matmuls, so autograd's backward costs about two forwards.
+    `max_squarings`: choose $s \\le$ that many inside the graph (no Python-side norm: `torch.compile` traces it;
+    always that many products, the unneeded ones discarded)."""
     m = 16 if A.dtype == torch.float64 else 8
-    nrm = float(A.detach().abs().sum(-2).amax()) if A.numel() else 0.0    # the 1-norm (largest over a batch)
-    s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
-    X = A / 2 ** s
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    if max_squarings is None:
+        nrm = float(A.detach().abs().sum(-2).amax()) if A.numel() else 0.0    # the 1-norm (largest over a batch)
+        s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
+        X = A / 2 ** s
+    else:
+        nrm = A.detach().abs().sum(-2).amax().clamp_min(1e-30)
+        s = torch.log2(nrm / 0.5).ceil().clamp(0, max_squarings)
+        X = A * torch.exp2(-s)
     R = eye + X / m
     for k in range(m - 1, 0, -1): R = eye + (X @ R) / k              # Horner: I + X(I + X/2(... (I + X/m)))
-    for _ in range(s): R = R @ R
+    if max_squarings is None:
+        for _ in range(s): R = R @ R
+    else:
+        for k in range(max_squarings): R = torch.where(s > k, R @ R, R)
     return R
 
 def _taylor_pays(A: torch.Tensor) -> bool:
-    "Eager CPU training: the backward is where `matrix_exp` is slow (and tracing/compiling needs no Python-side norm)."
+    "CPU training, eager or compiled: the backward is where `matrix_exp` is slow (export and TorchScript keep it)."
     return (A.device.type == 'cpu' and A.requires_grad and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
 
 def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
     """The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype): `expm_taylor`
-    when training eagerly on the CPU, `torch.linalg.matrix_exp` otherwise."""
+    when training on the CPU (in-graph scaling under `torch.compile`), `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
     A = skew_from_params(params.to(cd), n)
-    return (expm_taylor(A) if _taylor_pays(A) else torch.linalg.matrix_exp(A)).to(params.dtype)
+    if not _taylor_pays(A): return torch.linalg.matrix_exp(A).to(params.dtype)
+    return expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None).to(params.dtype)
 
 # %% ../../nbs/16_rotations.ipynb #b78bd448
 def quaternion_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

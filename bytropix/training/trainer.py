@@ -25,7 +25,7 @@ import torch.nn as nn
 from fastcore.basics import patch
 
 from ..core import (BytropixError, CheckpointError, ConfigError, DataError, NonFiniteError, atomic_write_text,
-                           get_rng_state, resolve_device, seed_everything, set_rng_state, storage_errors)
+                           get_rng_state, resolve_device, retain_freed_memory, seed_everything, set_rng_state, storage_errors)
 from ..config import RunConfig, config_diff, get_task, prepare_task, read_config_file, save_config
 from ..models.base import BytropixModel, build_model, label_smoothing
 from ..peft import adapt_for_run, export_form, load_initial_model
@@ -296,6 +296,7 @@ def _setup(self: Trainer) -> None:
     tc, run = self.tc, self.run
     if tc.num_threads: torch.set_num_threads(tc.num_threads)
     self.device = resolve_device(tc.device)
+    if tc.retain_freed_memory and self.device.type == 'cpu': retain_freed_memory()   # see core: no per-step page faults
     self.dist = start_distributed(tc, self.device)   # None on one process; see the distributed-training chapter
     if self.dist is not None: return setup_distributed(self)
     ckpt = self._start_point()
