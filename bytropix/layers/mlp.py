@@ -41,7 +41,8 @@ class _GatedProjFn(torch.autograd.Function):
         gy = gy.reshape(-1, H)
         gu = gy * sg
         gg = torch.ops.aten.silu_backward(gy * u, g)
-        gx = torch.mm(gg, w[:H]).addmm_(gu, w[H:]).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        # out-of-place addmm: FLOP counters (FlopCounterMode) see it, they skip the in-place form
+        gx = torch.addmm(torch.mm(gg, w[:H]), gu, w[H:]).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
         gw = gb = None
         if ctx.needs_input_grad[1]:
             gw = torch.empty_like(w)
@@ -49,9 +50,15 @@ class _GatedProjFn(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]: gb = torch.cat([gg.sum(0), gu.sum(0)])
         return gx, gw, gb
 
+def _plain_linear(m: nn.Module) -> bool:
+    """An `nn.Linear` whose `weight` is what its forward would use: no hooks (pruning masks recompute the weight in a
+    forward pre-hook), no parametrizations, plain tensors (not quantized or distributed tensor subclasses)."""
+    return (type(m) is nn.Linear and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks)
+            and not hasattr(m, 'parametrizations') and all(type(p.data) is torch.Tensor for p in m.parameters()))
+
 def _use_gated_fn(x: torch.Tensor, proj: nn.Module) -> bool:
     "Eager autograd through a plain `nn.Linear` without autocast; tracers, no-grad paths and wrapped projections keep the formula."
-    return (torch.is_grad_enabled() and type(proj) is nn.Linear
+    return (torch.is_grad_enabled() and _plain_linear(proj)
             and (x.requires_grad or any(p.requires_grad for p in proj.parameters()))
             and not torch.is_autocast_enabled(x.device.type)
             and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
