@@ -282,10 +282,15 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
     del pm
     tw, pw, rw = run_trainer(wr, check_init=chk), run_plain(wr, device), run_reference(wr, device)
     same_first = tw['loss_at'][1] == pw['losses'][0]
+    from bytropix.training.memory import training_step_flops   # counted matmul/attention FLOPs of one step
+    flops = {'bytropix': training_step_flops(pw['model'], tc.batch_size, tc.block_size, device),
+             'reference': training_step_flops(rw['model'], tc.batch_size, tc.block_size, device)}
     print(f"\n## style {style}: bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, {nparam(pw['model']):,} parameters; "
           f"reference GPT-2 {nparam(rw['model']):,} parameters")
     print(f"warm-up ({a.warmup_run_steps} steps each): same initial weights: {chk['same_init']}; "
           f"same step-1 loss: {same_first} ({tw['loss_at'][1]:.6f} vs {pw['losses'][0]:.6f})")
+    print(f"FLOPs per training step (FlopCounterMode): bytropix {flops['bytropix'] / 1e9:.2f} G, reference "
+          f"{flops['reference'] / 1e9:.2f} G ({flops['bytropix'] / flops['reference']:.3f}×)")
     del tw, pw, rw; gc.collect()
 
     res = {k: {side: [] for side in SIDES} for k in ('loop', 'interval', 'cpu', 'faults')}
@@ -340,6 +345,9 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
     print(f"[{style}] tokens/s ratio plain loop + bytropix gpt / reference: {vs_ref['loop']['plain']:.3f}  (target >= 1.0: "
           f"{yes(ok_ref)}); per round: {', '.join(f'{r:.3f}' for r in paired_ref)}; CPU time: {vs_ref['cpu']['plain']:.3f}; "
           f"trainer / reference: {vs_ref['loop']['trainer']:.3f}")
+    fr = flops['bytropix'] / flops['reference']
+    print(f"[{style}] per FLOP (tokens/s × FLOPs per token, / reference): plain loop {vs_ref['loop']['plain'] * fr:.3f}, "
+          f"trainer {vs_ref['loop']['trainer'] * fr:.3f} — the bytropix model does {fr:.3f}× the reference's arithmetic per token")
     print(f"[{style}] tokens/s ratio trainer/plain: {ratio['loop']:.3f}  (target >= 1.0: {yes(ok_speed)})")
     print(f"    per round: {', '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f}); "
           f"{tc.log_interval}-step intervals: {ratio['interval']:.3f}; CPU time: {ratio['cpu']:.3f}"
@@ -353,7 +361,7 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
             'paired_ratios': paired, 'paired_vs_reference': paired_ref,
             'bpb': {side: ev[side]['bpb'] for side in SIDES}, 'bpb_diff_pct': dbpb,
             'targets_met': {'speed': ok_speed, 'bpb': ok_bpb, 'vs_reference': ok_ref}, 'same_init': chk['same_init'],
-            'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss}
+            'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss, 'flops_per_step': flops}
 
 
 def main(argv=None) -> dict:
