@@ -200,12 +200,12 @@ class RunConfig(ConfigBase):
         opts = getattr(prepare, 'options_class', None)
         if opts is not None: self._task_options = opts.from_dict(self.task_options, _path='task_options')
         if (check := getattr(prepare, 'check_run', None)) is not None: check(self)   # e.g. `mdlm` needs a bidirectional model
-        if self.train.stackwise is not None: self.train.stackwise.check_run(self)
+        if self.train.stackwise is not None: self.train.stackwise.check_run(self)   # a stage schedule this model can grow by
         self.check(self.retrieval is None or self.task == 'lm', 'retrieval',
                    f"interpolates a left-to-right language model with its training text: task `lm` only, not `{self.task}`; remove it.")
         self.check(self.retrieval is None or not (self.data.streaming or self.data.mixture), 'retrieval',
                    "indexes the run's packed training tokens, which streaming and mixed sources do not keep; use one "
-                   "non-streaming source, or remove it.")   # a stage schedule this model can grow by
+                   "non-streaming source, or remove it.")
 
     def _absolute_paths(self) -> None:
         # A run's saved config.yaml must mean the same files wherever `eval`, `generate` or `--resume` run from:
