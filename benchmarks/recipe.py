@@ -4,8 +4,11 @@ judged in bits per byte on the whole validation split of the default corpus.
 Each variant is a list of config overrides. Equal wall time, not equal steps: a variant that makes a step dearer
 (wider, deeper, longer blocks, Muon's Newton-Schulz iterations) gets fewer steps. For every variant the script
 
-1. calibrates: in a fresh process, trains `--calib-steps` steps and reads the step time from the run's own
-   `metrics.jsonl` (the trainer's `time_s`, setup excluded), and the setup time (data, tokenizer training) around it;
+1. calibrates: in a fresh process, times the trainer's setup (data, tokenizer training, model), trains
+   `--calib-steps` steps and reads the steady step time from the run's own `metrics.jsonl` (the trainer's `time_s`
+   between its second and last logged steps: the first steps, slower while caches and allocator warm up, and the
+   calibration run's final evaluation and checkpoint are left out — including them overestimated the step time and
+   left 4-23 % of the budget unused);
 2. in the same process, on the same prepared data, trains `steps = (budget − setup) / step time` steps (the schedule
    stretched over them; warm-up 100 steps or 7 % of the steps, whichever is smaller);
 3. evaluates the final model on the whole validation split (`bytropix.training.evaluation.evaluate_run`, every
@@ -39,10 +42,11 @@ sys.path.insert(0, ROOT)  # run from a checkout too
 
 # name -> overrides of configs/default.yaml (each a `key=value` string, as on the command line): the shipped recipe,
 # each of its choices undone one at a time, the previous default, and alternatives that did not make it
-PREVIOUS = ['tokenizer.kind=byte', 'train.schedule=cosine', 'retrieval=null']
+PREVIOUS = ['tokenizer.kind=byte', 'train.schedule=cosine', 'retrieval=null', 'model.mlp_act=null']
 VARIANTS = {
     'baseline': [],
     'previous-default': PREVIOUS,
+    'swiglu': ['model.mlp_act=null'],
     'byte': ['tokenizer.kind=byte'],
     'cosine': ['train.schedule=cosine'],
     'bpe2k': ['tokenizer.vocab_size=2048'],
@@ -73,10 +77,22 @@ def _common(out_dir: str, steps: int, threads: int | None, quick: bool) -> list[
     return ov + (QUICK if quick else [])
 
 
+def _train_records(out_dir: str) -> list[dict]:
+    "The `train/*` records of a run's metrics.jsonl, by step."
+    recs = [json.loads(l) for l in open(os.path.join(out_dir, 'metrics.jsonl'))]
+    return sorted((r for r in recs if 'time_s' in r and any(k.startswith('train/') for k in r)), key=lambda r: r['step'])
+
+
 def _train_s(out_dir: str) -> float:
     "The trainer's own training time (setup excluded): `time_s` of the last `train/*` record of metrics.jsonl."
-    recs = [json.loads(l) for l in open(os.path.join(out_dir, 'metrics.jsonl'))]
-    return max(r['time_s'] for r in recs if 'time_s' in r and any(k.startswith('train/') for k in r))
+    return _train_records(out_dir)[-1]['time_s']
+
+
+def _steady_step_s(out_dir: str) -> float:
+    "Seconds per step between the second and the last logged step (the first steps excluded: they warm up)."
+    recs = _train_records(out_dir)
+    a, b = (recs[1], recs[-1]) if len(recs) >= 3 else (recs[0], recs[-1])
+    return (b['time_s'] - a['time_s']) / max(1, b['step'] - a['step'])
 
 
 def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, threads: int | None, quick: bool,
@@ -88,10 +104,10 @@ def _variant(name: str, extra: list[str], budget_s: float, calib_steps: int, thr
     cfg = os.path.join(ROOT, 'configs', 'default.yaml')
     cal = load_config(cfg, _common(os.path.join(work, name + '-calib'), calib_steps, threads, quick) + extra)
     t0 = time.perf_counter()
-    tr = Trainer(cal, log=None, progress=False); tr.fit()
-    cal_s = _train_s(cal.out_dir)
-    setup_s = max(0.0, time.perf_counter() - t0 - cal_s)      # data preparation and tokenizer training
-    step_s = cal_s / calib_steps
+    tr = Trainer(cal, log=None, progress=False).setup()
+    setup_s = time.perf_counter() - t0                        # data preparation, tokenizer training, the model
+    tr.fit()
+    step_s = _steady_step_s(cal.out_dir)
     steps = fixed_steps or max(calib_steps, int((budget_s - setup_s) / step_s))
     run = load_config(cfg, _common(os.path.join(work, name), steps, threads, quick) + extra)
     Trainer(run, data=tr.data, tokenizer=tr.tokenizer, log=None, progress=False).fit()   # the same prepared data
@@ -118,7 +134,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS), metavar='NAME',
                     help=f"which variants (default: all): {', '.join(VARIANTS)}")
     ap.add_argument('--minutes', type=float, default=6.0, help="training budget per variant, setup included (default 6)")
-    ap.add_argument('--calib-steps', type=int, default=30)
+    ap.add_argument('--calib-steps', type=int, default=40)
     ap.add_argument('--steps', type=int, default=None, help="equal steps instead of equal time: every variant trains this many")
     ap.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's, i.e. every core)")
     ap.add_argument('--quick', action='store_true', help="a tiny model and a few seconds per variant (smoke test)")

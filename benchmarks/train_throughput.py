@@ -32,6 +32,7 @@ of all final models on the same batches (`bytropix.training.evaluation.evaluate`
     python benchmarks/train_throughput.py --steps 50 --repeats 1               # quick
     python benchmarks/train_throughput.py --pin-malloc                         # without allocator page-fault noise
     python benchmarks/train_throughput.py --components                         # one layer's parts, forward + backward
+    python benchmarks/train_throughput.py --optimizer-step                     # AdamW's implementations, one step
     python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
 """
 import argparse
@@ -263,6 +264,41 @@ def components(a, device: torch.device, tmp: str) -> list[dict]:
     return rows
 
 
+# -------------------------------------------------------------------------------------------------- optimizer step
+def optimizer_step(a, device: torch.device, tmp: str) -> list[dict]:
+    """One AdamW step over the benchmark model's parameters (random gradients, decay on matrices only): PyTorch's three
+    implementations and what the trainer builds (`bytropix.training.optim.build_optimizer`), interleaved, fastest and
+    median of `a.component_runs` steps."""
+    from bytropix.training.optim import build_optimizer
+    run = make_run(2, str(device), a.threads, 1, os.path.join(tmp, 'optimizer'), 'llama')
+    torch.manual_seed(0)
+    model = build_model(run.arch, run.resolved(256).model_config).to(device)
+    tc = run.train
+    for p in model.parameters(): p.grad = torch.randn_like(p)
+    groups = model.param_groups(tc.weight_decay)
+    impls = {'per-tensor loop (torch default on CPU)': {'foreach': False}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}
+    opts = {k: torch.optim.AdamW([dict(g) for g in groups], lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, **kw) for k, kw in impls.items()}
+    trainer_opt = build_optimizer(model, tc, device)
+    flags = {k: v for k, v in trainer_opt.optimizers['adamw'].param_groups[0].items() if k in ('fused', 'foreach') and v}
+    opts[f"trainer's build_optimizer ({', '.join(flags) or 'default'})"] = trainer_opt
+    times = {k: [] for k in opts}
+    for i in range(a.component_runs + 3):
+        for k in (list(opts) if i % 2 == 0 else list(opts)[::-1]):
+            _sync(device); t0 = time.perf_counter(); opts[k].step(); _sync(device)
+            if i >= 3: times[k].append(time.perf_counter() - t0)
+    n, numel = sum(1 for _ in model.parameters()), sum(p.numel() for p in model.parameters())
+    print(f"\n## One AdamW step over the model's {n} parameters ({numel:,} values), {torch.get_num_threads()} thread(s), "
+          f"fastest (median) of {a.component_runs} interleaved steps, ms")
+    print('| implementation | ms | per-tensor loop / this |')
+    print('|---|---:|---:|')
+    base = min(times['per-tensor loop (torch default on CPU)'])
+    rows = []
+    for k, ts in times.items():
+        rows.append(dict(implementation=k, ms=1000 * min(ts), ms_median=1000 * statistics.median(ts)))
+        print(f"| {k} | {1000 * min(ts):.2f} ({1000 * statistics.median(ts):.2f}) | {base / min(ts):.2f}× |")
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 SIDES = ('trainer', 'plain', 'reference')
 WHAT = {'trainer': 'Trainer + bytropix gpt', 'plain': 'plain loop + bytropix gpt', 'reference': 'plain loop + reference GPT-2'}
@@ -377,7 +413,9 @@ def main(argv=None) -> dict:
     ap.add_argument('--json', default=None, help='also write the results to this JSON file')
     ap.add_argument('--components', action='store_true', help="only the per-layer table: forward + backward of attention, "
                     "MLP and norm of the bytropix llama model and of the reference, on the benchmark's activations")
-    ap.add_argument('--component-runs', type=int, default=40, help='--components: timed runs of each part (default 40)')
+    ap.add_argument('--component-runs', type=int, default=40, help='--components, --optimizer-step: timed runs (default 40)')
+    ap.add_argument('--optimizer-step', action='store_true', help="only the optimizer-step table: AdamW's per-tensor, foreach "
+                    "and fused implementations and the trainer's choice, on the benchmark model's parameters")
     ap.add_argument('--pin-malloc', action='store_true',
                     help="re-run with glibc's malloc thresholds pinned (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): "
                          "freed activation memory is kept instead of being returned to the OS and faulted in again, "
@@ -398,11 +436,12 @@ def main(argv=None) -> dict:
     tmp = tempfile.mkdtemp(prefix='bytropix-throughput-')
     t_start = time.perf_counter()
     try:
-        if a.components:
-            rows = components(a, device, tmp)
-            if a.json:
-                with open(a.json, 'w') as f: json.dump({'components': rows}, f, indent=1)
-            return {'components': rows}
+        for flag, fn in (('components', components), ('optimizer_step', optimizer_step)):
+            if getattr(a, flag):
+                rows = fn(a, device, tmp)
+                if a.json:
+                    with open(a.json, 'w') as f: json.dump({flag: rows}, f, indent=1)
+                return {flag: rows}
         tc = make_run(a.steps, str(device), a.threads, a.eval_batches, tmp).train
         print(f"batch {tc.batch_size} x block {tc.block_size} = {tc.tokens_per_step:,} tokens/step, {tc.steps} steps "
               f"(warm-up {tc.warmup_steps}, cosine {tc.lr:g} -> {tc.min_lr:g}, clip {tc.clip_grad}), device {device}, "

@@ -70,6 +70,13 @@ def test_train_throughput_quick():
     assert '[llama] tokens/s ratio plain loop + bytropix gpt / reference:' in out
 
 
+def test_train_throughput_parts_quick():
+    out = run_quick('train_throughput.py', '--components')
+    assert '| component | bytropix llama | ms | reference GPT-2 | ms | difference per step |' in out
+    out = run_quick('train_throughput.py', '--optimizer-step')
+    assert '| implementation | ms | per-tensor loop / this |' in out and "| trainer's build_optimizer (fused) |" in out
+
+
 def test_wubu_vs_gpt_quick(tmp_path):
     out = run_quick('wubu_vs_gpt.py', '--out-dir', str(tmp_path))
     assert '| model | parameters | validation bpb' in out and 'WuBu / GPT: bpb' in out
@@ -218,3 +225,9 @@ def test_hierarchical_quick():
     out = run_quick('hierarchical.py', '--ablation', '--ablation-seconds', '0.2')
     for name in ('1 level', '4 levels', 'fixed curvature', 'no rotations', 'no boundary points', 'hyperbolic RMSNorm'):
         assert f'\n| {name} |' in out, out
+
+
+def test_rotations_quick():
+    out = run_quick('rotations.py')
+    assert '| n | parameter std | squarings | matrix_exp | taylor | in-graph | matrix_exp / taylor |' in out
+    assert '\n| 16 | 0.02 |' in out and '\n| 32 | 0.2 |' in out

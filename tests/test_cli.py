@@ -62,9 +62,9 @@ def test_default_config_file_is_the_run_config_plus_the_recipe():
     plain = _flat(RunConfig().resolved().to_dict())
     differ = {k for k in main_job.keys() | plain.keys() if main_job.get(k, 'absent') != plain.get(k, 'absent')}
     assert {k.split('.')[0] if k.startswith('retrieval') else k for k in differ} == {
-        'tokenizer.kind', 'tokenizer.vocab_size', 'train.steps', 'train.schedule', 'retrieval'}, differ
+        'model.mlp_act', 'tokenizer.kind', 'tokenizer.vocab_size', 'train.steps', 'train.schedule', 'retrieval'}, differ
     text = (ROOT/'configs'/'default.yaml').read_text()
-    assert text.count('# recipe') == 5
+    assert text.count('# recipe') == 6
 
 
 @pytest.mark.parametrize('path', sorted((ROOT/'configs').glob('*.y*ml')), ids=lambda p: p.name)

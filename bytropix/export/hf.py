@@ -52,7 +52,7 @@ HF_CLASSES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'gpt
 
 def hf_family(config: Any) -> str:
     "'llama', 'mistral' or 'gpt2': the transformers family a `GPTConfig` maps to; a `ConfigError` naming the feature otherwise."
-    if (why := getattr(config, 'hf_unsupported', lambda: None)()): raise ConfigError(why)   # qk_norm, relu2, value embeddings
+    if (why := getattr(config, 'hf_unsupported', lambda: None)()): raise ConfigError(why)   # qk_norm, value embeddings
     if getattr(config, 'mlp', 'dense') == 'moe':
         raise ConfigError("A mixture-of-experts gpt (mlp: moe) has no Llama/Mistral/GPT-2 equivalent in transformers; export it "
                           "as onnx or pt2.")
@@ -89,8 +89,9 @@ def hf_config(model: Any, tokenizer: Any = None) -> Any:
     c, family = model.config, hf_family(model.config)
     eos = _eos_id(tokenizer)
     with quiet_transformers() as tf:
+        relu2 = getattr(c, 'mlp_act', None) == 'relu2'
         if family == 'gpt2':
-            act = 'gelu' if getattr(c, 'gelu_approximate', 'tanh') == 'none' else 'gelu_new'
+            act = 'relu2' if relu2 else 'gelu' if getattr(c, 'gelu_approximate', 'tanh') == 'none' else 'gelu_new'
             return tf.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                                  n_head=c.n_head, n_inner=model.blocks[0].mlp.hidden, activation_function=act,
                                  resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
@@ -98,9 +99,10 @@ def hf_config(model: Any, tokenizer: Any = None) -> Any:
                                  bos_token_id=eos, eos_token_id=eos, pad_token_id=None)
         kw = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=model.blocks[0].mlp.hidden,
                   num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head or c.n_head,
-                  head_dim=c.head_dim, hidden_act='silu', max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
-                  rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, attention_dropout=c.dropout,
-                  bos_token_id=None, eos_token_id=eos, pad_token_id=None)
+                  head_dim=c.head_dim, hidden_act='relu' if relu2 else 'silu', max_position_embeddings=c.block_size,
+                  rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings,
+                  attention_dropout=c.dropout, bos_token_id=None, eos_token_id=eos, pad_token_id=None)
+        if relu2: kw['bytropix_mlp'] = 'relu2'   # gated ReLU with up = gate is squared ReLU: how import reads it back
         if family == 'mistral': return tf.MistralConfig(sliding_window=c.sliding_window, **kw)
         return tf.LlamaConfig(attention_bias=False, mlp_bias=False, **kw)
 
@@ -120,21 +122,24 @@ def gpt_config_from_hf(hc: Any) -> dict:
         H, E = hc.num_attention_heads, hc.hidden_size
         if getattr(hc, 'head_dim', None) not in (None, E // H): refuse(f"head_dim={hc.head_dim} ≠ hidden_size/heads={E // H}")
         if getattr(hc, 'attention_bias', False) or getattr(hc, 'mlp_bias', False): refuse("biases in attention or MLP")
-        if hc.hidden_act != 'silu': refuse(f"hidden_act={hc.hidden_act!r} (SwiGLU needs silu)")
-        ratio, multiple = swiglu_settings(E, hc.intermediate_size)
+        relu2 = hc.hidden_act == 'relu' and getattr(hc, 'bytropix_mlp', None) == 'relu2'
+        if hc.hidden_act != 'silu' and not relu2: refuse(f"hidden_act={hc.hidden_act!r} (SwiGLU needs silu)")
+        ratio, multiple = (hc.intermediate_size / E, 64) if relu2 else swiglu_settings(E, hc.intermediate_size)
         kv = hc.num_key_value_heads or H
         return dict(vocab_size=hc.vocab_size, block_size=hc.max_position_embeddings, n_layer=hc.num_hidden_layers,
                     n_head=H, n_kv_head=None if kv == H else kv, n_embd=E, style='llama', mlp_ratio=ratio,
                     multiple_of=multiple, norm_eps=hc.rms_norm_eps, rope_theta=_rope_theta(hc),
                     tie_embeddings=bool(hc.tie_word_embeddings), dropout=0.0,
-                    sliding_window=getattr(hc, 'sliding_window', None) if t == 'mistral' else None)
+                    sliding_window=getattr(hc, 'sliding_window', None) if t == 'mistral' else None,
+                    **({'mlp_act': 'relu2'} if relu2 else {}))
     if t == 'gpt2':
         if getattr(hc, 'scale_attn_by_inverse_layer_idx', False): refuse("scale_attn_by_inverse_layer_idx")
         if not getattr(hc, 'scale_attn_weights', True): refuse("unscaled attention (scale_attn_weights=False)")
-        if hc.activation_function not in ('gelu_new', 'gelu_pytorch_tanh', 'gelu'): refuse(f"activation {hc.activation_function!r}")
+        if hc.activation_function not in ('gelu_new', 'gelu_pytorch_tanh', 'gelu', 'relu2'): refuse(f"activation {hc.activation_function!r}")
         d = dict(vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer, n_head=hc.n_head,
                  n_embd=hc.n_embd, style='gpt2', mlp_ratio=(hc.n_inner or 4 * hc.n_embd) / hc.n_embd,
                  norm_eps=hc.layer_norm_epsilon, tie_embeddings=bool(hc.tie_word_embeddings), dropout=0.0)
+        if hc.activation_function == 'relu2': return {**d, 'mlp_act': 'relu2'}
         return _with_exact_gelu(d) if hc.activation_function == 'gelu' else d
     raise ConfigError(f"model_type `{t}` cannot be imported: bytropix imports llama, mistral and gpt2 checkpoints "
                       "(and nanoGPT ckpt.pt files).")
@@ -157,12 +162,16 @@ _GPT2_LAYER = [(f'{a}.{p}', [f'{b}.{p}'], p == 'weight' and lin)
                                  ('ln2', 'ln_2', False), ('mlp.fc', 'mlp.c_fc', True), ('mlp.proj', 'mlp.c_proj', True)]
                for p in ('weight', 'bias')]
 
-def tensor_map(family: str, n_layer: int) -> list[tuple[str, list[str], bool]]:
+_LLAMA_RELU2_MLP = [('mlp.fc.weight', ['mlp.gate_proj.weight'], False), ('mlp.proj.weight', ['mlp.down_proj.weight'], False)]
+
+def tensor_map(family: str, n_layer: int, mlp_act: str | None = None) -> list[tuple[str, list[str], bool]]:
     """(bytropix name, transformers names, transposed) for every tensor of a `gpt` model: the bytropix tensor is the
     row-wise concatenation of the transformers ones (each transposed first when `transposed`). `family`: 'llama',
-    'mistral', 'gpt2' or 'nanogpt' (GPT-2's names with `nn.Linear` weights)."""
+    'mistral', 'gpt2' or 'nanogpt' (GPT-2's names with `nn.Linear` weights). `mlp_act='relu2'` in the Llama family:
+    the squared-ReLU MLP's `fc` is the gate projection (the up projection, its copy, is left to the callers)."""
     if family in ('llama', 'mistral'):
-        glob, layer, pre = [('wte.weight', ['model.embed_tokens.weight'], False), ('ln_f.weight', ['model.norm.weight'], False)], _LLAMA_LAYER, 'model.layers'
+        layer = _LLAMA_LAYER[:-2] + _LLAMA_RELU2_MLP if mlp_act == 'relu2' else _LLAMA_LAYER
+        glob, pre = [('wte.weight', ['model.embed_tokens.weight'], False), ('ln_f.weight', ['model.norm.weight'], False)], 'model.layers'
     elif family in ('gpt2', 'nanogpt'):
         glob = [(f'{a}.{p}', [f'transformer.{b}.{p}'], False) for a, b, ps in
                 [('wte', 'wte', ['weight']), ('wpe', 'wpe', ['weight']), ('ln_f', 'ln_f', ['weight', 'bias'])] for p in ps]
@@ -174,22 +183,31 @@ def tensor_map(family: str, n_layer: int) -> list[tuple[str, list[str], bool]]:
     return out
 
 # %% ../../nbs/57_export_hf.ipynb #e57h0019
+def _relu2_up(family: str, mlp_act: str | None, n_layer: int) -> list[tuple[str, str]]:
+    "(gate, up) names per layer where a Llama-family MLP carries squared ReLU (up = gate); none otherwise."
+    if family not in ('llama', 'mistral') or mlp_act != 'relu2': return []
+    return [(f'model.layers.{i}.mlp.gate_proj.weight', f'model.layers.{i}.mlp.up_proj.weight') for i in range(n_layer)]
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], family: str, n_layer: int,
-                     shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+                     shapes: dict[str, torch.Size], mlp_act: str | None = None) -> dict[str, torch.Tensor]:
     "bytropix `gpt` tensors → transformers names (new tensors), cut row-wise into the pieces of `shapes` (the target's shapes)."
     out = {}
-    for ours, theirs, t in tensor_map(family, n_layer):
+    for ours, theirs, t in tensor_map(family, n_layer, mlp_act):
         sizes = [shapes[n][1 if t else 0] for n in theirs]
         for n, piece in zip(theirs, state[ours].split(sizes, 0)): out[n] = (piece.T if t else piece).contiguous().clone()
+    for gate, up in _relu2_up(family, mlp_act, n_layer): out[up] = out[gate].clone()
     return out
 
 def from_hf_state_dict(state: dict[str, torch.Tensor], family: str, n_layer: int, tied: bool,
-                       fill_bias: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                       fill_bias: dict[str, int] | None = None, mlp_act: str | None = None) -> dict[str, torch.Tensor]:
     """transformers (or nanoGPT) tensors → bytropix `gpt` names. `tied`: the output head is the embedding (its tensor
     may be absent). `fill_bias`: width of every bias the checkpoint leaves out (nanoGPT's `bias=False`), set to zero.
     Missing tensors raise one `CheckpointError` listing them."""
+    for gate, up in _relu2_up(family, mlp_act, n_layer):
+        if gate in state and up in state and not torch.equal(state[gate], state[up]):
+            raise CheckpointError(f"{up} differs from {gate}: not the squared-ReLU MLP its config names (bytropix_mlp: relu2).")
     out, missing = {}, []
-    for ours, theirs, t in tensor_map(family, n_layer):
+    for ours, theirs, t in tensor_map(family, n_layer, mlp_act):
         if ours == 'lm_head.weight' and tied: continue
         if all(n not in state for n in theirs) and fill_bias and ours.endswith('.bias'):
             out[ours] = torch.zeros(fill_bias[ours]); continue
@@ -245,7 +263,8 @@ def to_hf(model: Any, tokenizer: Any = None) -> Any:
         with torch.device('meta'): hf = tf.AutoModelForCausalLM.from_config(cfg)
         shapes = {k: v.shape for k, v in hf.state_dict().items()}
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        hf.load_state_dict(to_hf_state_dict(sd, family, model.config.n_layer, shapes), strict=True, assign=True)
+        hf.load_state_dict(to_hf_state_dict(sd, family, model.config.n_layer, shapes, getattr(model.config, 'mlp_act', None)),
+                           strict=True, assign=True)
         if model.config.tie_embeddings: hf.tie_weights()
         hf.generation_config = tf.GenerationConfig(bos_token_id=None, eos_token_id=_eos_id(tokenizer), pad_token_id=None)
     return hf.eval()
@@ -329,7 +348,7 @@ def import_hf(directory: str | os.PathLike, with_tokenizer: bool = True) -> Impo
     model = build_model('gpt', fields)
     family = 'gpt2' if hc.model_type == 'gpt2' else 'llama'
     model.load_state_dict(from_hf_state_dict(hf.state_dict(), family, model.config.n_layer,
-                                             tied=model.config.tie_embeddings), strict=True)
+                                             tied=model.config.tie_embeddings, mlp_act=fields.get('mlp_act')), strict=True)
     return Imported(model.eval(), tokenizer_from_hf(d) if with_tokenizer else None, hf, hc.model_type, notes)
 
 # %% ../../nbs/57_export_hf.ipynb #e57h0034

@@ -146,8 +146,8 @@ def value_embed_layers(self: GPTConfig) -> dict[int, int]:
 
 @patch
 def hf_unsupported(self: GPTConfig) -> str | None:
-    "Why transformers' Llama/Mistral/GPT-2 classes cannot hold this model (one line), or None: the recipe options."
-    used = [f"{n}: {v}" for n, v, on in [('qk_norm', 'true', self.qk_norm), ('mlp_act', self.mlp_act, self.mlp_act),
+    "Why transformers' Llama/Mistral/GPT-2 classes cannot hold this model (one line), or None: QK-norm, value embeddings."
+    used = [f"{n}: {v}" for n, v, on in [('qk_norm', 'true', self.qk_norm),
                                          ('value_embeds', self.value_embeds, self.value_embeds)] if on]
     if not used: return None
     return (f"{', '.join(used)} has no equivalent in transformers' Llama/Mistral/GPT-2 classes; export it as onnx or "

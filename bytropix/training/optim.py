@@ -19,7 +19,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'NS_COEFFICIENTS', 'lr_at', 'LRScheduler', 'MultiOptimizer', 'newton_schulz', 'Muon', 'muon_matrices',
-           'build_optimizer', 'adaptive_clip_grad_', 'grad_norm', 'clip_grad_norm_', 'clip_gradients']
+           'adamw_impl', 'build_optimizer', 'adaptive_clip_grad_', 'grad_norm', 'clip_grad_norm_', 'clip_gradients']
 
 # %% ../../nbs/41_optim.ipynb #e5f6e0bb
 SCHEDULES = ('cosine', 'linear', 'step', 'constant', 'wsd')
@@ -241,6 +241,13 @@ def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
 
 
 # %% ../../nbs/41_optim.ipynb #051bc4b1
+def adamw_impl(groups: list[dict], device: torch.device) -> dict:
+    """AdamW's implementation: the fused kernel on CUDA, and on the CPU for plain tensors (one vectorised pass per
+    parameter; about 4.5× faster than `foreach` on the CPU here, which loops over per-tensor kernels); `foreach` for
+    sharded (DTensor) or other subclassed parameters and other devices."""
+    plain = all(type(p.data) is torch.Tensor for g in groups for p in g['params'])
+    return {'fused': True} if device.type == 'cuda' or (device.type == 'cpu' and plain) else {'foreach': True}
+
 def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | None = None) -> MultiOptimizer:
     """AdamW over `model.param_groups(train.weight_decay)` (with `train.optimizer: muon`, Muon takes the hidden matrices
     out of them) plus Riemannian Adam over `model.manifold_parameters()`."""
@@ -261,8 +268,7 @@ def build_optimizer(model: nn.Module, train: Any, device: torch.device | str | N
     groups = [g for g in groups if g['params']]
     betas, opts = tuple(train.betas), {}
     if groups:
-        impl = {'fused': True} if device.type == 'cuda' else {'foreach': True}
-        opts['adamw'] = torch.optim.AdamW(groups, lr=train.lr, betas=betas, eps=train.eps, **impl)
+        opts['adamw'] = torch.optim.AdamW(groups, lr=train.lr, betas=betas, eps=train.eps, **adamw_impl(groups, device))
     if muon:  # update RMS matched to AdamW's, so lr and weight decay carry over (see above)
         opts['muon'] = Muon(muon, lr=train.lr, weight_decay=train.weight_decay, momentum=getattr(train, 'muon_momentum', 0.95))
     if manifold:
