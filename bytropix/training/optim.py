@@ -243,7 +243,7 @@ def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
 # %% ../../nbs/41_optim.ipynb #051bc4b1
 def adamw_impl(groups: list[dict], device: torch.device) -> dict:
     """AdamW's implementation: the fused kernel on CUDA, and on the CPU for plain tensors (one vectorised pass per
-    parameter; about 4.5× faster than `foreach` on the CPU here, which loops over per-tensor kernels); `foreach` for
+    parameter; about 4× faster than `foreach` on the CPU here, which loops over per-tensor kernels); `foreach` for
     sharded (DTensor) or other subclassed parameters and other devices."""
     plain = all(type(p.data) is torch.Tensor for g in groups for p in g['params'])
     return {'fused': True} if device.type == 'cuda' or (device.type == 'cpu' and plain) else {'foreach': True}
