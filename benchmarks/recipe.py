@@ -141,6 +141,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument('--out', default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     if a.quick: a.minutes, a.calib_steps = min(a.minutes, 0.1), 5
+    if a.calib_steps < 2 or a.minutes <= 0 or (a.steps is not None and a.steps < 1):
+        ap.error('--calib-steps must be at least 2 (a step time needs two logged steps), --minutes positive, --steps at least 1')
     if 'baseline' not in a.variants: a.variants = ['baseline'] + a.variants
     work = tempfile.mkdtemp(prefix='bytropix-recipe-')
     try:

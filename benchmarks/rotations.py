@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
-from bytropix.layers.rotations import TRACED_SQUARINGS, expm_taylor, skew_from_params, so_matrix  # noqa: E402
+from bytropix.layers.rotations import TRACED_SQUARINGS, expm_taylor, skew_from_params, so_matrix, taylor_squarings  # noqa: E402
 
 
 def contenders(n: int, compile_: bool) -> dict:
@@ -73,8 +73,7 @@ def main(argv=None) -> list[dict]:
             A = skew_from_params(params.detach(), n)
             for fn in fns.values():   # the same rotation first: a faster wrong answer is no answer
                 torch.testing.assert_close(fn(params).detach(), torch.linalg.matrix_exp(A), atol=2e-5, rtol=2e-5)
-            nrm = float(A.abs().sum(-2).amax())
-            s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
+            s = taylor_squarings(A)
             best = {k: math.inf for k in fns}
             for r in range(a.repeats + 2):   # two warm-up rounds; contenders interleaved, order alternating
                 for k in (names if r % 2 == 0 else names[::-1]):

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from ..core import ConfigError, compute_dtype, did_you_mean
 
 # %% auto #0
-__all__ = ['TRACED_SQUARINGS', 'ROTATIONS', 'skew_from_params', 'expm_taylor', 'so_matrix', 'quaternion_mul', 'quaternion_conj',
-           'unit_quaternion', 'quaternion_rotate', 'Rotation', 'IdentityRotation', 'SORotation', 'QuaternionRotation',
-           'make_rotation']
+__all__ = ['TRACED_SQUARINGS', 'ROTATIONS', 'skew_from_params', 'taylor_squarings', 'expm_taylor', 'so_matrix', 'quaternion_mul',
+           'quaternion_conj', 'unit_quaternion', 'quaternion_rotate', 'Rotation', 'IdentityRotation', 'SORotation',
+           'QuaternionRotation', 'make_rotation']
 
 # %% ../../nbs/16_rotations.ipynb #814e6816
 def skew_from_params(params: torch.Tensor, n: int) -> torch.Tensor:
@@ -33,6 +33,11 @@ def skew_from_params(params: torch.Tensor, n: int) -> torch.Tensor:
 
 TRACED_SQUARINGS = 12   # in a compiled graph: exact for ‖A‖₁ ≤ 0.5·2¹² = 2048, far beyond a trained rotation's generator
 
+def taylor_squarings(A: torch.Tensor) -> int:
+    "The scaling count $s$ of `expm_taylor`: the least $s \\ge 0$ with $\\|A/2^s\\|_1 \\le \\frac12$ (largest over a batch)."
+    nrm = float(A.detach().abs().sum(-2).amax()) if A.numel() else 0.0    # the 1-norm
+    return max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
+
 def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tensor:
     """$\\exp(A)$ of square matrices (..., n, n) by scaling and squaring a Taylor polynomial: $\\|A/2^s\\|_1\\le\\frac12$,
     degree 8 (float32) or 16 (float64). Plain matmuls, so autograd's backward costs about two forwards.
@@ -41,8 +46,7 @@ def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tens
     m = 16 if A.dtype == torch.float64 else 8
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     if max_squarings is None:
-        nrm = float(A.detach().abs().sum(-2).amax()) if A.numel() else 0.0    # the 1-norm (largest over a batch)
-        s = max(0, math.ceil(math.log2(nrm / 0.5))) if nrm > 0.5 else 0
+        s = taylor_squarings(A)
         X = A / 2 ** s
     else:
         nrm = A.detach().abs().sum(-2).amax().clamp_min(1e-30)
