@@ -211,6 +211,18 @@ def literal_wubu_forward(blk, x, trace=None):
     return sum(p(t) for p, t in zip(blk.out_proj, outs))
 
 
+def _compose_step(model) -> None:
+    "The residual step and its log_0 as separate expmap0, mobius_add and logmap0 kernels (before mobius_add_expmap0)."
+    import types
+    from bytropix.geometry import logmap0
+    from bytropix.layers.wubu import IntraLevel
+    def with_log(self, x, c, v=None):
+        y = self(x, c, v)
+        return y, logmap0(y, c)
+    for m in model.modules():
+        if isinstance(m, IntraLevel): m.with_log = types.MethodType(with_log, m)
+
+
 def _use_matrix_exp(model) -> None:
     "Rotations by `torch.linalg.matrix_exp` (the library's choice before the Taylor exponential) on this model only."
     import torch
@@ -236,13 +248,14 @@ def speed(a) -> list[dict]:
     common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
     g = torch.Generator().manual_seed(a.seed)
     x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
-    def contender(name, arch, literal=False, matrix_exp=False, compile_=False, **kw):
+    def contender(name, arch, literal=False, matrix_exp=False, compose=False, compile_=False, **kw):
         seed_everything(a.seed)
         m = build_model(arch, {**common, **kw})
         if literal:
             for blk in m.modules():
                 if type(blk).__name__ == 'WuBuBlock': blk.forward = types.MethodType(literal_wubu_forward, blk)
         if matrix_exp: _use_matrix_exp(m)
+        if compose: _compose_step(m)
         opt = build_optimizer(m, TrainConfig(lr=1e-4, weight_decay=0.1), torch.device('cpu'))
         params = [p for p in m.parameters() if p.requires_grad]
         f = torch.compile(m) if compile_ else m
@@ -255,7 +268,8 @@ def speed(a) -> list[dict]:
     cs = [contender('GPT', 'gpt'),
           contender('WuBu, before (literal levels, matrix_exp)', 'wubu', literal=True, matrix_exp=True, **wk),
           contender('WuBu, + Taylor exponential for the rotations', 'wubu', literal=True, **wk),
-          contender('WuBu, + fused levels (no round trip, one affine map, cdist): now', 'wubu', **wk)]
+          contender('WuBu, + fused levels (no round trip, one affine map, cdist)', 'wubu', compose=True, **wk),
+          contender('WuBu, + residual step and log0 from per-token scalars: now', 'wubu', **wk)]
     if a.compile:
         cs += [contender('GPT, torch.compile', 'gpt', compile_=True),
                contender('WuBu now, torch.compile', 'wubu', compile_=True, **wk)]

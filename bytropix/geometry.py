@@ -25,9 +25,10 @@ from .core import ConfigError, compute_dtype, did_you_mean, is_half
 __all__ = ['Curvature', 'MIN_NORM', 'TORCH_OPS', 'ball_eps', 'atanh_eps', 'margin_floor', 'artanh', 'tanh', 'safe_norm', 'sqnorm',
            'dot', 'register_kernel', 'unregister_kernel', 'registered_kernels', 'get_backend', 'set_backend',
            'use_backend', 'lambda_x', 'project', 'mobius_add', 'mobius_sub', 'gyration', 'expmap0', 'logmap0',
-           'expmap0_with_log', 'expmap', 'logmap', 'dist', 'dist0', 'cdist', 'mobius_scalar_mul', 'mobius_matvec',
-           'mobius_linear', 'parallel_transport', 'egrad2rgrad', 'poincare_to_lorentz', 'lorentz_to_poincare',
-           'poincare_to_klein', 'klein_to_poincare', 'compiled', 'inv_softplus', 'floored_softplus', 'PoincareBall']
+           'expmap0_with_log', 'mobius_add_expmap0', 'expmap', 'logmap', 'dist', 'dist0', 'cdist', 'mobius_scalar_mul',
+           'mobius_matvec', 'mobius_linear', 'parallel_transport', 'egrad2rgrad', 'poincare_to_lorentz',
+           'lorentz_to_poincare', 'poincare_to_klein', 'klein_to_poincare', 'compiled', 'inv_softplus',
+           'floored_softplus', 'PoincareBall']
 
 # %% ../nbs/01_geometry.ipynb #1f0e4967
 Curvature = Union[float, Tensor]
@@ -226,9 +227,16 @@ def _msum(a: Tensor, x: Tensor, b: Tensor, y: Tensor, A: Tensor, B: Tensor, c: C
     boundary points)."""
     z = _lincomb(a, x, b, y)
     cz = c * sqnorm(z)
-    D = (A * B + cz).clamp_min(MIN_NORM)
-    r = ((1 - eps) / (cz / D).clamp_min(MIN_NORM * MIN_NORM).sqrt()).clamp_max(1.0)  # sqrt(c)|result| = sqrt(cz/D)
+    D, _, r = _mproj(A, B, cz, eps)
     return _lincomb(r * cz / D * a, x, r * A / D, z)
+
+def _mproj(A: Tensor, B: Tensor, cz: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-row scalars of a Möbius sum with A = 1 - c|x|², B = 1 - c|y|², cz = c|x + y|²: the denominator
+    D = AB + cz (clamped: 0 only for antipodal boundary points), n = sqrt(c)|x ⊕ y| = sqrt(cz/D) and the factor
+    r = min(1, (1-eps)/n) that projects the sum onto the margin."""
+    D = (A * B + cz).clamp_min(MIN_NORM)
+    n = (cz / D).clamp_min(MIN_NORM * MIN_NORM).sqrt()
+    return D, n, ((1 - eps) / n).clamp_max(1.0)
 
 def _madd(x: Tensor, y: Tensor, c: Curvature, eps: float) -> Tensor:
     "x ⊕_c y projected, in the compute dtype."
@@ -313,6 +321,35 @@ def expmap0_with_log(v: Tensor, c: Curvature = 1.0) -> tuple[Tensor, Tensor]:
     z = _sqrt(c) * safe_norm(v)
     x = v * (torch.tanh(z).clamp_max(1 - eps) / z)                 # = _expmap0_c(v, c, eps), sharing z
     return x.to(dt), (v * (math.atanh(1 - eps) / z).clamp_max(1.0)).to(dt)
+
+# %% ../nbs/01_geometry.ipynb #e7dd8cfd
+def _exp0_scales(vv: Tensor, hh: Tensor, c: Curvature, eps: float) -> tuple[Tensor, Tensor]:
+    "Per-row a, b with exp0(v) = a v, exp0(h) = b h (clamped at the margin like `expmap0`), from |v|², |h|²."
+    s = _sqrt(c)
+    zv, zh = s * vv.clamp_min(MIN_NORM * MIN_NORM).sqrt(), s * hh.clamp_min(MIN_NORM * MIN_NORM).sqrt()
+    return torch.tanh(zv).clamp_max(1 - eps) / zv, torch.tanh(zh).clamp_max(1 - eps) / zh
+
+def _vdot(p: Tensor, q: Tensor) -> Tensor: return torch.linalg.vecdot(p, q).unsqueeze(-1)
+
+def mobius_add_expmap0(v: Tensor, h: Tensor, c: Curvature = 1.0) -> tuple[Tensor, Tensor]:
+    """$(y, \\log^c_0 y)$ with $y = \\exp^c_0(v) \\oplus_c \\exp^c_0(h)$ (projected), as combinations of `v` and
+    $z = \\exp^c_0 v + \\exp^c_0 h$ with per-row scalars (see above). `v`, `h`: tangent vectors (..., n). Where
+    kernels serve the geometry (CUDA tensors, or the 'triton' backend) it composes the three kernel-backed ops."""
+    if _BACKEND == 'triton' or (_BACKEND == 'auto' and v.is_cuda):
+        y = mobius_add(expmap0(v, c), expmap0(h, c), c)
+        return y, logmap0(y, c)
+    dt = torch.promote_types(v.dtype, h.dtype); cd = _cdt(dt)
+    v, h = torch.broadcast_tensors(_up(v, cd), _up(h, cd))
+    c, eps = _c(c, cd), ball_eps(dt)
+    vv, hh = _vdot(v, v), _vdot(h, h)
+    a, b = _exp0_scales(vv, hh, c, eps)
+    z = torch.addcmul(a * v, b, h)                                 # x + g, materialised: |z|² keeps its accuracy
+    A, B, cz = 1 - c * (a * a * vv), 1 - c * (b * b * hh), c * _vdot(z, z)
+    D, n, r = _mproj(A, B, cz, eps)
+    P, Q = r * cz / D * a, r * A / D                               # y = (r cz/D) x + (r A/D) z, as in _msum
+    t = r * n                                                      # sqrt(c)|y|
+    k = _artanh_pos(t.clamp_max(1 - atanh_eps(cd))) / t            # log0 rescales by artanh(t)/t
+    return torch.addcmul(P * v, Q, z).to(dt), torch.addcmul(k * P * v, k * Q, z).to(dt)
 
 # %% ../nbs/01_geometry.ipynb #c68e296a
 @_reference

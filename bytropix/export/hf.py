@@ -140,7 +140,7 @@ def gpt_config_from_hf(hc: Any) -> dict:
                  n_embd=hc.n_embd, style='gpt2', mlp_ratio=(hc.n_inner or 4 * hc.n_embd) / hc.n_embd,
                  norm_eps=hc.layer_norm_epsilon, tie_embeddings=bool(hc.tie_word_embeddings), dropout=0.0)
         if hc.activation_function == 'relu2': return {**d, 'mlp_act': 'relu2'}
-        return _with_exact_gelu(d) if hc.activation_function == 'gelu' else d
+        return _with_exact_gelu(d) if hc.activation_function == 'gelu' else {**d, 'gelu_approximate': 'tanh'}
     raise ConfigError(f"model_type `{t}` cannot be imported: bytropix imports llama, mistral and gpt2 checkpoints "
                       "(and nanoGPT ckpt.pt files).")
 

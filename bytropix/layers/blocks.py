@@ -39,7 +39,7 @@ class BlockConfig:
     mlp_ratio: float = 4.0
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
     norm_eps: float = 1e-5
-    gelu_approximate: Literal['tanh', 'none'] = 'tanh'  # gpt2 style: GPT-2's tanh GELU or the exact (erf) one
+    gelu_approximate: Literal['tanh', 'none'] = 'none'  # gpt2 style: the exact (erf) GELU or GPT-2's tanh form
     mlp: Literal['dense', 'moe'] = 'dense'  # moe: a mixture of n_experts MLPs, moe_top_k per token (chapter moe)
     n_experts: int = 8
     moe_top_k: int = 2

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..core import ConfigBase, ConfigError, upcast
 from ..geometry import (PoincareBall, cdist, expmap0, expmap0_with_log, floored_softplus, inv_softplus, logmap0,
-                               mobius_add)
+                               mobius_add, mobius_add_expmap0)
 from .attention import KVCache, SelfAttention
 from .hyperbolic import HyperbolicAttention, HyperbolicMLP, HyperbolicRMSNorm
 from .mlp import GELUMLP, SwiGLU
@@ -237,6 +237,14 @@ class IntraLevel(nn.Module):
         "`v`: $\\log^c_0 x$ if known (the tangent flow then skips computing it)."
         return mobius_add(x, self.g(x, c, v) if self.kind == 'tangent_flow' else self.g(x, c), c)
 
+    def with_log(self, x: Tensor, c: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        "$(y, \\log^c_0 y)$; the tangent flow gets both from `mobius_add_expmap0` (no point in between, see *Geometry*)."
+        if self.kind != 'tangent_flow':
+            y = self(x, c)
+            return y, logmap0(y, c)
+        if v is None: v = logmap0(x, c)
+        return mobius_add_expmap0(v, self.g.mlp(v), c)
+
 class LevelWeights(nn.Module):
     "Learned maps of a level: context map (if `ctx_dim`), intra-level step, rotation and transfer (if `next_dim`)."
     def __init__(self, dim: int, ctx_dim: int, next_dim: int, config: WuBuNestingConfig):
@@ -315,8 +323,8 @@ def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None) -> tup
     c, s, sigma = geo.c, geo.s, geo.sigma
     x, v = expmap0_with_log(s * u, c)                       # into the level: the point and its log_0, no round trip
     if W.norm is not None: x, v = W.norm(x, c), None        # hyperbolic RMSNorm moves the point: log_0 recomputed
-    y = W.intra(x, c, v)                                    # step 2: Möbius residual step
-    t = logmap0(y, c) / s                                   # step 3: out of the level
+    y, w = W.intra.with_log(x, c, v)                        # step 2: Möbius residual step, and its log_0
+    t = w / s                                               # step 3: out of the level
     b = geo.boundary_points()
     if self.nb[i]:                                          # (..., k) distances to the landmarks: one pairwise kernel
         d = cdist(y.reshape(-1, y.shape[-1]), b.to(y.dtype), c).view(*y.shape[:-1], -1)

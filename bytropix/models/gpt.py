@@ -54,7 +54,7 @@ class GPTConfig(ModelConfig):
     multiple_of: int = 64                  # SwiGLU hidden size is rounded up to a multiple of this
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    gelu_approximate: Literal['tanh', 'none'] = 'tanh'  # gpt2 style: GPT-2's tanh GELU or the exact (erf) one (nanoGPT)
+    gelu_approximate: Literal['tanh', 'none'] = 'none'  # gpt2 style: the exact (erf) GELU (nanoGPT) or GPT-2's tanh form
     mlp: Literal['dense', 'moe'] = 'dense'  # moe: a mixture of n_experts MLPs per block, moe_top_k per token
     n_experts: int = 8
     moe_top_k: int = 2                      # 1: Switch, 2: GShard/Mixtral
