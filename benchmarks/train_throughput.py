@@ -230,7 +230,9 @@ def run_reference(run, device: torch.device) -> dict:
 def components(a, device: torch.device, tmp: str) -> list[dict]:
     """Forward + backward of one layer's parts on the benchmark's activations (batch × block × width), bytropix llama
     against the reference: fastest and median of `a.component_runs` interleaved runs (the fastest is the least disturbed
-    by other jobs). Per step: × the layers (attention, MLP) or × the norms (2 per layer + the final one)."""
+    by other jobs). Per step: × the layers (attention, MLP) or × the norms (2 per layer + the final one). The last row
+    is the gpt2 style's activation on the MLP's hidden width: GPT-2's tanh form (`gelu_approximate: tanh`) against the
+    exact GELU (its default, and the reference's)."""
     run = make_run(2, str(device), a.threads, 1, os.path.join(tmp, 'components'), 'llama')
     mc, tc = run.model_config, run.train
     torch.manual_seed(0)
@@ -239,18 +241,23 @@ def components(a, device: torch.device, tmp: str) -> list[dict]:
     blk, rblk = model.blocks[0], ref.blocks[0]
     x = torch.randn(tc.batch_size, tc.block_size, mc.n_embd, device=device, requires_grad=True)
     g = torch.randn_like(x)
-    per_step = {'attention': mc.n_layer, 'MLP': mc.n_layer, 'norm': 2 * mc.n_layer + 1}
-    parts = [('attention', 'fused qkv, RoPE, SDPA, out proj', blk.attn, 'fused qkv, SDPA, out proj', rblk.attn),
-             ('MLP', f'SwiGLU (hidden {blk.mlp.hidden})', blk.mlp, f'GELU erf (hidden {rblk.fc.out_features})', rblk.mlp),
-             ('norm', 'RMSNorm', blk.ln1, 'LayerNorm', rblk.ln1)]
-    def once(f) -> float:
-        _sync(device); t0 = time.perf_counter(); f(x).backward(g); _sync(device); return time.perf_counter() - t0
+    h = torch.randn(tc.batch_size, tc.block_size, rblk.fc.out_features, device=device, requires_grad=True)
+    gh = torch.randn_like(h)
+    per_step = {'attention': mc.n_layer, 'MLP': mc.n_layer, 'norm': 2 * mc.n_layer + 1, 'GELU': mc.n_layer}
+    parts = [('attention', 'fused qkv, RoPE, SDPA, out proj', blk.attn, 'fused qkv, SDPA, out proj', rblk.attn, x),
+             ('MLP', f'SwiGLU (hidden {blk.mlp.hidden})', blk.mlp, f'GELU erf (hidden {rblk.fc.out_features})', rblk.mlp, x),
+             ('norm', 'RMSNorm', blk.ln1, 'LayerNorm', rblk.ln1, x),
+             # the gpt2 style's activation: GPT-2's tanh form (gelu_approximate: tanh) against the exact one (the default)
+             ('GELU', f'tanh form (width {h.shape[-1]})', lambda t: F.gelu(t, approximate='tanh'), 'exact (erf)', F.gelu, h)]
+    def once(f, inp) -> float:
+        _sync(device); t0 = time.perf_counter(); f(inp).backward(gh if inp is h else g); _sync(device)
+        return time.perf_counter() - t0
     rows = []
-    for name, what, f, rwhat, rf in parts:
-        for _ in range(3): once(f); once(rf)                              # warm-up
+    for name, what, f, rwhat, rf, inp in parts:
+        for _ in range(3): once(f, inp); once(rf, inp)                    # warm-up
         ts, rs = [], []
         for i in range(a.component_runs):
-            for fn, acc in ((f, ts), (rf, rs)) if i % 2 == 0 else ((rf, rs), (f, ts)): acc.append(once(fn))
+            for fn, acc in ((f, ts), (rf, rs)) if i % 2 == 0 else ((rf, rs), (f, ts)): acc.append(once(fn, inp))
         row = dict(component=name, bytropix=what, reference=rwhat, ms=1000 * min(ts), ref_ms=1000 * min(rs),
                    ms_median=1000 * statistics.median(ts), ref_ms_median=1000 * statistics.median(rs), per_step=per_step[name])
         rows.append(row)

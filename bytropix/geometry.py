@@ -285,13 +285,19 @@ def gyration(u: Tensor, v: Tensor, w: Tensor, c: Curvature = 1.0) -> Tensor:
     return _dispatch('gyration', (u, v, w), {}, c)
 
 # %% ../nbs/01_geometry.ipynb #9d754602
+def _exp0_scale(z: Tensor, eps: float) -> Tensor:
+    "exp0(v) = v tanh(z)/z with z = sqrt(c)|v| (clamped: never past the margin)."
+    return torch.tanh(z).clamp_max(1 - eps) / z
+
+def _log0_scale(t: Tensor, aeps: float) -> Tensor:
+    "log0(y) = y artanh(t)/t with t = sqrt(c)|y| (clamped below 1)."
+    return _artanh_pos(t.clamp_max(1 - aeps)) / t
+
 def _expmap0_c(v: Tensor, c: Curvature, eps: float) -> Tensor:
-    z = _sqrt(c) * safe_norm(v)
-    return v * (torch.tanh(z).clamp_max(1 - eps) / z)
+    return v * _exp0_scale(_sqrt(c) * safe_norm(v), eps)
 
 def _logmap0_c(y: Tensor, c: Curvature, aeps: float) -> Tensor:
-    t = _sqrt(c) * safe_norm(y)
-    return y * (_artanh_pos(t.clamp_max(1 - aeps)) / t)
+    return y * _log0_scale(_sqrt(c) * safe_norm(y), aeps)
 
 @_reference
 def _expmap0(v: Tensor, c: Curvature = 1.0) -> Tensor:
@@ -319,17 +325,14 @@ def expmap0_with_log(v: Tensor, c: Curvature = 1.0) -> tuple[Tensor, Tensor]:
     dt = v.dtype; cd = _cdt(dt); v, c = _up(v, cd), _c(c, cd)
     eps = ball_eps(dt)
     z = _sqrt(c) * safe_norm(v)
-    x = v * (torch.tanh(z).clamp_max(1 - eps) / z)                 # = _expmap0_c(v, c, eps), sharing z
+    x = v * _exp0_scale(z, eps)                                    # = _expmap0_c(v, c, eps), sharing z
     return x.to(dt), (v * (math.atanh(1 - eps) / z).clamp_max(1.0)).to(dt)
 
 # %% ../nbs/01_geometry.ipynb #e7dd8cfd
 def _exp0_scales(vv: Tensor, hh: Tensor, c: Curvature, eps: float) -> tuple[Tensor, Tensor]:
     "Per-row a, b with exp0(v) = a v, exp0(h) = b h (clamped at the margin like `expmap0`), from |v|², |h|²."
     s = _sqrt(c)
-    zv, zh = s * vv.clamp_min(MIN_NORM * MIN_NORM).sqrt(), s * hh.clamp_min(MIN_NORM * MIN_NORM).sqrt()
-    return torch.tanh(zv).clamp_max(1 - eps) / zv, torch.tanh(zh).clamp_max(1 - eps) / zh
-
-def _vdot(p: Tensor, q: Tensor) -> Tensor: return torch.linalg.vecdot(p, q).unsqueeze(-1)
+    return tuple(_exp0_scale(s * t.clamp_min(MIN_NORM * MIN_NORM).sqrt(), eps) for t in (vv, hh))
 
 def mobius_add_expmap0(v: Tensor, h: Tensor, c: Curvature = 1.0) -> tuple[Tensor, Tensor]:
     """$(y, \\log^c_0 y)$ with $y = \\exp^c_0(v) \\oplus_c \\exp^c_0(h)$ (projected), as combinations of `v` and
@@ -341,14 +344,14 @@ def mobius_add_expmap0(v: Tensor, h: Tensor, c: Curvature = 1.0) -> tuple[Tensor
     dt = torch.promote_types(v.dtype, h.dtype); cd = _cdt(dt)
     v, h = torch.broadcast_tensors(_up(v, cd), _up(h, cd))
     c, eps = _c(c, cd), ball_eps(dt)
-    vv, hh = _vdot(v, v), _vdot(h, h)
+    vv, hh = sqnorm(v), sqnorm(h)
     a, b = _exp0_scales(vv, hh, c, eps)
     z = torch.addcmul(a * v, b, h)                                 # x + g, materialised: |z|² keeps its accuracy
-    A, B, cz = 1 - c * (a * a * vv), 1 - c * (b * b * hh), c * _vdot(z, z)
+    A, B, cz = 1 - c * (a * a * vv), 1 - c * (b * b * hh), c * sqnorm(z)
     D, n, r = _mproj(A, B, cz, eps)
     P, Q = r * cz / D * a, r * A / D                               # y = (r cz/D) x + (r A/D) z, as in _msum
     t = r * n                                                      # sqrt(c)|y|
-    k = _artanh_pos(t.clamp_max(1 - atanh_eps(cd))) / t            # log0 rescales by artanh(t)/t
+    k = _log0_scale(t, atanh_eps(cd))                              # log0 only rescales
     return torch.addcmul(P * v, Q, z).to(dt), torch.addcmul(k * P * v, k * Q, z).to(dt)
 
 # %% ../nbs/01_geometry.ipynb #c68e296a

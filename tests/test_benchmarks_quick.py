@@ -73,6 +73,7 @@ def test_train_throughput_quick():
 def test_train_throughput_parts_quick():
     out = run_quick('train_throughput.py', '--components')
     assert '| component | bytropix llama | ms | reference GPT-2 | ms | difference per step |' in out
+    assert '\n| GELU | tanh form (width ' in out and '| exact (erf) |' in out
     out = run_quick('train_throughput.py', '--optimizer-step')
     assert '| implementation | ms | per-tensor loop / this |' in out and "| trainer's build_optimizer (fused) |" in out
 
