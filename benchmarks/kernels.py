@@ -80,10 +80,10 @@ def geoopt_fn(op):
 
 def make_inputs(op, rows, dim, dtype, device, gen):
     def ball(*shape, r=0.8):
-        v = torch.randn(*shape, generator=gen, device=device)
-        return (v / v.norm(dim=-1, keepdim=True) * torch.rand(*shape[:-1], 1, generator=gen, device=device) * r).to(dtype)
+        v = torch.randn(*shape, generator=gen)
+        return (v / v.norm(dim=-1, keepdim=True) * torch.rand(*shape[:-1], 1, generator=gen) * r).to(device, dtype)
     def tangent(*shape, s=1.0):  # noqa: E306
-        return (s * torch.randn(*shape, generator=gen, device=device)).to(dtype)
+        return (s * torch.randn(*shape, generator=gen)).to(device, dtype)
     return {'mobius_add': lambda: [ball(rows, dim), ball(rows, dim)], 'expmap0': lambda: [tangent(rows, dim)],
             'logmap0': lambda: [ball(rows, dim)], 'expmap': lambda: [ball(rows, dim), tangent(rows, dim)],
             'logmap': lambda: [ball(rows, dim), ball(rows, dim)], 'dist': lambda: [ball(rows, dim), ball(rows, dim)],
@@ -91,11 +91,13 @@ def make_inputs(op, rows, dim, dtype, device, gen):
 
 
 class Timer:
+    "After each call, `graphed` says whether the time came from CUDA-graph replays."
     def __init__(self, device, quick):
-        self.device, self.quick = device, quick
+        self.device, self.quick, self.graphed = device, quick, False
 
     def __call__(self, fn, graph=True):
         "Median milliseconds of fn(); on CUDA from CUDA-graph replays (graph=True) or events."
+        self.graphed = False
         if self.device.type != 'cuda':
             fn()
             ts = []
@@ -105,22 +107,26 @@ class Timer:
         from triton.testing import do_bench, do_bench_cudagraph
         if graph:
             try:
-                return do_bench_cudagraph(fn, rep=50, return_mode='median')
+                ms = do_bench_cudagraph(fn, rep=50, return_mode='median')
+                self.graphed = True
+                return ms
             except Exception as e:  # a capture failure: report event timing instead
-                print(f'  (CUDA graph capture failed: {type(e).__name__}; timing with events)', file=sys.stderr)
+                print(f'  (CUDA graph capture failed: {type(e).__name__}: {str(e)[:300]}; timing with events)', file=sys.stderr)
         return do_bench(fn, warmup=25, rep=100, return_mode='median')
 
 
 def fwd_bwd(fn, inputs, c):
     "A closure running fn forward and backward (gradients of every input and of c)."
     out = fn(*inputs, c)
-    g = torch.randn_like(out)
+    # the upstream gradient from a CPU generator: a failed graph capture can leave the CUDA generator unusable
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
     wrt = inputs + [c]
     return lambda: torch.autograd.grad(fn(*inputs, c), wrt, g)
 
 
-def fmt(ms):
-    return '—' if ms is None else (f'{ms:.3f}' if ms < 10 else f'{ms:.1f}')
+def fmt(ms, events=False):
+    "A time in ms; `*` marks an event-timed cell on CUDA (its graph capture failed: launch overhead included)."
+    return '—' if ms is None else (f'{ms:.3f}' if ms < 10 else f'{ms:.1f}') + ('*' if events else '')
 
 
 def ratio(a, b):
@@ -159,7 +165,13 @@ def main(argv=None):
         ms = timer(lambda: buf.clone(), graph=False)
         print(f'device-to-device copy: {2 * buf.numel() * 4 / ms / 1e6:.0f} GB/s (read + write)')
         del buf
-    gen = torch.Generator(device=device).manual_seed(0)
+    # every random input is drawn on the CPU: a failed graph capture can leave the CUDA generator unusable
+    gen = torch.Generator().manual_seed(0)
+    ev = set()  # (row key, impl) of event-timed CUDA cells
+    def timed(key, impl, fn):
+        ms = timer(fn)
+        if device.type == 'cuda' and not timer.graphed: ev.add((key, impl))
+        return ms
     dtypes = [getattr(torch, d) for d in a.dtypes.split(',')]
     compile_dtypes = set() if a.no_compile else {getattr(torch, d) for d in a.compile_dtypes.split(',')}
 
@@ -172,65 +184,65 @@ def main(argv=None):
     def torch_fn(op):
         return lambda *args: geometry.TORCH_OPS[op](*args[:-1], c=args[-1])
 
-    rows = []
+    # each row is printed as soon as it is measured (stdout flushed): a run stopped by a time limit keeps its rows
+    print(f'\n### Forward + backward, {a.rows} × {a.dim} (times in ms; speed-up = other / kernel)\n')
+    print('| op | dtype | kernel | eager | compile | geoopt | vs eager | vs compile | vs geoopt | kernel GB/s | % of peak '
+          '| kernel, eager launch |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|', flush=True)
     for dtype in dtypes:
         for op in a.ops.split(','):
             xs = [t.requires_grad_() for t in make_inputs(op, a.rows, a.dim, dtype, device, gen)]
             c = torch.tensor(0.8, device=device, requires_grad=True)
-            res = {}
+            r = {}
             impls = [('kernel', kernel_fn(op)), ('eager', torch_fn(op))]
             if dtype in compile_dtypes: impls.append(('compile', torch.compile(torch_fn(op), dynamic=False)))
             g = geoopt_fn(op)
             if g is not None: impls.append(('geoopt', g))
             for impl, f in impls:
                 try:
-                    res[impl] = timer(fwd_bwd(f, xs, c))
+                    r[impl] = timed((op, dtype), impl, fwd_bwd(f, xs, c))
                 except Exception as e:  # keep the table going; say why a cell is empty
                     print(f'  {op} {impl}: {type(e).__name__}: {str(e)[:200]}', file=sys.stderr)
-                    res[impl] = None
-            res['kernel_eager'] = timer(fwd_bwd(kernel_fn(op), xs, c), graph=False) if device.type == 'cuda' else None
+                    r[impl] = None
+            r['kernel_eager'] = timer(fwd_bwd(kernel_fn(op), xs, c), graph=False) if device.type == 'cuda' else None
             n_in, n_out = PASSES[op]
             nbytes = ((n_in + n_out) + (n_in + n_out + n_in)) * a.rows * a.dim * xs[0].element_size()
-            gbps = nbytes / res['kernel'] / 1e6 if res['kernel'] else None
-            rows.append((op, str(dtype).replace('torch.', ''), res, gbps))
+            k = r['kernel']
+            gbps = nbytes / k / 1e6 if k else None
+            pct = f'{100 * gbps / peak:.0f}%' if gbps and peak else '—'
+            e = lambda impl: ((op, dtype), impl) in ev  # noqa: E731
+            print(f"| {op} | {str(dtype).replace('torch.', '')} | {fmt(k, e('kernel'))} | {fmt(r.get('eager'), e('eager'))} "
+                  f"| {fmt(r.get('compile'), e('compile'))} | {fmt(r.get('geoopt'), e('geoopt'))} "
+                  f"| {ratio(r.get('eager'), k)} | {ratio(r.get('compile'), k)} | {ratio(r.get('geoopt'), k)} "
+                  f"| {'—' if gbps is None else f'{gbps:.0f}'} | {pct} | {fmt(r.get('kernel_eager'))} |", flush=True)
             del xs
             if device.type == 'cuda': torch.cuda.empty_cache()
 
-    print(f'\n### Forward + backward, {a.rows} × {a.dim} (times in ms; speed-up = other / kernel)\n')
-    print('| op | dtype | kernel | eager | compile | geoopt | vs eager | vs compile | vs geoopt | kernel GB/s | % of peak '
-          '| kernel, eager launch |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
-    for op, dt, r, gbps in rows:
-        k = r['kernel']
-        pct = f'{100 * gbps / peak:.0f}%' if gbps and peak else '—'
-        print(f"| {op} | {dt} | {fmt(k)} | {fmt(r.get('eager'))} | {fmt(r.get('compile'))} | {fmt(r.get('geoopt'))} "
-              f"| {ratio(r.get('eager'), k)} | {ratio(r.get('compile'), k)} | {ratio(r.get('geoopt'), k)} "
-              f"| {'—' if gbps is None else f'{gbps:.0f}'} | {pct} | {fmt(r.get('kernel_eager'))} |")
-
     print('\n### Möbius linear layer vs nn.Linear (forward + backward, ms)\n')
     print('| shape (rows × in → out) | dtype | nn.Linear | mobius_linear kernel | ratio | eager torch | geoopt |')
-    print('|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|', flush=True)
     for shape in a.linear.split(','):
         n, din, dout = (int(v) for v in shape.split('x'))
         for dtype in dtypes:
-            x = (torch.randn(n, din, generator=gen, device=device) * 0.5 / din ** 0.5).to(dtype).requires_grad_()
-            lin = torch.nn.Linear(din, dout, device=device, dtype=dtype)
+            x = (torch.randn(n, din, generator=gen) * 0.5 / din ** 0.5).to(device, dtype).requires_grad_()
+            lin = torch.nn.Linear(din, dout).to(device, dtype)
             w = lin.weight.detach().clone().requires_grad_()
-            b = (torch.randn(dout, generator=gen, device=device) * 0.3 / dout ** 0.5).to(dtype).requires_grad_()
+            b = (torch.randn(dout, generator=gen) * 0.3 / dout ** 0.5).to(device, dtype).requires_grad_()
             c = torch.tensor(0.8, device=device, requires_grad=True)
-            gl = torch.randn(n, dout, generator=gen, device=device).to(dtype)
-            t_lin = timer(lambda: torch.autograd.grad(lin(x), [x, lin.weight, lin.bias], gl))
+            gl = torch.randn(n, dout, generator=gen).to(device, dtype)
+            t_lin = timed((shape, dtype), 'linear', lambda: torch.autograd.grad(lin(x), [x, lin.weight, lin.bias], gl))
             t = {}
             for impl, f in [('kernel', kernel_fn('mobius_linear')), ('eager', torch_fn('mobius_linear')),
                             ('geoopt', geoopt_fn('mobius_linear'))]:
                 if f is None: t[impl] = None; continue
                 try:
-                    t[impl] = timer(lambda: torch.autograd.grad(f(x, w, b, c), [x, w, b, c], gl))
+                    t[impl] = timed((shape, dtype), impl, lambda: torch.autograd.grad(f(x, w, b, c), [x, w, b, c], gl))
                 except Exception as e:
                     print(f'  mobius_linear {impl}: {type(e).__name__}: {str(e)[:200]}', file=sys.stderr)
                     t[impl] = None
-            print(f"| {n} × {din} → {dout} | {str(dtype).replace('torch.', '')} | {fmt(t_lin)} | {fmt(t['kernel'])} "
-                  f"| {ratio(t['kernel'], t_lin)} | {fmt(t['eager'])} | {fmt(t['geoopt'])} |")
+            e = lambda impl: ((shape, dtype), impl) in ev  # noqa: E731
+            print(f"| {n} × {din} → {dout} | {str(dtype).replace('torch.', '')} | {fmt(t_lin, e('linear'))} | {fmt(t['kernel'], e('kernel'))} "
+                  f"| {ratio(t['kernel'], t_lin)} | {fmt(t['eager'], e('eager'))} | {fmt(t['geoopt'], e('geoopt'))} |", flush=True)
             del x, lin, w, b
             if device.type == 'cuda': torch.cuda.empty_cache()
 
@@ -239,18 +251,20 @@ def main(argv=None):
         print('| dtype | kernel | eager | geoopt | vs eager | vs geoopt |')
         print('|---|---|---|---|---|---|')
         for dtype in dtypes:
-            xs = [(torch.rand(a.cdist, a.dim, generator=gen, device=device) * 0.2).to(dtype).requires_grad_()
+            xs = [(torch.rand(a.cdist, a.dim, generator=gen) * 0.2).to(device, dtype).requires_grad_()
                   for _ in range(2)]
             c = torch.tensor(0.8, device=device, requires_grad=True)
             t = {}
             for impl, f in [('kernel', kernel_fn('cdist')), ('eager', torch_fn('cdist')), ('geoopt', geoopt_fn('cdist'))]:
                 try:
-                    t[impl] = None if f is None else timer(fwd_bwd(f, xs, c))
+                    t[impl] = None if f is None else timed(('cdist', dtype), impl, fwd_bwd(f, xs, c))
                 except Exception as e:
                     print(f'  cdist {impl}: {type(e).__name__}: {str(e)[:200]}', file=sys.stderr)
                     t[impl] = None
-            print(f"| {str(dtype).replace('torch.', '')} | {fmt(t['kernel'])} | {fmt(t['eager'])} | {fmt(t['geoopt'])} "
-                  f"| {ratio(t['eager'], t['kernel'])} | {ratio(t['geoopt'], t['kernel'])} |")
+            e = lambda impl: (('cdist', dtype), impl) in ev  # noqa: E731
+            print(f"| {str(dtype).replace('torch.', '')} | {fmt(t['kernel'], e('kernel'))} | {fmt(t['eager'], e('eager'))} | {fmt(t['geoopt'], e('geoopt'))} "
+                  f"| {ratio(t['eager'], t['kernel'])} | {ratio(t['geoopt'], t['kernel'])} |", flush=True)
+    if ev: print('\n`*`: event-timed (`do_bench`), its CUDA-graph capture failed: includes the Python launch overhead')
     if a.quick: print('\n(--quick: interpreter smoke test; the times say nothing about speed)')
 
 

@@ -15,10 +15,12 @@ the script counts non-finite losses/gradients (the run must have none) and plots
     python benchmarks/wubu_vs_gpt.py                               # 300 steps each, CPU, ~10 minutes on 1 thread
     python benchmarks/wubu_vs_gpt.py --steps 100 --stability-steps 50 --out-dir /tmp/wubu
     python benchmarks/wubu_vs_gpt.py --speed                       # the training-step table: before/after the rewrites
+    python benchmarks/wubu_vs_gpt.py --speed --device cuda --batch-size 64 --block-size 256   # the same on a GPU
 
 Part 3 (`--speed`) — the WuBu training step before and after the speed rewrites (chapter *WuBu block*): GPT, WuBu with
 its levels computed literally and rotations by `torch.linalg.matrix_exp` (a reference implementation kept here), then
-each rewrite added; all in one process, interleaved, medians.
+each rewrite added; all in one process, interleaved, medians (CPU time of the training thread; on CUDA wall time
+between synchronisations).
 """
 import argparse
 import json
@@ -235,7 +237,9 @@ def _use_matrix_exp(model) -> None:
 def speed(a) -> list[dict]:
     """Median time of one training step (forward, backward, clipping, AdamW) of GPT and of WuBu before/after the speed
     rewrites, all in this process on the same batch, interleaved (round r runs the contenders in order, round r+1 in
-    reverse), timed in CPU time of the (single) training thread: ratios are meaningful on a shared CPU."""
+    reverse), timed in CPU time of the (single) training thread: ratios are meaningful on a shared CPU. With
+    `--device cuda` the models and the batch live on the GPU and each step is timed in wall time between
+    synchronisations (the GPU's time plus whatever launch overhead it does not hide)."""
     import types
     import torch
     torch.set_num_threads(a.threads)
@@ -247,22 +251,26 @@ def speed(a) -> list[dict]:
     B, T, nh = a.batch_size, a.block_size, 4
     common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
     g = torch.Generator().manual_seed(a.seed)
-    x, y = torch.randint(0, 256, (B, T), generator=g), torch.randint(0, 256, (B, T), generator=g)
+    device = torch.device(a.device)
+    x, y = torch.randint(0, 256, (B, T), generator=g).to(device), torch.randint(0, 256, (B, T), generator=g).to(device)
+    cuda = device.type == 'cuda'
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    clock = time.perf_counter if cuda else time.thread_time
     def contender(name, arch, literal=False, matrix_exp=False, compose=False, compile_=False, **kw):
         seed_everything(a.seed)
-        m = build_model(arch, {**common, **kw})
+        m = build_model(arch, {**common, **kw}).to(device)
         if literal:
             for blk in m.modules():
                 if type(blk).__name__ == 'WuBuBlock': blk.forward = types.MethodType(literal_wubu_forward, blk)
         if matrix_exp: _use_matrix_exp(m)
         if compose: _compose_step(m)
-        opt = build_optimizer(m, TrainConfig(lr=1e-4, weight_decay=0.1), torch.device('cpu'))
+        opt = build_optimizer(m, TrainConfig(lr=1e-4, weight_decay=0.1), device)
         params = [p for p in m.parameters() if p.requires_grad]
         f = torch.compile(m) if compile_ else m
         def step():
             loss = f(x, y).loss
             opt.zero_grad(set_to_none=True); loss.backward(); clip_gradients(params, 1.0); opt.step()
-        t0 = time.perf_counter(); step(); step()                    # warm-up (and the compilation, if any)
+        t0 = time.perf_counter(); step(); step(); sync()            # warm-up (and the compilation, if any)
         return dict(name=name, params=m.num_parameters(), step=step, warmup_s=time.perf_counter() - t0, times=[])
     wk = dict(level_dims=a.level_dims)
     cs = [contender('GPT', 'gpt'),
@@ -276,12 +284,13 @@ def speed(a) -> list[dict]:
     for r in range(a.speed_rounds):
         for c in (cs if r % 2 == 0 else cs[::-1]):
             for _ in range(a.speed_steps):
-                t0 = time.thread_time(); c['step'](); c['times'].append(time.thread_time() - t0)
+                sync(); t0 = clock(); c['step'](); sync(); c['times'].append(clock() - t0)
     import statistics
     for c in cs: c['ms'] = 1000 * statistics.median(c['times'])
     gpt = cs[0]['ms']
-    print(f"\nTraining step, batch {B} × {T}, {a.threads} thread(s), median of {a.speed_rounds} × {a.speed_steps} interleaved steps (CPU time):")
-    print('| model | parameters | CPU ms / step | tokens/CPU-s | ÷ GPT | gain over the row above |')
+    where, unit = ((torch.cuda.get_device_name(device), 'wall') if cuda else (f'{a.threads} thread(s)', 'CPU'))
+    print(f"\nTraining step, batch {B} × {T}, {where}, median of {a.speed_rounds} × {a.speed_steps} interleaved steps ({unit} time):")
+    print(f'| model | parameters | {unit} ms / step | tokens/{unit}-s | ÷ GPT | gain over the row above |')
     print('|---|---:|---:|---:|---:|---:|')
     prev = None
     for c in cs:

@@ -61,17 +61,19 @@ def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tens
     return R
 
 def _taylor_pays(A: torch.Tensor) -> bool:
-    "CPU training, eager or compiled: the backward is where `matrix_exp` is slow (export and TorchScript keep it)."
-    return (A.device.type == 'cpu' and A.requires_grad and torch.is_grad_enabled()
+    "Training, eager or compiled, on any device: `matrix_exp`'s backward is slow (export and TorchScript keep it)."
+    return (A.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_exporting() and not torch.jit.is_tracing())
 
 def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
-    """The rotation $\\exp(A - A^\\top)$ (computed in at least float32, returned in `params`' dtype): `expm_taylor`
-    when training on the CPU (in-graph scaling under `torch.compile`), `torch.linalg.matrix_exp` otherwise."""
+    """The rotation $\\exp(A - A^\\top)$ (computed in at least float32 with autocast off, returned in `params`' dtype):
+    `expm_taylor` when training (in-graph scaling under `torch.compile`), `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
     A = skew_from_params(params.to(cd), n)
-    if not _taylor_pays(A): return torch.linalg.matrix_exp(A).to(params.dtype)
-    return expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None).to(params.dtype)
+    with torch.autocast(A.device.type, enabled=False):   # bf16 products would cost the isometry ~1e-2 of orthogonality
+        R = (expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None) if _taylor_pays(A)
+             else torch.linalg.matrix_exp(A))
+    return R.to(params.dtype)
 
 # %% ../../nbs/16_rotations.ipynb #b78bd448
 def quaternion_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
