@@ -6,6 +6,7 @@ greedily; the script checks that they produce identical tokens, then prints toke
 
     python benchmarks/generation.py                     # defaults: 1 thread, prompt 1000, 64 new tokens
     python benchmarks/generation.py --threads 2 --device cuda
+    python benchmarks/generation.py --retrieval 1000000     # the GPT with n-gram retrieval over 1M tokens (the prompt among them)
 """
 import argparse
 import os
@@ -45,6 +46,9 @@ def main(argv=None):
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--target', type=float, default=5.0)
+    ap.add_argument('--retrieval', type=int, default=0, metavar='TOKENS',
+                    help='wrap the model with n-gram retrieval (DEFAULT_ORDERS, λ = 0.5) over an index of this many random '
+                         'tokens that starts with the prompt, so its contexts match')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
     if a.quick:   # explicit flags still win over the quick sizes
@@ -59,7 +63,15 @@ def main(argv=None):
                     n_embd=a.n_embd)
     model = GPT(cfg).to(device).eval()
     prompt = torch.randint(0, a.vocab_size, (1, a.prompt_len), device=device)
-    print(f'GPT llama-style: {model.num_parameters() / 1e6:.2f}M parameters, n_layer={a.n_layer}, n_embd={a.n_embd}, '
+    if a.retrieval:
+        from bytropix.training.retrieval import DEFAULT_ORDERS, Interpolation, NgramIndex, RetrievalLM
+        text = torch.randint(0, a.vocab_size, (max(a.retrieval, a.prompt_len + 2),)).numpy()
+        text[:a.prompt_len] = prompt[0].cpu().numpy()
+        t0 = time.perf_counter()
+        index = NgramIndex(text, a.vocab_size)
+        print(f'n-gram retrieval: {index} built in {time.perf_counter() - t0:.1f} s')
+        model = RetrievalLM(model, index, Interpolation(DEFAULT_ORDERS, [[0.5] * 4 for _ in DEFAULT_ORDERS]))
+    print(f'GPT llama-style{" + n-gram retrieval" if a.retrieval else ""}: {model.num_parameters() / 1e6:.2f}M parameters, n_layer={a.n_layer}, n_embd={a.n_embd}, '
           f'block_size={a.block_size}; prompt {a.prompt_len} tokens, {a.new_tokens} new tokens, greedy; '
           f'device={device}, threads={a.threads}, torch {torch.__version__}')
 

@@ -338,14 +338,9 @@ def _decoding_options(args, tok) -> dict:
 # %% ../nbs/55_cli.ipynb #fccdfe9b
 def _with_retrieval(model: Any, tok: Any, run: Any, args) -> Any:
     "The run's model interpolated with the n-gram index of its training split (a `retrieval:` run; the retrieval chapter)."
-    from bytropix.config import prepare_task
-    from bytropix.training.checkpoint import read_state
-    from bytropix.training.retrieval import run_retrieval
-    from bytropix.training.run import RunDir
-    rd = RunDir(args.path)
-    step = read_state(rd.resolve_checkpoint(args.checkpoint)).get('step')
+    from bytropix.training.retrieval import load_retrieval
     print(f"bytropix generate: indexing the training split for retrieval (--no-retrieval: the model alone)", file=sys.stderr)
-    return run_retrieval(model, prepare_task(run, tok), run, step, rd)
+    return load_retrieval(model, tok, run, args.path, args.checkpoint)
 
 # %% ../nbs/55_cli.ipynb #8b76d70f
 def _diffusion_args(model, args, kw: dict) -> bool:

@@ -43,6 +43,8 @@ def test_mamba_quick():
 def test_generation_quick():
     out = run_quick('generation.py')
     assert 'KV cache  :' in out and 'recompute :' in out and 'speed-up (KV cache / recompute)' in out
+    out = run_quick('generation.py', '--retrieval', '3000')   # the same through n-gram retrieval (identical tokens checked)
+    assert 'n-gram retrieval: NgramIndex(3,000 tokens' in out and 'speed-up (KV cache / recompute)' in out
 
 
 def test_bdh_quick():

@@ -86,3 +86,29 @@ def test_generate_samples_from_the_mixture(run, capsys):
 def test_bad_settings_are_refused(over, msg):
     with pytest.raises(ConfigError, match=msg.replace('.', r'\.')):
         load_config(ROOT/'configs'/'default.yaml', over)
+
+
+def test_serve_answers_like_generate(run, capsys):
+    "`bytropix serve` serves what `bytropix generate` samples — the mixture, batched through the model's KV cache — or, with `--no-retrieval`, the model alone."
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from bytropix.serving.server import BackgroundServer, ServerSettings, create_app, load_served
+    from bytropix.training.retrieval import RetrievalLM
+    want = {}
+    for flag in ((), ('--no-retrieval',)):
+        assert main(['generate', str(run), '--checkpoint', 'latest', '--prompt', 'def ', '--max-new-tokens', '24',
+                     '--temperature', '0', *flag]) == 0
+        want[bool(flag)] = capsys.readouterr().out
+    mixed, alone = load_served('mixed', run, checkpoint='latest'), load_served('alone', run, checkpoint='latest', retrieval=False)
+    assert isinstance(mixed.model, RetrievalLM) and mixed.engine.batched and not isinstance(alone.model, RetrievalLM)
+    with BackgroundServer(create_app([mixed, alone], ServerSettings())) as s:
+        def ask(model, prompt):
+            r = httpx.post(s.url + '/v1/completions', timeout=120,
+                           json={'model': model, 'prompt': prompt, 'max_tokens': 24, 'temperature': 0})
+            return r.json()['choices'][0]['text']
+        with ThreadPoolExecutor(3) as ex:   # prompts of different lengths share the ragged batch
+            got = list(ex.map(lambda a: ask(*a), [('mixed', 'def '), ('mixed', 'import os\nimport sys\n\n'), ('alone', 'def ')]))
+    assert want[False] in ('def ' + got[0], 'def ' + got[0] + '\n'), (want[False], got[0])
+    assert want[True] in ('def ' + got[2], 'def ' + got[2] + '\n'), (want[True], got[2])

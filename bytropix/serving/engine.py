@@ -23,6 +23,7 @@ from ..generation import apply_repetition_penalty, sample_logits
 from ..layers.attention import KVCache, RaggedKVCache
 from ..layers.blocks import DecoderState
 from ..models.bdh import BDHState
+from ..training.retrieval import RetrievalState
 
 # %% auto #0
 __all__ = ['merge_states', 'select_rows', 'ragged_ok', 'SamplingParams', 'TokenEvent', 'FinishEvent', 'Request', 'choose_token',
@@ -64,6 +65,18 @@ def _(state: DecoderState, rows: Sequence[int]) -> DecoderState:
 def _(state: BDHState, rows: Sequence[int]) -> BDHState:
     idx = torch.as_tensor(list(rows), dtype=torch.long, device=state.rho[0].device)
     return BDHState([r[idx] for r in state.rho], _row_positions(state.pos, state.rho[0].shape[0], idx.device)[idx])
+
+# %% ../../nbs/52_serving_engine.ipynb #2cb20f11
+@_merge.register
+def _(first: RetrievalState, states: list) -> RetrievalState:
+    "A model with n-gram retrieval: its own states merged, the consumed tokens left-padded to one width."
+    T = max(s.tokens.shape[1] for s in states)
+    pad = lambda t: torch.nn.functional.pad(t, (T - t.shape[1], 0), value=first.pad)  # noqa: E731
+    return RetrievalState(merge_states([s.inner for s in states]), torch.cat([pad(s.tokens) for s in states]), first.pad)
+
+@select_rows.register
+def _(state: RetrievalState, rows: Sequence[int]) -> RetrievalState:
+    return RetrievalState(select_rows(state.inner, rows), state.tokens[list(rows)], state.pad)
 
 # %% ../../nbs/52_serving_engine.ipynb #aa79dea7
 def _param(model) -> torch.nn.Parameter: return next(model.parameters())

@@ -174,12 +174,16 @@ class ServedModel:
                    ChatTemplate.for_tokenizer(tokenizer))
 
 def load_served(name: str, path: str | os.PathLike, dtype: str = 'fp32', device: str = 'cpu', checkpoint: str = 'best',
-                max_batch: int = 16, max_queue: int = 64) -> ServedModel:
-    "Load a training run or an export for serving, cast to `dtype` ('fp32', 'bf16', 'fp16')."
+                max_batch: int = 16, max_queue: int = 64, retrieval: bool = True) -> ServedModel:
+    """Load a training run or an export for serving, cast to `dtype` ('fp32', 'bf16', 'fp16'); a run with a
+    `retrieval:` section is served with its n-gram index, as `bytropix eval` and `generate` use it (`retrieval=False`: the model alone)."""
     from bytropix.quantization import prepare_for_inference
     from bytropix.training.run import load_trained
-    model, tok, _ = load_trained(path, checkpoint, device)
+    model, tok, run = load_trained(path, checkpoint, device)
     if not hasattr(model, 'solve'): prepare_for_inference(model, dtype)
+    if retrieval and getattr(run, 'retrieval', None) is not None:
+        from bytropix.training.retrieval import load_retrieval
+        model = load_retrieval(model, tok, run, path, checkpoint)
     return ServedModel.build(name, model, tok, max_batch, max_queue)
 
 def parse_model_args(items: list[str]) -> dict[str, str]:
@@ -609,15 +613,17 @@ class BackgroundServer:
 def cmd_serve(args, out) -> int:
     "`bytropix serve`: load the models and serve them until interrupted."
     import uvicorn
+    from bytropix.training.retrieval import RetrievalLM
     paths = parse_model_args(args.models)
     settings = ServerSettings(api_keys=ServerSettings.keys_from_env(args.api_key), rate_limit=args.rate_limit,
                               max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
                               request_timeout=args.request_timeout, cors=tuple(args.cors))
-    served = [load_served(n, p, args.dtype, args.device, args.checkpoint, args.max_batch, args.max_queue)
+    served = [load_served(n, p, args.dtype, args.device, args.checkpoint, args.max_batch, args.max_queue, not args.no_retrieval)
               for n, p in paths.items()]
     for m in served:
+        ret = ', with n-gram retrieval' if isinstance(m.model, RetrievalLM) else ''
         out.write(f"serving `{m.name}` ({m.model.arch}, {m.model.num_parameters() / 1e6:.2f}M parameters, context "
-                  f"{m.context}{', batched' if m.engine and m.engine.batched else ''})\n")
+                  f"{m.context}{', batched' if m.engine and m.engine.batched else ''}{ret})\n")
     if args.host not in ('127.0.0.1', 'localhost', '::1') and not settings.api_keys:
         out.write(f"warning: serving on {args.host} without API keys: anyone who can reach it can use it\n")
     out.write(f"OpenAI API at http://{args.host}:{args.port}/v1, playground at http://{args.host}:{args.port}/\n"); out.flush()
@@ -638,6 +644,7 @@ def _add_serve(sub) -> None:
     s.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     s.add_argument('--device', default='cpu')
     s.add_argument('--checkpoint', default='best', help="for run directories: best, latest, a step or a path")
+    s.add_argument('--no-retrieval', action='store_true', help="runs with a `retrieval:` section: serve the model alone, without its n-gram index")
     s.add_argument('--max-tokens', type=_number(int, 1), default=4096, help="the largest max_tokens a request may ask")
     s.add_argument('--max-body-bytes', type=_number(int, 1), default=1 << 20)
     s.add_argument('--request-timeout', type=_number(float, 0, low_open=True), default=600.0, help="seconds per request")

@@ -21,8 +21,8 @@ from ..core import ConfigError, DataError
 from ..models.base import IGNORE_INDEX, ModelOutput
 
 # %% auto #0
-__all__ = ['DEFAULT_ORDERS', 'COUNT_BANDS', 'ngram_hashes', 'NgramIndex', 'Interpolation', 'RetrievalLM', 'fit_interpolation',
-           'build_retrieval', 'run_retrieval']
+__all__ = ['DEFAULT_ORDERS', 'COUNT_BANDS', 'ngram_hashes', 'NgramIndex', 'Interpolation', 'RetrievalLM', 'RetrievalState',
+           'fit_interpolation', 'build_retrieval', 'run_retrieval', 'load_retrieval']
 
 # %% ../../nbs/43a_retrieval.ipynb #414ad573
 DEFAULT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -127,8 +127,6 @@ class Interpolation:
 # %% ../../nbs/43a_retrieval.ipynb #18f1bb05
 class RetrievalLM(nn.Module):
     "A language model interpolated with an ∞-gram index of its training data (see above); inference only."
-    supports_incremental = False
-
     def __init__(self, model: nn.Module, index: NgramIndex, interpolation: Interpolation):
         super().__init__()
         if tuple(interpolation.orders) != index.orders:
@@ -136,9 +134,17 @@ class RetrievalLM(nn.Module):
         self.model, self.index, self.interpolation = model, index, interpolation
         self.config = model.config
 
+    @property
+    def arch(self) -> str: return self.model.arch
+    def num_parameters(self, **kw) -> int: return self.model.num_parameters(**kw)
+    @property
+    def supports_incremental(self) -> bool: return bool(getattr(self.model, 'supports_incremental', False))
+    @property
+    def incremental_limit(self) -> int | None: return getattr(self.model, 'incremental_limit', self.config.block_size)
+
     def mixture(self, idx: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        "log p of the mixture (B, T, V) from the model's logits for `idx`."
-        p_ng, order, count = self.index.distribution(idx.detach().cpu().numpy())
+        "log p of the mixture (B, L, V) for the last L positions of `idx` (B, T ≥ L), from the model's logits (B, L, V)."
+        p_ng, order, count = (a[:, idx.shape[1] - logits.shape[1]:] for a in self.index.distribution(idx.detach().cpu().numpy()))
         lam = torch.from_numpy(self.interpolation.weights(order, count)).to(logits.device, torch.float32)[..., None]
         p = (1 - lam) * torch.softmax(logits.float(), -1) + lam * torch.from_numpy(p_ng).to(logits.device)
         return torch.log(p.clamp_min(1e-30))
@@ -148,6 +154,43 @@ class RetrievalLM(nn.Module):
         logp = self.mixture(idx, out.logits[:, -idx.shape[1]:])
         loss = None if targets is None else F.nll_loss(logp.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return ModelOutput(logp, loss, {k: v for k, v in (out.aux or {}).items() if k.startswith('metric/')})
+
+# %% ../../nbs/43a_retrieval.ipynb #eda277be
+@dataclass
+class RetrievalState:
+    "The decoding state of a `RetrievalLM`: the model's own state and the tokens consumed (B, T; `pad` left-pads short rows)."
+    inner: Any
+    tokens: torch.Tensor
+    pad: int
+
+    @property
+    def windowed(self) -> bool: return bool(getattr(self.inner, 'windowed', False))
+
+    def __getattr__(self, name: str):  # beam search and speculative decoding: only where the model's state can
+        inner = self.__dict__.get('inner')
+        if name in ('reorder', 'truncate') and inner is not None and hasattr(inner, name): return getattr(self, '_' + name)
+        raise AttributeError(name)
+
+    def _reorder(self, index: torch.Tensor) -> RetrievalState:
+        return RetrievalState(self.inner.reorder(index), self.tokens[index.to(self.tokens.device)], self.pad)
+
+    def _truncate(self, length: int) -> None:
+        self.inner.truncate(length); self.tokens = self.tokens[:, :length]
+
+# %% ../../nbs/43a_retrieval.ipynb #6076c70d
+@patch
+def init_state(self: RetrievalLM, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RetrievalState:
+    "The model's empty state and no tokens."
+    inner = self.model.init_state(batch_size, device, dtype)
+    return RetrievalState(inner, torch.zeros(batch_size, 0, dtype=torch.long, device=device), self.index.vocab_size)
+
+@patch
+def step(self: RetrievalLM, ids: torch.Tensor, state: RetrievalState) -> tuple[torch.Tensor, RetrievalState]:
+    "Consume `ids` (B, T_new): the mixture's log p (B, T_new, V) from the model's step and the index, and the new state."
+    logits, inner = self.model.step(ids, state.inner)
+    tokens = torch.cat([state.tokens, ids.to(state.tokens.device)], 1)
+    window = tokens[:, -(max(self.index.orders) - 1 + ids.shape[1]):]   # every context the new positions can match
+    return self.mixture(window, logits), RetrievalState(inner, tokens, state.pad)
 
 # %% ../../nbs/43a_retrieval.ipynb #7fcea85f
 def _target_probs(model: nn.Module, index: NgramIndex, windows: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -234,3 +277,12 @@ def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None
     r = build_retrieval(model, tokens, data.vocab_size, data.block_size, orders, max(calib, 4 * data.block_size))
     if f is not None: atomic_write_text(f, json.dumps({**r.interpolation.to_dict(), 'step': step, 'train_tokens': len(tokens)}, indent=1))
     return r
+
+def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkpoint: Any = 'best') -> RetrievalLM:
+    "The mixture for the model loaded from run directory `path` at `checkpoint` (what `eval`, `generate` and `serve` use)."
+    from bytropix.config import prepare_task
+    from bytropix.training.checkpoint import read_state
+    from bytropix.training.run import RunDir
+    rd = RunDir(path)
+    step = read_state(rd.resolve_checkpoint(checkpoint)).get('step')
+    return run_retrieval(model, prepare_task(run, tokenizer), run, step, rd)
