@@ -112,3 +112,22 @@ def test_serve_answers_like_generate(run, capsys):
             got = list(ex.map(lambda a: ask(*a), [('mixed', 'def '), ('mixed', 'import os\nimport sys\n\n'), ('alone', 'def ')]))
     assert want[False] in ('def ' + got[0], 'def ' + got[0] + '\n'), (want[False], got[0])
     assert want[True] in ('def ' + got[2], 'def ' + got[2] + '\n'), (want[True], got[2])
+
+
+def test_missing_training_data_names_the_way_out(tmp_path, capsys):
+    "A retrieval run whose training text is gone: generate and serve say so in one line and point to --no-retrieval, which works."
+    text = tmp_path/'text.txt'
+    text.write_text('\n'.join(f'line {i % 37} of a small text with some repeats {i % 11}' for i in range(3000)))
+    cfg = tmp_path/'cfg.yaml'
+    cfg.write_text(yaml.safe_dump({'tokenizer': {'kind': 'byte'}, 'data': {'source': str(text), 'sample_by': 'line'},
+                                   'retrieval': {'kind': 'ngram', 'orders': [1, 2, 4, 8], 'calibration_tokens': 4096}}))
+    run = tmp_path/'run'
+    assert main(['train', str(cfg), '--out_dir', str(run), '--train.steps', '10', *TINY]) == 0
+    text.rename(tmp_path/'moved.txt')
+    capsys.readouterr()
+    args = ['generate', str(run), '--prompt', 'line ', '--max-new-tokens', '4', '--temperature', '0']
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('bytropix generate: error: n-gram retrieval indexes') and '--no-retrieval' in err[-1]
+    assert 'Traceback' not in '\n'.join(err)
+    assert main(args + ['--no-retrieval']) == 0 and capsys.readouterr().out.startswith('line ')

@@ -285,4 +285,8 @@ def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkp
     from bytropix.training.run import RunDir
     rd = RunDir(path)
     step = read_state(rd.resolve_checkpoint(checkpoint)).get('step')
-    return run_retrieval(model, prepare_task(run, tokenizer), run, step, rd)
+    try: data = prepare_task(run, tokenizer)
+    except (ConfigError, DataError) as e:   # the run's data moved or is gone: say what it was needed for
+        raise DataError(f"n-gram retrieval indexes the run's training data, which cannot be loaded: {e} Restore it, "
+                        "or pass --no-retrieval to use the model alone.") from None
+    return run_retrieval(model, data, run, step, rd)
