@@ -279,7 +279,7 @@ def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None
     return r
 
 def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkpoint: Any = 'best') -> RetrievalLM:
-    "The mixture for the model loaded from run directory `path` at `checkpoint` (what `eval`, `generate` and `serve` use)."
+    "The mixture for the model loaded from run directory `path` at `checkpoint` (what `generate` and `serve` use)."
     from bytropix.config import prepare_task
     from bytropix.training.checkpoint import read_state
     from bytropix.training.run import RunDir
