@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 
 import torch  # noqa: E402
 

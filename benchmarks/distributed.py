@@ -16,6 +16,7 @@ import argparse
 import os
 import resource
 import sys
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 import tempfile
 import time
 from pathlib import Path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.export.core import export_model
 from bytropix.export.hf import load_hf_model, quiet_transformers
 from bytropix.export.onnx import OnnxGenerator, onnx_runner

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.config import load_config, prepare_task
 from bytropix.quantization import METHODS, cast_for_inference, import_torchao, quantize_model, save_quantized
 from bytropix.training.evaluation import evaluate

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.generation import generate
 from bytropix.models.gpt import GPT, GPTConfig
 

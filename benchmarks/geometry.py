@@ -27,7 +27,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from geoopt.manifolds.stereographic import math as gm  # noqa: E402
 
 from bytropix import geometry as G  # noqa: E402

@@ -31,7 +31,7 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.core import DataError, seed_everything
 from bytropix.geometry import cdist, dist, mobius_add, mobius_scalar_mul
 from bytropix.layers.hyperbolic import HyperbolicEmbedding

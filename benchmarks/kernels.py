@@ -37,7 +37,7 @@ if '--quick' in sys.argv and not os.environ.get('TRITON_INTERPRET'):
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix import geometry  # noqa: E402
 from bytropix import kernels  # noqa: E402
 

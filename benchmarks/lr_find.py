@@ -17,7 +17,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.config import load_config
 from bytropix.training.recipes import lr_find
 from bytropix.training.trainer import Trainer

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import sys
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 import time
 
 import numpy as np

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.layers.rotations import TRACED_SQUARINGS, expm_taylor, skew_from_params, so_matrix, taylor_squarings  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 from bytropix.data.tokenizers import byte_tokenizer  # noqa: E402
 from bytropix.models.base import build_model  # noqa: E402
 

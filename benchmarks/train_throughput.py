@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))  # run from a checkout too
+import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
 
 from bytropix.config import load_config, prepare_task  # noqa: E402
 from bytropix.data.tokenizers import byte_tokenizer  # noqa: E402

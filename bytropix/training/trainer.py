@@ -9,6 +9,7 @@ Docs: https://bytropix.github.io/bytropix/trainer.html.md"""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -214,7 +215,11 @@ def close(self: Trainer) -> None:
     "Release the run directory's lock and close the TensorBoard writer (`fit` does it when it ends)."
     self.tb.close()
     if self._lock is not None: self._lock.release(); self._lock = None
-    if self.dist is not None: self.dist.close()
+    if self.dist is not None:
+        # the DDP wrapper holds the process group and its pending work: free it now, while the interpreter is whole —
+        # left to interpreter exit, gloo's threads can abort a rank that has finished its work (SIGABRT, exit code -6)
+        if getattr(self, 'train_model', None) is not None: self.train_model = self.model
+        gc.collect(); self.dist.close()
 
 @patch
 def __enter__(self: Trainer) -> Trainer: return self
