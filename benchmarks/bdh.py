@@ -22,7 +22,8 @@ import time
 
 import torch
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix.models.bdh import BDH, BDHConfig
 
 

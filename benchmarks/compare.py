@@ -47,7 +47,8 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 SIZES = {'small': dict(n_layer=2, n_embd=64), 'medium': dict(n_layer=4, n_embd=128), 'large': dict(n_layer=6, n_embd=192)}
 QUICK_SIZES = {'small': dict(n_layer=1, n_embd=32), 'medium': dict(n_layer=1, n_embd=48), 'large': dict(n_layer=2, n_embd=48)}

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix.config import load_config, prepare_task
 from bytropix.quantization import METHODS, cast_for_inference, import_torchao, quantize_model, save_quantized
 from bytropix.training.evaluation import evaluate

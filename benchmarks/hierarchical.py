@@ -30,7 +30,8 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 OPEN, CLOSE = '([{<', ')]}>'
 SYLLABLES = ['ka', 'lo', 'mi', 'pu', 'ta', 'se', 'ri', 'no', 'be', 'du', 'fa', 'gi', 'ho', 'ju', 've', 'zo']

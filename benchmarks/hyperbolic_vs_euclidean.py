@@ -31,7 +31,8 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix.core import DataError, seed_everything
 from bytropix.geometry import cdist, dist, mobius_add, mobius_scalar_mul
 from bytropix.layers.hyperbolic import HyperbolicEmbedding

@@ -37,7 +37,8 @@ if '--quick' in sys.argv and not os.environ.get('TRITON_INTERPRET'):
 
 import torch
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix import geometry  # noqa: E402
 from bytropix import kernels  # noqa: E402
 

@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 METHODS = {   # name: (train.peft, learning rate)
     'full fine-tune': (None, 1e-3),

@@ -38,7 +38,8 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 # name -> overrides of configs/default.yaml (each a `key=value` string, as on the command line): the shipped recipe,
 # each of its choices undone one at a time, the previous default, and alternatives that did not make it

@@ -26,7 +26,8 @@ import time
 
 import torch
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix.layers.rotations import TRACED_SQUARINGS, expm_taylor, skew_from_params, so_matrix, taylor_squarings  # noqa: E402
 
 

@@ -29,7 +29,8 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 from bytropix.data.tokenizers import byte_tokenizer  # noqa: E402
 from bytropix.models.base import build_model  # noqa: E402
 

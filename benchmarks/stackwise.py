@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 def sizes(quick: bool) -> dict:
     if quick: return dict(n_layer=4, k=1, n_embd=32, n_head=2, stage_steps=3, batch=4, block=16, tokens=2000, eval_batches=2, eval_points=2)

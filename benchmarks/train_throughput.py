@@ -51,7 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import _checkout  # noqa: E402,F401  (the checkout on sys.path, this folder off it: see there)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
+import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
 
 from bytropix.config import load_config, prepare_task  # noqa: E402
 from bytropix.data.tokenizers import byte_tokenizer  # noqa: E402
