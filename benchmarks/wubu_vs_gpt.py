@@ -16,6 +16,7 @@ the script counts non-finite losses/gradients (the run must have none) and plots
     python benchmarks/wubu_vs_gpt.py --steps 100 --stability-steps 50 --out-dir /tmp/wubu
     python benchmarks/wubu_vs_gpt.py --speed                       # the training-step table: before/after the rewrites
     python benchmarks/wubu_vs_gpt.py --speed --device cuda --batch-size 64 --block-size 256   # the same on a GPU
+    python benchmarks/wubu_vs_gpt.py --speed --profile             # + operator calls, kernels, syncs of one step
 
 Part 3 (`--speed`) — the WuBu training step before and after the speed rewrites (chapter *WuBu block*): GPT, WuBu with
 its levels computed literally and rotations by `torch.linalg.matrix_exp` (a reference implementation kept here), then
@@ -299,7 +300,32 @@ def speed(a) -> list[dict]:
         print(f"| {c['name']} | {c['params']:,} | {c['ms']:.1f} | {B * T / c['ms'] * 1000:.0f} | {gpt / c['ms']:.2f} | {gain} |")
         prev = c['ms'] if c['name'].startswith('WuBu') and 'compile' not in c['name'] else prev
     if a.compile: print('compile + 2 warm-up steps: ' + ', '.join(f"{c['name']} {c['warmup_s']:.0f} s" for c in cs if 'compile' in c['name']))
+    if a.profile:
+        print(f"\nWhat one training step launches (torch.profiler, one step after the timed ones):")
+        print('| model | operator calls (aten, nested included) | CUDA kernels | host synchronisations | host time under the profiler (ms) |')
+        print('|---|---:|---:|---:|---:|')
+        for c in (cs[0], cs[4]):
+            c['profile'] = p = profile_step(c['step'], cuda)
+            na = lambda k: '—' if not cuda else f'{p[k]:,}'  # noqa: E731
+            print(f"| {c['name']} | {p['operators']:,} | {na('kernels')} | {na('syncs')} | {p['host_ms']:.1f} |")
     return [{k: v for k, v in c.items() if k != 'step'} for c in cs]
+
+
+def profile_step(step, cuda: bool) -> dict:
+    "Counts of one call of `step` from `torch.profiler`: aten operator calls, CUDA kernels, host synchronisations."
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        step()
+        if cuda: torch.cuda.synchronize()
+    host_ms = 1000 * (time.perf_counter() - t0)
+    ev = prof.key_averages()
+    n = lambda pred: sum(e.count for e in ev if pred(e))  # noqa: E731
+    return {'operators': n(lambda e: e.key.startswith('aten::')), 'host_ms': host_ms,
+            'kernels': n(lambda e: e.device_type == torch.autograd.DeviceType.CUDA),
+            'syncs': n(lambda e: e.key in ('cudaStreamSynchronize', 'cudaDeviceSynchronize'))}
 
 
 def main(argv=None) -> dict:
@@ -324,6 +350,7 @@ def main(argv=None) -> dict:
     ap.add_argument('--speed', action='store_true', help='only the training-step speed table (GPT, WuBu before/after the rewrites)')
     ap.add_argument('--speed-rounds', type=int, default=6)
     ap.add_argument('--speed-steps', type=int, default=3)
+    ap.add_argument('--profile', action='store_true', help='--speed: also count what one step of the GPT and of WuBu launches')
     ap.add_argument('--compile', action='store_true', help='--speed: add torch.compile rows (slow to compile on a CPU)')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)

@@ -32,6 +32,6 @@ xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)   # compiling th
 step test_kernels.log 150 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider "${xdist[@]}"
 step kernels.md 120 python3 benchmarks/kernels.py --no-compile
 step throughput.md 120 python3 benchmarks/train_throughput.py --device cuda --threads 0 --style both --steps 150 --repeats 2 --eval-batches 5
-step wubu_speed.md 90 python3 benchmarks/wubu_vs_gpt.py --speed --device cuda --batch-size 64 --block-size 256
+step wubu_speed.md 90 python3 benchmarks/wubu_vs_gpt.py --speed --profile --device cuda --batch-size 64 --block-size 256
 step kernels_compile.md 150 python3 benchmarks/kernels.py --ops mobius_add,expmap0,logmap0,dist --dtypes float32 --linear 4096x256x256 --cdist 0
 cat "$OUT/summary.txt"
