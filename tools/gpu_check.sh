@@ -25,7 +25,8 @@ t0=$(date +%s)
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME, a line in $OUT/summary.txt
   local name=$1 limit=$2; shift 2
   timeout "$limit" "$@" > "$OUT/$name" 2>&1
-  echo "[$(( $(date +%s) - t0 )) s] $name: exit $?" | tee -a "$OUT/summary.txt"
+  local rc=$?   # before the line below: its $(date) would reset $? (124: the time limit)
+  echo "[$(( $(date +%s) - t0 )) s] $name: exit $rc" | tee -a "$OUT/summary.txt"
 }
 { date -u; nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__)"; } > "$OUT/summary.txt" 2>&1
 xdist=(); python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)   # compiling the kernels' variants dominates: spread it
