@@ -2,7 +2,8 @@
 # The GPU checks, as one short script: the Triton kernels' tests on the GPU, then the benchmarks whose figures the
 # chapters record for a GPU (kernels, training throughput, the WuBu step). Each step has its own time limit and
 # writes its own file under $OUT (default ./gpu-out), rows as they are measured, so a step that runs out of time
-# keeps what it printed and the others still run. About 5 minutes on an H200; the chapters say what was measured.
+# keeps what it printed and the others still run. On an H200 (2026-12-04) these steps took about 4 minutes in all,
+# run as separate commands; this script as a whole has not yet run on a GPU. The chapters say what was measured.
 #
 #   bash tools/gpu_check.sh                  # everything
 #   OUT=/tmp/o bash tools/gpu_check.sh       # elsewhere
