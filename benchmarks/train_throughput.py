@@ -34,6 +34,11 @@ of all final models on the same batches (`bytropix.training.evaluation.evaluate`
     python benchmarks/train_throughput.py --components                         # one layer's parts, forward + backward
     python benchmarks/train_throughput.py --optimizer-step                     # AdamW's implementations, one step
     python benchmarks/train_throughput.py --device cuda --steps 500 --threads 0
+    python benchmarks/train_throughput.py --threads 2 --compile --mlp-act relu2   # compiled; the main job's MLP
+
+`--compile` trains the bytropix sides compiled (`train.compile: true`; `torch.compile(model)` in the plain loop) and adds
+the reference compiled as a fourth side, so both the eager reference (the target) and the like-for-like ratio print;
+tokens/s then count from the end of step 1, the step that compiles (the warm-up run compiles first, untimed).
 """
 import argparse
 import gc
@@ -61,9 +66,11 @@ from bytropix.training.evaluation import evaluate  # noqa: E402
 from bytropix.training.trainer import Trainer  # noqa: E402
 
 
-def make_run(steps: int, device: str, threads: int, eval_batches: int, out_dir: str, style: str = 'llama'):
-    "The default run config (model `style`), with evaluation/checkpoint only at the end and sampling/TensorBoard off."
-    ov = {'model.style': style, 'train.steps': steps, 'train.warmup_steps': max(1, steps // 10), 'train.device': device,
+def make_run(steps: int, device: str, threads: int, eval_batches: int, out_dir: str, style: str = 'llama',
+             mlp_act: str | None = None, compile_: bool = False):
+    """The default run config (model `style`, `mlp_act`; `train.compile` if `compile_`), with evaluation/checkpoint only
+    at the end and sampling/TensorBoard off."""
+    ov = {'model.style': style, 'model.mlp_act': mlp_act, 'train.compile': compile_, 'train.steps': steps, 'train.warmup_steps': max(1, steps // 10), 'train.device': device,
           'train.eval_interval': 0, 'train.eval_batches': eval_batches, 'train.save_interval': 0, 'train.keep_last': 1,
           'train.sample_interval': 0, 'train.tensorboard': False, 'out_dir': out_dir}
     if threads: ov['train.num_threads'] = threads
@@ -91,16 +98,23 @@ def run_trainer(run, check_init: dict | None = None) -> dict:
         check_init['same_init'] = all(torch.equal(sd[k].cpu(), v) for k, v in check_init.pop('state').items())
     # secondary measurement: process CPU time from the end of setup to the end of the last train_step (a no-op
     # wrapper around the bound method notes the time; wall-clock figures come from the trainer's own metrics log)
-    step_fn, cpu_end = tr.train_step, [0.0, 0]
+    step_fn, cpu_end, cpu_first = tr.train_step, [0.0, 0], []
     def train_step():
-        r = step_fn(); cpu_end[:] = time.process_time(), _faults(); return r
+        r = step_fn(); cpu_end[:] = time.process_time(), _faults()
+        if not cpu_first: cpu_first.append(cpu_end[0])
+        return r
     tr.train_step = train_step
     cpu0, f0 = time.process_time(), _faults()
     final = tr.fit()
     recs = [r for r in tr.metrics_log.read() if 'train/tokens' in r]
     last = recs[-1]
     assert last['step'] == run.train.steps, last
+    first = recs[0]   # step 1: with train.compile, the step that compiles (a 1-step run: the whole run)
+    assert first['step'] == 1, first
+    n1 = last['train/tokens'] - first['train/tokens']
     return {'time_s': last['time_s'], 'tokens': last['train/tokens'], 'tok_s': last['train/tokens'] / last['time_s'],
+            'tok_s_after1': n1 / (last['time_s'] - first['time_s']) if n1 else last['train/tokens'] / last['time_s'],
+            'cpu_tok_s_after1': n1 / (cpu_end[0] - cpu_first[0]) if n1 else last['train/tokens'] / (cpu_end[0] - cpu0),
             'interval_tok_s': [r['train/tokens_per_s'] for r in recs if r['step'] > 1],   # its logged 10-step figures
             'cpu_tok_s': last['train/tokens'] / (cpu_end[0] - cpu0), 'faults': (cpu_end[1] - f0) / run.train.steps,
             'loss_at': {r['step']: r['train/loss'] for r in recs}, 'final_loss': last['train/loss'],
@@ -116,8 +130,9 @@ def build_plain(run, device: torch.device):
     return model, data
 
 
-def train_plain(model: nn.Module, batches, device: torch.device, tc) -> dict:
-    "A minimal plain-PyTorch training loop."
+def train_plain(model: nn.Module, batches, device: torch.device, tc, compile_: bool = False) -> dict:
+    "A minimal plain-PyTorch training loop (`compile_`: through `torch.compile(model)`)."
+    forward = torch.compile(model) if compile_ else model
     no_decay_mods = (nn.Embedding, nn.LayerNorm, nn.RMSNorm)
     no_decay = {id(p) for m in model.modules() if isinstance(m, no_decay_mods) for p in m.parameters(recurse=False)}
     params = list(model.parameters())
@@ -139,7 +154,7 @@ def train_plain(model: nn.Module, batches, device: torch.device, tc) -> dict:
         for g in opt.param_groups: g['lr'] = lr_at(step)
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        loss = model(x, y).loss
+        loss = forward(x, y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
         opt.step()
@@ -148,19 +163,23 @@ def train_plain(model: nn.Module, batches, device: torch.device, tc) -> dict:
         s = step + 1
         if s == 1 or s % tc.log_interval == 0 or s == tc.steps:
             _sync(device); marks.append((s, time.perf_counter()))
+            if s == 1: c1 = time.process_time()
     _sync(device)
     dt, dc, df = time.perf_counter() - t0, time.process_time() - c0, _faults() - f0
     ntok = tc.steps * tc.batch_size * tc.block_size
     losses = [float(v) for v in losses]
     per_step = tc.batch_size * tc.block_size
     intervals = [(s1 - s0) * per_step / (t1 - t0_) for (s0, t0_), (s1, t1) in zip(marks, marks[1:])]
+    n1 = (tc.steps - 1) * per_step   # after step 1 (with `compile_`, the step that compiles)
     return {'time_s': dt, 'tokens': ntok, 'tok_s': ntok / dt, 'interval_tok_s': intervals, 'cpu_tok_s': ntok / dc,
+            'tok_s_after1': n1 / (marks[-1][1] - marks[0][1]) if n1 else ntok / dt,
+            'cpu_tok_s_after1': n1 / (c0 + dc - c1) if n1 else ntok / dc,
             'faults': df / tc.steps, 'losses': losses, 'final_loss': losses[-1]}
 
 
 def run_plain(run, device: torch.device) -> dict:
     model, data = build_plain(run, device)
-    r = train_plain(model, data.train, device, run.train)
+    r = train_plain(model, data.train, device, run.train, run.train.compile)
     return {**r, 'model': model, 'data': data}
 
 
@@ -217,13 +236,13 @@ class RefGPT(nn.Module):
         return RefOutput(logits, loss)
 
 
-def run_reference(run, device: torch.device) -> dict:
-    "The reference model, same seed, same batches, same plain loop."
+def run_reference(run, device: torch.device, compile_: bool = False) -> dict:
+    "The reference model, same seed, same batches, same plain loop (`compile_`: through `torch.compile`)."
     data = prepare_task(run, byte_tokenizer())
     mc = run.resolved(data.vocab_size).model_config
     torch.manual_seed(run.train.seed)
     model = RefGPT(data.vocab_size, mc.block_size, mc.n_layer, mc.n_head, mc.n_embd).to(device)
-    r = train_plain(model, data.train, device, run.train)
+    r = train_plain(model, data.train, device, run.train, compile_)
     return {**r, 'model': model, 'data': data}
 
 
@@ -309,12 +328,22 @@ def optimizer_step(a, device: torch.device, tmp: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------------------ main
 SIDES = ('trainer', 'plain', 'reference')
-WHAT = {'trainer': 'Trainer + bytropix gpt', 'plain': 'plain loop + bytropix gpt', 'reference': 'plain loop + reference GPT-2'}
+WHAT = {'trainer': 'Trainer + bytropix gpt', 'plain': 'plain loop + bytropix gpt', 'reference': 'plain loop + reference GPT-2',
+        'reference_c': 'plain loop + reference GPT-2, compiled'}
 
 
 def measure(a, style: str, device: torch.device, tmp: str) -> dict:
-    "Warm-up, `a.repeats` interleaved rounds of the three sides, evaluation; prints the table of one model style."
-    mk = lambda steps, name: make_run(steps, str(device), a.threads, a.eval_batches, os.path.join(tmp, name), style)
+    """Warm-up, `a.repeats` interleaved rounds of the sides, evaluation; prints the table of one model style. With
+    `--compile` the bytropix sides train compiled, a fourth side is the reference compiled, and every side's tokens/s
+    counts from the end of step 1 (the step that compiles) to the end of the last."""
+    mk = lambda steps, name: make_run(steps, str(device), a.threads, a.eval_batches, os.path.join(tmp, name), style,
+                                      a.mlp_act, a.compile)
+    sides = SIDES + (('reference_c',) if a.compile else ())
+    what = {**WHAT, **({'trainer': WHAT['trainer'] + ', compiled', 'plain': WHAT['plain'] + ', compiled'} if a.compile else {})}
+    after1 = '_after1' if a.compile else ''
+    def run_side(side, r):
+        if side == 'trainer': return run_trainer(r)
+        return run_plain(r, device) if side == 'plain' else run_reference(r, device, side == 'reference_c')
     run = mk(a.steps, f'run-{style}')
     tc, mc = run.train, run.model_config
     nparam = lambda m: sum(p.numel() for p in m.parameters())
@@ -325,11 +354,13 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
     chk = {'state': {k: v.detach().cpu().clone() for k, v in pm.state_dict().items()}}
     del pm
     tw, pw, rw = run_trainer(wr, check_init=chk), run_plain(wr, device), run_reference(wr, device)
+    if a.compile: run_reference(wr, device, True)   # its compilation, untimed
     same_first = tw['loss_at'][1] == pw['losses'][0]
     from bytropix.training.memory import training_step_flops   # counted matmul/attention FLOPs of one step
     flops = {'bytropix': training_step_flops(pw['model'], tc.batch_size, tc.block_size, device),
              'reference': training_step_flops(rw['model'], tc.batch_size, tc.block_size, device)}
-    print(f"\n## style {style}: bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, {nparam(pw['model']):,} parameters; "
+    print(f"\n## style {style}{', MLP ' + a.mlp_act if a.mlp_act else ''}{', torch.compile' if a.compile else ''}: "
+          f"bytropix GPT {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}d, {nparam(pw['model']):,} parameters; "
           f"reference GPT-2 {nparam(rw['model']):,} parameters")
     print(f"warm-up ({a.warmup_run_steps} steps each): same initial weights: {chk['same_init']}; "
           f"same step-1 loss: {same_first} ({tw['loss_at'][1]:.6f} vs {pw['losses'][0]:.6f})")
@@ -337,19 +368,17 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
           f"{flops['reference'] / 1e9:.2f} G ({flops['bytropix'] / flops['reference']:.3f}×)")
     del tw, pw, rw; gc.collect()
 
-    res = {k: {side: [] for side in SIDES} for k in ('loop', 'interval', 'cpu', 'faults')}
+    res = {k: {side: [] for side in sides} for k in ('loop', 'interval', 'cpu', 'faults')}
     last = {}
     for i in range(a.repeats):
-        for side in (SIDES if i % 2 == 0 else SIDES[::-1]):   # trainer, plain, reference, reference, plain, trainer, ...
+        for side in (sides if i % 2 == 0 else sides[::-1]):   # trainer, plain, reference, reference, plain, trainer, ...
             last.pop(side, None); gc.collect()
-            if side == 'trainer':
-                shutil.rmtree(run.out_dir, ignore_errors=True)
-                r = run_trainer(run)
-            else: r = (run_plain if side == 'plain' else run_reference)(run, device)
-            res['loop'][side].append(r['tok_s']); res['cpu'][side].append(r['cpu_tok_s'])
+            if side == 'trainer': shutil.rmtree(run.out_dir, ignore_errors=True)
+            r = run_side(side, run)
+            res['loop'][side].append(r['tok_s' + after1]); res['cpu'][side].append(r['cpu_tok_s' + after1])
             res['faults'][side].append(r['faults'])
             res['interval'][side] += r['interval_tok_s']
-            print(f"  round {i + 1} {side:<9} {r['time_s']:7.2f} s  {r['tok_s']:7,.0f} tok/s  "
+            print(f"  round {i + 1} {side:<11} {r['time_s']:7.2f} s  {r['tok_s' + after1]:7,.0f} tok/s  "
                   f"(median of its {tc.log_interval}-step intervals {statistics.median(r['interval_tok_s']):,.0f}; "
                   f"{r['cpu_tok_s']:,.0f} tok/CPU-s; {r['faults']:,.0f} page faults/step)  final train loss {r['final_loss']:.4f}", flush=True)
             last[side] = r
@@ -357,13 +386,13 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
     # evaluate the final models on the same validation batches
     vd = last['plain']['data']
     ev = {side: evaluate(last[side]['model'], vd.val_batches(a.eval_batches), bytes_per_token=vd.bytes_per_token)
-          for side in SIDES}
+          for side in sides}
     bpb_t, bpb_p = ev['trainer']['bpb'], ev['plain']['bpb']
     dbpb = (bpb_t - bpb_p) / bpb_p * 100
     lt, lp = last['trainer']['loss_at'], last['plain']['losses']
     max_dloss = max(abs(v - lp[s - 1]) for s, v in lt.items())
 
-    med = {k: {side: statistics.median(v[side]) for side in SIDES} for k, v in res.items()}
+    med = {k: {side: statistics.median(v[side]) for side in sides} for k, v in res.items()}
     ratio = {k: m['trainer'] / m['plain'] for k, m in med.items() if k != 'faults'}
     vs_ref = {k: {side: m[side] / m['reference'] for side in ('trainer', 'plain')} for k, m in med.items() if k != 'faults'}
     paired = [t / p for t, p in zip(res['loop']['trainer'], res['loop']['plain'])]   # per round (adjacent runs)
@@ -379,16 +408,21 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
           f"{tc.log_interval}-step intervals) | tokens/CPU-s (median) | / reference (tokens/s) | / reference (tokens/CPU-s) "
           f"| page faults/step (median) | val bpb | final train loss |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for side in SIDES:
+    for side in sides:
         runs = ', '.join(f"{v:,.0f}" for v in res['loop'][side])
         rel = lambda k: f"{med[k][side] / med[k]['reference']:.3f}"
-        print(f"| {style} | {WHAT[side]} | {med['loop'][side]:,.0f} | {runs} ({spread(res['loop'][side]):.0f} %) | "
+        print(f"| {style} | {what[side]} | {med['loop'][side]:,.0f} | {runs} ({spread(res['loop'][side]):.0f} %) | "
               f"{med['interval'][side]:,.0f} | {med['cpu'][side]:,.0f} | {rel('loop')} | {rel('cpu')} | "
               f"{med['faults'][side]:,.0f} | {ev[side]['bpb']:.4f} | {last[side]['final_loss']:.4f} |")
     print()
     print(f"[{style}] tokens/s ratio plain loop + bytropix gpt / reference: {vs_ref['loop']['plain']:.3f}  (target >= 1.0: "
           f"{yes(ok_ref)}); per round: {', '.join(f'{r:.3f}' for r in paired_ref)}; CPU time: {vs_ref['cpu']['plain']:.3f}; "
           f"trainer / reference: {vs_ref['loop']['trainer']:.3f}")
+    if a.compile:   # like for like: the reference compiled too
+        print(f"[{style}] tokens/s ratio plain loop + bytropix gpt (compiled) / reference compiled: "
+              f"{med['loop']['plain'] / med['loop']['reference_c']:.3f}; trainer / reference compiled: "
+              f"{med['loop']['trainer'] / med['loop']['reference_c']:.3f}; reference compiled / reference: "
+              f"{med['loop']['reference_c'] / med['loop']['reference']:.3f}")
     fr = flops['bytropix'] / flops['reference']
     print(f"[{style}] per FLOP (tokens/s × FLOPs per token, / reference): plain loop {vs_ref['loop']['plain'] * fr:.3f}, "
           f"trainer {vs_ref['loop']['trainer'] * fr:.3f} — the bytropix model does {fr:.3f}× the reference's arithmetic per token")
@@ -403,7 +437,7 @@ def measure(a, style: str, device: torch.device, tmp: str) -> dict:
           f"val/bpb: {last['trainer']['val_bpb_fit']:.4f} (the same {a.eval_batches} validation batches)")
     return {'style': style, 'tokens_per_s': res, 'median_tokens_per_s': med, 'ratio': ratio, 'vs_reference': vs_ref,
             'paired_ratios': paired, 'paired_vs_reference': paired_ref,
-            'bpb': {side: ev[side]['bpb'] for side in SIDES}, 'bpb_diff_pct': dbpb,
+            'bpb': {side: ev[side]['bpb'] for side in sides}, 'bpb_diff_pct': dbpb, 'compile': a.compile, 'mlp_act': a.mlp_act,
             'targets_met': {'speed': ok_speed, 'bpb': ok_bpb, 'vs_reference': ok_ref}, 'same_init': chk['same_init'],
             'same_step1_loss': same_first, 'max_train_loss_diff': max_dloss, 'flops_per_step': flops}
 
@@ -414,6 +448,10 @@ def main(argv=None) -> dict:
     ap.add_argument('--repeats', type=int, default=4, help='timed runs of each side, alternating trainer-plain-reference, '
                     'reference-plain-trainer, ... (default 4)')
     ap.add_argument('--style', default='llama', choices=('llama', 'gpt2', 'both'), help="the bytropix model's style (default llama)")
+    ap.add_argument('--mlp-act', default=None, choices=('relu2',), help="the bytropix model's MLP: relu2 (squared ReLU, "
+                    "the main job's) instead of the style's (SwiGLU | GELU)")
+    ap.add_argument('--compile', action='store_true', help='the bytropix sides train compiled (train.compile; torch.compile '
+                    'in the plain loop), plus a side with the reference compiled; tokens/s from the end of step 1')
     ap.add_argument('--device', default='cpu', help="cpu, cuda, auto (default cpu)")
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default; default 1)')
     ap.add_argument('--warmup-run-steps', type=int, default=10, help='steps of the untimed warm-up run of each side')
@@ -465,7 +503,9 @@ def main(argv=None) -> dict:
               f"timed at the same steps. tokens/CPU-s: the whole loop in process CPU time"
               + (" (host)" if device.type == 'cuda' else '') +
               f". {a.repeats} alternating rounds after an untimed warm-up run of each side; medians, since the CPU may "
-              f"be shared. Page faults/step: minor page faults over the loop / steps"
+              f"be shared." + (" --compile: every side's tokens/s (and tokens/CPU-s) from the end of step 1, the step "
+                               "that compiles, to the end of the last." if a.compile else '') +
+              f" Page faults/step: minor page faults over the loop / steps"
               + (" (malloc thresholds pinned)" if os.environ.get('MALLOC_TRIM_THRESHOLD_') else '') +
               f". Benchmark wall time {time.perf_counter() - t_start:.0f} s.")
         if a.json:

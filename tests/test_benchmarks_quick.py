@@ -72,6 +72,16 @@ def test_train_throughput_quick():
     assert '[llama] tokens/s ratio plain loop + bytropix gpt / reference:' in out
 
 
+def test_train_throughput_compiled_quick():
+    out = run_quick('train_throughput.py', '--compile', '--mlp-act', 'relu2')
+    assert '## style llama, MLP relu2, torch.compile:' in out
+    for side in ('Trainer + bytropix gpt, compiled', 'plain loop + bytropix gpt, compiled', 'plain loop + reference GPT-2',
+                 'plain loop + reference GPT-2, compiled'):
+        assert f'| llama | {side} |' in out, out
+    assert '[llama] tokens/s ratio plain loop + bytropix gpt (compiled) / reference compiled:' in out
+    assert "from the end of step 1, the step that compiles" in out
+
+
 def test_train_throughput_parts_quick():
     out = run_quick('train_throughput.py', '--components')
     assert '| component | bytropix llama | ms | reference GPT-2 | ms | difference per step |' in out
@@ -175,7 +185,7 @@ def test_context_length_quick():
 
 def test_recipe_quick():
     out = run_quick('recipe.py', '--variants', 'previous-default')
-    assert '| variant | overrides | steps | step ms | train s | setup s | peak RSS MB | model bpb | + retrieval | Δ vs baseline |' in out
+    assert '| variant | overrides | steps | step ms | first step + s | train s | setup s | peak RSS MB | model bpb | + retrieval | Δ vs baseline |' in out
     assert '\n| baseline | (default) |' in out and '\n| previous-default | tokenizer.kind=byte' in out
 
 

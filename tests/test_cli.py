@@ -62,9 +62,10 @@ def test_default_config_file_is_the_run_config_plus_the_recipe():
     plain = _flat(RunConfig().resolved().to_dict())
     differ = {k for k in main_job.keys() | plain.keys() if main_job.get(k, 'absent') != plain.get(k, 'absent')}
     assert {k.split('.')[0] if k.startswith('retrieval') else k for k in differ} == {
-        'model.mlp_act', 'tokenizer.kind', 'tokenizer.vocab_size', 'train.steps', 'train.schedule', 'retrieval'}, differ
+        'model.mlp_act', 'tokenizer.kind', 'tokenizer.vocab_size', 'train.steps', 'train.schedule', 'train.compile',
+        'retrieval'}, differ
     text = (ROOT/'configs'/'default.yaml').read_text()
-    assert text.count('# recipe') == 6
+    assert text.count('# recipe') == 7
 
 
 @pytest.mark.parametrize('path', sorted((ROOT/'configs').glob('*.y*ml')), ids=lambda p: p.name)
@@ -133,6 +134,20 @@ def test_train_from_config_file_with_overrides_anywhere(tmp_path, capsys):
     assert rc == 0, text
     saved = load_config(tmp_path/'r'/'config.yaml')
     assert saved.train.steps == 3 and saved.model_config.n_embd == 32
+
+
+def test_compile_without_a_compiler_trains_uncompiled_and_says_so(tmp_path):
+    # `train.compile: true` on a machine whose C++ compiler does not work (CXX names none; a fresh Inductor cache, so
+    # nothing compiled earlier is reused): one line that names the fix, then the run trains uncompiled to the end
+    env = {**ENV, 'CXX': str(tmp_path/'no-such-g++'), 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path/'inductor')}
+    r = subprocess.run(['bytropix', 'train', '--out_dir', tmp_path/'r', '--train.steps', '2', '--train.eval_interval', '0',
+                        '--train.compile', 'true', *TINY_LM, '--sample-tokens', '0'],
+                       capture_output=True, text=True, env=env, timeout=600)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text
+    said = [l for l in text.splitlines() if l.startswith('train.compile:')]
+    assert len(said) == 1 and 'C++ compiler' in said[0] and 'train.compile: false' in said[0], text
+    assert 'Traceback' not in text and 'done: step 2' in text, text
 
 
 @pytest.mark.parametrize('argv, msg', [

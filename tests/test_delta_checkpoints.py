@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {'model.n_layer': 2, 'model.n_head': 2, 'model.n_embd': 32, 'train.batch_size': 2, 'train.block_size': 16,
         'train.warmup_steps': 1, 'train.eval_batches': 1, 'train.sample_interval': 0, 'train.tensorboard': False,
         'train.log_interval': 1, 'train.num_threads': 1, 'data.max_train_tokens': 20000, 'data.max_val_tokens': 2000,
-        'tokenizer.kind': 'byte', 'train.schedule': 'cosine', 'retrieval': None}   # the byte-level trunk, as before the recipe
+        'tokenizer.kind': 'byte', 'train.schedule': 'cosine', 'retrieval': None,    # the byte-level trunk, as before the recipe
+        'train.compile': False}
 DROP = {'train/tokens_per_s', 'time_s', 'sys/memory_mb'}
 slow = pytest.mark.skipif(os.environ.get('BYTROPIX_SLOW') != '1', reason='long: runs with BYTROPIX_SLOW=1')
 

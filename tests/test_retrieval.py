@@ -114,8 +114,9 @@ def test_serve_answers_like_generate(run, capsys):
     assert want[True] in ('def ' + got[2], 'def ' + got[2] + '\n'), (want[True], got[2])
 
 
-def test_missing_training_data_names_the_way_out(tmp_path, capsys):
-    "A retrieval run whose training text is gone: generate and serve say so in one line and point to --no-retrieval, which works."
+def test_run_directory_serves_its_mixture_without_the_training_data(tmp_path, capsys):
+    """A retrieval run keeps the tokens it indexes: generate answers the same after the training text has moved; with
+    that copy gone (or damaged) as well, generate says so in one line that points to --no-retrieval, which works."""
     text = tmp_path/'text.txt'
     text.write_text('\n'.join(f'line {i % 37} of a small text with some repeats {i % 11}' for i in range(3000)))
     cfg = tmp_path/'cfg.yaml'
@@ -123,11 +124,24 @@ def test_missing_training_data_names_the_way_out(tmp_path, capsys):
                                    'retrieval': {'kind': 'ngram', 'orders': [1, 2, 4, 8], 'calibration_tokens': 4096}}))
     run = tmp_path/'run'
     assert main(['train', str(cfg), '--out_dir', str(run), '--train.steps', '10', *TINY]) == 0
-    text.rename(tmp_path/'moved.txt')
+    rd = RunDir(run)
+    assert rd.retrieval_tokens_file.is_file() and 'tokens_sha256' in json.loads(rd.retrieval_file.read_text())
+    args = ['generate', str(run), '--prompt', 'line ', '--max-new-tokens', '12', '--temperature', '0']
     capsys.readouterr()
-    args = ['generate', str(run), '--prompt', 'line ', '--max-new-tokens', '4', '--temperature', '0']
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith('bytropix generate: error: n-gram retrieval indexes') and '--no-retrieval' in err[-1]
-    assert 'Traceback' not in '\n'.join(err)
+    assert main(args) == 0
+    before = capsys.readouterr().out
+    text.rename(tmp_path/'moved.txt')
+    assert main(args) == 0 and capsys.readouterr().out == before          # from the run directory's own copy
+    assert main(['eval', str(run), '--json']) == 2                        # eval needs the validation text itself
+    assert 'text.txt' in capsys.readouterr().err
+    kept = rd.retrieval_tokens_file.read_bytes()
+    for damage in (kept[:-2], None):                                     # cut short, then gone
+        if damage is None: rd.retrieval_tokens_file.unlink()
+        else: rd.retrieval_tokens_file.write_bytes(damage)
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith('bytropix generate: error: n-gram retrieval indexes') and '--no-retrieval' in err[-1]
+        assert 'Traceback' not in '\n'.join(err)
     assert main(args + ['--no-retrieval']) == 0 and capsys.readouterr().out.startswith('line ')
+    (tmp_path/'moved.txt').rename(text)                                   # the text back: the copy is written again
+    assert main(args) == 0 and capsys.readouterr().out == before and rd.retrieval_tokens_file.read_bytes() == kept

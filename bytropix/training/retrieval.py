@@ -7,6 +7,8 @@ Docs: https://bytropix.github.io/bytropix/retrieval.html.md"""
 # %% ../../nbs/43a_retrieval.ipynb #18430a0c
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -17,12 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from ..core import ConfigError, DataError
+from ..core import ConfigError, DataError, atomic_write, atomic_write_text
 from ..models.base import IGNORE_INDEX, ModelOutput
 
 # %% auto #0
 __all__ = ['DEFAULT_ORDERS', 'COUNT_BANDS', 'ngram_hashes', 'NgramIndex', 'Interpolation', 'RetrievalLM', 'RetrievalState',
-           'fit_interpolation', 'build_retrieval', 'run_retrieval', 'load_retrieval']
+           'fit_interpolation', 'build_retrieval', 'tokens_digest', 'retrieval_from_tokens', 'run_retrieval',
+           'kept_tokens', 'load_retrieval']
 
 # %% ../../nbs/43a_retrieval.ipynb #414ad573
 DEFAULT_ORDERS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -253,40 +256,73 @@ def build_retrieval(model: nn.Module, train_tokens: np.ndarray, vocab_size: int,
     it.calibration = {'tokens': int(len(pm)), 'model_nats': float(-np.log(pm).mean()), 'mixture_nats': float(-np.log(mix).mean())}
     return RetrievalLM(model, NgramIndex(train_tokens, vocab_size, orders), it)
 
-# %% ../../nbs/43a_retrieval.ipynb #8cf09016
+# %% ../../nbs/43a_retrieval.ipynb #55ef92cf
+def tokens_digest(tokens: np.ndarray) -> str:
+    "SHA-256 of a token sequence as little-endian uint16 (the index takes vocabularies of up to 2^16 tokens)."
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype='<u2').tobytes()).hexdigest()
+
+def _saved_fit(rundir: Any) -> dict | None:
+    "A run directory's `retrieval.json`; None when absent or damaged (it is a cache: refitted and rewritten)."
+    f = rundir.retrieval_file if rundir is not None else None
+    try: return json.loads(f.read_text()) if f is not None and f.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError): return None
+
+def retrieval_from_tokens(model: nn.Module, tokens: np.ndarray, vocab_size: int, block_size: int, run: Any,
+                          step: int | None = None, rundir: Any = None) -> RetrievalLM:
+    """The mixture over a run's training `tokens`: λ from the run directory's `retrieval.json` when it was fitted at
+    checkpoint `step` for the same orders and tokens, else fitted now. With `rundir`, λ and the tokens are kept there
+    (`retrieval-tokens.npy`, 2 bytes a token), so that `generate` and `serve` do not need the training data."""
+    rc, orders, digest = run.retrieval, sorted(set(run.retrieval.orders)), tokens_digest(tokens)
+    saved = _saved_fit(rundir)
+    same = (isinstance(saved, dict) and np.shape(saved.get('lambdas')) == (len(orders), len(COUNT_BANDS) + 1)
+            and np.isfinite(np.asarray(saved['lambdas'], float)).all() and saved.get('step') == step
+            and saved.get('orders') == orders and saved.get('train_tokens') == len(tokens)
+            and saved.get('tokens_sha256', digest) == digest)    # a file from before the digest: its length only
+    if same: r = RetrievalLM(model, NgramIndex(tokens, vocab_size, orders), Interpolation.from_dict(saved))
+    else:
+        calib = min(rc.calibration_tokens, len(tokens) // 2)
+        r = build_retrieval(model, tokens, vocab_size, block_size, orders, max(calib, 4 * block_size))
+    if rundir is not None and not (same and 'tokens_sha256' in saved and rundir.retrieval_tokens_file.is_file()):
+        try:   # the tokens first: the json names their digest
+            with atomic_write(rundir.retrieval_tokens_file) as fh: np.save(fh, np.ascontiguousarray(tokens, dtype='<u2'))
+            atomic_write_text(rundir.retrieval_file, json.dumps({**r.interpolation.to_dict(), 'step': step, 'train_tokens': len(tokens),
+                                                                 'vocab_size': int(vocab_size), 'tokens_sha256': digest}, indent=1))
+        except OSError: pass   # a read-only run directory: the mixture serves all the same, refitted next time
+    return r
+
+# %% ../../nbs/43a_retrieval.ipynb #1f20043d
 def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None, rundir: Any = None) -> RetrievalLM:
-    """The mixture for a run's `model`: λ from the run directory's `retrieval.json` when it was fitted at checkpoint
-    `step` for the same orders and training tokens, else fitted now (and saved there when `rundir` is given)."""
-    import json
-    from bytropix.core import atomic_write_text
-    rc = run.retrieval
-    if rc is None: raise ConfigError("This run has no `retrieval:` section; add `retrieval: {kind: ngram}` to its config.")
+    "The mixture for a run's `model` over the training tokens of its prepared `data` (see `retrieval_from_tokens`)."
+    if run.retrieval is None: raise ConfigError("This run has no `retrieval:` section; add `retrieval: {kind: ngram}` to its config.")
     packed = getattr(data, 'train_packed', None)
     if packed is None:
         raise DataError("Retrieval indexes the run's training tokens, and this data has none packed (streaming or a "
                         "non-text task); use a non-streaming text source.")
-    tokens, orders = np.asarray(packed.tokens)[:getattr(rc, 'max_tokens', None)], sorted(set(rc.orders))
-    f = rundir.retrieval_file if rundir is not None else None
-    try: saved = json.loads(f.read_text()) if f is not None and f.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError): saved = None        # damaged: a cache, so refitted and rewritten
-    ok = lambda d: (isinstance(d, dict) and np.shape(d.get('lambdas')) == (len(orders), len(COUNT_BANDS) + 1)
-                    and np.isfinite(np.asarray(d['lambdas'], float)).all())
-    if ok(saved) and saved.get('step') == step and saved.get('orders') == orders and saved.get('train_tokens') == len(tokens):
-        return RetrievalLM(model, NgramIndex(tokens, data.vocab_size, orders), Interpolation.from_dict(saved))
-    calib = min(rc.calibration_tokens, len(tokens) // 2)
-    r = build_retrieval(model, tokens, data.vocab_size, data.block_size, orders, max(calib, 4 * data.block_size))
-    if f is not None: atomic_write_text(f, json.dumps({**r.interpolation.to_dict(), 'step': step, 'train_tokens': len(tokens)}, indent=1))
-    return r
+    tokens = np.asarray(packed.tokens)[:getattr(run.retrieval, 'max_tokens', None)]
+    return retrieval_from_tokens(model, tokens, data.vocab_size, data.block_size, run, step, rundir)
+
+def kept_tokens(rundir: Any) -> tuple[np.ndarray, int] | None:
+    """The tokens a run directory's index was built from and their vocabulary size, when `retrieval-tokens.npy` is
+    whole (the digest `retrieval.json` records); else None."""
+    saved = _saved_fit(rundir)
+    if not (isinstance(saved, dict) and isinstance(saved.get('tokens_sha256'), str) and isinstance(saved.get('vocab_size'), int)):
+        return None
+    try: tokens = np.load(rundir.retrieval_tokens_file, allow_pickle=False)
+    except (OSError, ValueError, EOFError): return None   # absent, truncated or not an array
+    if tokens.ndim != 1 or tokens.dtype != np.dtype('<u2') or tokens_digest(tokens) != saved['tokens_sha256']: return None
+    return tokens, saved['vocab_size']
 
 def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkpoint: Any = 'best') -> RetrievalLM:
-    "The mixture for the model loaded from run directory `path` at `checkpoint` (what `generate` and `serve` use)."
+    """The mixture for the model loaded from run directory `path` at `checkpoint` (what `generate` and `serve` use):
+    from the tokens kept in the run directory, else from the run's training data."""
     from bytropix.config import prepare_task
     from bytropix.training.checkpoint import read_state
     from bytropix.training.run import RunDir
     rd = RunDir(path)
     step = read_state(rd.resolve_checkpoint(checkpoint)).get('step')
+    if (kept := kept_tokens(rd)) is not None: return retrieval_from_tokens(model, *kept, run.train.block_size, run, step, rd)
     try: data = prepare_task(run, tokenizer)
-    except (ConfigError, DataError) as e:   # the run's data moved or is gone: say what it was needed for
+    except (ConfigError, DataError) as e:   # the run's data moved or is gone, and the run directory has no copy
         raise DataError(f"n-gram retrieval indexes the run's training data, which cannot be loaded: {e} Restore it, "
                         "or pass --no-retrieval to use the model alone.") from None
     return run_retrieval(model, data, run, step, rd)

@@ -38,8 +38,8 @@ class RunDir:
     "The layout of a training run's directory (`out_dir`), and the one place that reads and writes its pieces."
     CONFIG, TOKENIZER, CHECKPOINTS, BEST, EXPORT = 'config.yaml', TOKENIZER_FILE, 'checkpoints', 'best', 'export'
     METRICS, SAMPLES, TB, AVERAGED, LOCK, OBJECTS = 'metrics.jsonl', 'samples.txt', 'tb', 'averaged', '.lock', 'objects'
-    STACKWISE_CACHE, RETRIEVAL = 'stackwise-cache', 'retrieval.json'
-    WORK = (CHECKPOINTS, BEST, EXPORT, AVERAGED, METRICS, SAMPLES, TB, OBJECTS, STACKWISE_CACHE, RETRIEVAL)
+    STACKWISE_CACHE, RETRIEVAL, RETRIEVAL_TOKENS = 'stackwise-cache', 'retrieval.json', 'retrieval-tokens.npy'
+    WORK = (CHECKPOINTS, BEST, EXPORT, AVERAGED, METRICS, SAMPLES, TB, OBJECTS, STACKWISE_CACHE, RETRIEVAL, RETRIEVAL_TOKENS)
     OUTPUTS = (CONFIG, TOKENIZER) + WORK
 
     def __init__(self, path: str | os.PathLike): self.path = Path(path)
@@ -58,6 +58,8 @@ class RunDir:
     tb_dir = property(lambda self: self.path/self.TB, doc="`tb/`")
     lock_file = property(lambda self: self.path/self.LOCK, doc="`.lock`")
     retrieval_file = property(lambda self: self.path/self.RETRIEVAL, doc="`retrieval.json`: the fitted n-gram interpolation")
+    retrieval_tokens_file = property(lambda self: self.path/self.RETRIEVAL_TOKENS,
+                                     doc="`retrieval-tokens.npy`: the training tokens the n-gram index is built from")
     store = property(lambda self: ObjectStore(self.path/self.OBJECTS), doc="the object store of delta checkpoints, `objects/`")
     stackwise_cache_dir = property(lambda self: self.path/self.STACKWISE_CACHE,
                                    doc="`stackwise-cache/`: a StackWise run's frozen-trunk activations on disk, by trunk hash")

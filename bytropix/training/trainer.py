@@ -40,7 +40,7 @@ from .run import RunDir
 
 # %% auto #0
 __all__ = ['MetricsLog', 'SamplesLog', 'memory_mb', 'format_duration', 'TensorBoard', 'Progress', 'TrainingInterrupted',
-           'Trainer']
+           'Trainer', 'compile_for_training']
 
 # %% ../../nbs/44_trainer.ipynb #eaeaa214
 def _json_safe(v: Any) -> Any:
@@ -285,6 +285,18 @@ def _build_model(self: Trainer) -> RunConfig:
     check_step_memory(resolved.arch, getattr(self.model, 'config', None), n_params=n, **mem)
     return resolved
 
+# %% ../../nbs/44_trainer.ipynb #6adf12c5
+def compile_for_training(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
+    """`torch.compile(model)`, once one tiny function compiles on `device` (a C++ compiler on the CPU, Triton on a GPU);
+    otherwise `model` itself and one line through `log` saying why: the run trains uncompiled."""
+    try: torch.compile(lambda t: t * 2 + 1, fullgraph=True, dynamic=False)(torch.ones(8, device=device))
+    except Exception as e:   # InvalidCxxCompiler, a missing Triton, ...: torch.compile reports on the first call
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        log(f"train.compile: torch.compile does not work on this machine ({why}); training without it. "
+            f"Install a C++ compiler (or Triton for a GPU), or set train.compile: false.")
+        return model
+    return torch.compile(model)
+
 # %% ../../nbs/44_trainer.ipynb #bbdae4ef
 @patch
 def setup(self: Trainer) -> Trainer:
@@ -346,7 +358,7 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
     self.optimizer = build_optimizer(model, otc, self.device)
     self.scheduler = LRScheduler(self.optimizer, otc)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
-    self.train_model = torch.compile(wrapped) if tc.compile else wrapped
+    self.train_model = compile_for_training(wrapped, self.device, self.log) if tc.compile else wrapped
     manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
     self.params = [p for p in model.parameters() if p.requires_grad]
     self.agc_params = [p for p in self.params if id(p) not in manifold]
@@ -631,9 +643,14 @@ def _loop(self: Trainer) -> dict:
 def _log_step(self: Trainer, r: dict, prog: Progress, start_step: int) -> dict:
     "The progress line; every `log_interval` steps a metrics record and a log line. Returns the record ({} if none)."
     tc, s, now = self.tc, self.step, time.perf_counter()
-    eta = (now - self._t0) / (s - start_step) * (tc.steps - s)
-    prog.update(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | {(self.tokens_seen - self._tok0) / (now - self._t0):,.0f} tok/s | "
-                f"ETA {format_duration(eta)}")
+    # rate and ETA from the end of this loop's first step on: that step warms up (and compiles, with train.compile:
+    # counted in, it made the first minutes' ETA read hours)
+    if s == start_step + 1: self._t1, self._tok1 = now, self.tokens_seen
+    if s > start_step + 1: t0, tok0, n = self._t1, self._tok1, s - start_step - 1
+    else: t0, tok0, n = self._t0, self._tok0, 1
+    eta = format_duration((now - t0) / n * (tc.steps - s)) if s > start_step + 1 or not tc.compile else '…'
+    prog.update(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | {(self.tokens_seen - tok0) / max(now - t0, 1e-9):,.0f} tok/s | "
+                f"ETA {eta}")
     if not (s % tc.log_interval == 0 or s == tc.steps or s == 1): return {}
     tps = (self.tokens_seen - self._tok_last) / max(now - self._t_last, 1e-9)
     record = {'step': s, 'train/loss': r['loss'], 'train/lr': r['lr'], 'train/grad_norm': r['grad_norm'],
@@ -643,7 +660,7 @@ def _log_step(self: Trainer, r: dict, prog: Progress, start_step: int) -> dict:
     self.metrics_log.append(record); self.tb.scalars(s, record)
     prog.clear()
     self.log(f"step {s}/{tc.steps} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | grad {r['grad_norm']:.3f} | "
-             f"{tps:,.0f} tok/s | {record['sys/memory_mb']:.0f} MB | ETA {format_duration(eta)}")
+             f"{tps:,.0f} tok/s | {record['sys/memory_mb']:.0f} MB | ETA {eta}")
     self._t_last, self._tok_last = now, self.tokens_seen
     return record
 
