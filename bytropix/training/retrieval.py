@@ -256,7 +256,7 @@ def build_retrieval(model: nn.Module, train_tokens: np.ndarray, vocab_size: int,
     it.calibration = {'tokens': int(len(pm)), 'model_nats': float(-np.log(pm).mean()), 'mixture_nats': float(-np.log(mix).mean())}
     return RetrievalLM(model, NgramIndex(train_tokens, vocab_size, orders), it)
 
-# %% ../../nbs/43a_retrieval.ipynb #55ef92cf
+# %% ../../nbs/43a_retrieval.ipynb #6ce93f3f
 def tokens_digest(tokens: np.ndarray) -> str:
     "SHA-256 of a token sequence as little-endian uint16 (the index takes vocabularies of up to 2^16 tokens)."
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype='<u2').tobytes()).hexdigest()
@@ -290,7 +290,7 @@ def retrieval_from_tokens(model: nn.Module, tokens: np.ndarray, vocab_size: int,
         except OSError: pass   # a read-only run directory: the mixture serves all the same, refitted next time
     return r
 
-# %% ../../nbs/43a_retrieval.ipynb #1f20043d
+# %% ../../nbs/43a_retrieval.ipynb #5f091f83
 def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None, rundir: Any = None) -> RetrievalLM:
     "The mixture for a run's `model` over the training tokens of its prepared `data` (see `retrieval_from_tokens`)."
     if run.retrieval is None: raise ConfigError("This run has no `retrieval:` section; add `retrieval: {kind: ngram}` to its config.")

@@ -285,7 +285,7 @@ def _build_model(self: Trainer) -> RunConfig:
     check_step_memory(resolved.arch, getattr(self.model, 'config', None), n_params=n, **mem)
     return resolved
 
-# %% ../../nbs/44_trainer.ipynb #6adf12c5
+# %% ../../nbs/44_trainer.ipynb #da89e458
 def compile_for_training(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
     """`torch.compile(model)`, once one tiny function compiles on `device` (a C++ compiler on the CPU, Triton on a GPU);
     otherwise `model` itself and one line through `log` saying why: the run trains uncompiled."""
