@@ -52,3 +52,28 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path, capsys):
         assert main(['generate', str(run), '--prompt', 'def ', '--max-new-tokens', '8', '--temperature', '0']) == 0
     out = capsys.readouterr().out.split('\n')
     assert out[0].startswith('def ')
+
+
+def test_wubu_compiles_block_by_block_with_the_eager_numbers(tmp_path):
+    "WuBu names its blocks as compile regions: the training step runs them compiled, evaluation the eager model."
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from bytropix.config import load_config
+    from bytropix.training.trainer import Trainer
+    ov = {'arch': 'wubu', 'model.n_layer': 2, 'model.n_embd': 32, 'model.n_head': 2, 'model.level_dims': [16, 8],
+          'train.batch_size': 4, 'train.block_size': 32, 'train.steps': 4, 'train.eval_interval': 2, 'train.eval_batches': 2,
+          'train.log_interval': 1, 'train.num_threads': 1, 'train.sample_interval': 0, 'train.tensorboard': False,
+          'data.max_train_tokens': 50000, 'data.max_val_tokens': 5000}
+    got = {}
+    for compiled in (False, True):
+        out = tmp_path/str(compiled)
+        tr = Trainer(load_config(overrides={**ov, 'train.compile': compiled, 'out_dir': str(out)}), log=None, progress=False)
+        tr.fit()
+        got[compiled] = (losses(out), val_bpb(out))
+        if compiled:
+            assert all(isinstance(b, OptimizedModule) for b in tr.train_model.blocks)
+            assert not any(isinstance(b, OptimizedModule) for b in tr.model.blocks)
+    (eager, eager_bpb), (comp, comp_bpb) = got[False], got[True]
+    assert sorted(eager) == sorted(comp) == [1, 2, 3, 4]
+    for s in eager: assert comp[s] == pytest.approx(eager[s], rel=1e-4), (s, eager, comp)
+    assert comp_bpb == pytest.approx(eager_bpb, rel=1e-4)

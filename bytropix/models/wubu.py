@@ -44,6 +44,7 @@ class WuBuLM(BytropixModel):
     "WuBu Nesting token language model: attention + WuBu blocks, KV-cached incremental decoding."
     config_class = WuBuConfig
     supports_incremental = True
+    compile_regions = 'blocks'   # train.compile compiles block by block: the whole graph took minutes (chapter Trainer)
 
     def __init__(self, config: WuBuConfig):
         super().__init__(config)

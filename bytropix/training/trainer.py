@@ -9,6 +9,7 @@ Docs: https://bytropix.github.io/bytropix/trainer.html.md"""
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import math
@@ -40,7 +41,7 @@ from .run import RunDir
 
 # %% auto #0
 __all__ = ['MetricsLog', 'SamplesLog', 'memory_mb', 'format_duration', 'TensorBoard', 'Progress', 'TrainingInterrupted',
-           'Trainer', 'compile_for_training']
+           'Trainer', 'compile_for_training', 'training_view']
 
 # %% ../../nbs/44_trainer.ipynb #eaeaa214
 def _json_safe(v: Any) -> Any:
@@ -286,16 +287,26 @@ def _build_model(self: Trainer) -> RunConfig:
     return resolved
 
 # %% ../../nbs/44_trainer.ipynb #da89e458
-def compile_for_training(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> nn.Module:
-    """`torch.compile(model)`, once one tiny function compiles on `device` (a C++ compiler on the CPU, Triton on a GPU);
-    otherwise `model` itself and one line through `log` saying why: the run trains uncompiled."""
+def compile_for_training(model: nn.Module, device: torch.device, log: Callable[[str], None], regional: bool = True) -> nn.Module:
+    """`torch.compile(model)` — or, for a model that names its `compile_regions` (and `regional`), `training_view` —
+    once one tiny function compiles on `device` (a C++ compiler on the CPU, Triton on a GPU); otherwise `model` itself
+    and one line through `log` saying why: the run trains uncompiled."""
     try: torch.compile(lambda t: t * 2 + 1, fullgraph=True, dynamic=False)(torch.ones(8, device=device))
     except Exception as e:   # InvalidCxxCompiler, a missing Triton, ...: torch.compile reports on the first call
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         log(f"train.compile: torch.compile does not work on this machine ({why}); training without it. "
             f"Install a C++ compiler (or Triton for a GPU), or set train.compile: false.")
         return model
-    return torch.compile(model)
+    regions = getattr(model, 'compile_regions', None) if regional else None
+    return training_view(model, regions) if regions else torch.compile(model)
+
+def training_view(model: nn.Module, regions: str) -> nn.Module:
+    """`model` with each block of its ModuleList `regions` compiled on its own (blocks of one structure share the compiled
+    code), for training. A shallow copy: parameters, buffers and the blocks are `model`'s, and `model` itself stays
+    eager for evaluation, sampling and checkpoints (no recompiling for their modes and shapes)."""
+    view = copy.copy(model)
+    view._modules = {**model._modules, regions: nn.ModuleList(torch.compile(b) for b in getattr(model, regions))}
+    return view
 
 # %% ../../nbs/44_trainer.ipynb #bbdae4ef
 @patch
@@ -358,7 +369,7 @@ def _setup_training(self: Trainer, ckpt: Path | None) -> None:
     self.optimizer = build_optimizer(model, otc, self.device)
     self.scheduler = LRScheduler(self.optimizer, otc)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == 'fp16')
-    self.train_model = compile_for_training(wrapped, self.device, self.log) if tc.compile else wrapped
+    self.train_model = compile_for_training(wrapped, self.device, self.log, self.dist is None) if tc.compile else wrapped
     manifold = {id(p) for p in getattr(model, 'manifold_parameters', lambda: [])()}
     self.params = [p for p in model.parameters() if p.requires_grad]
     self.agc_params = [p for p in self.params if id(p) not in manifold]
