@@ -1,6 +1,7 @@
 """`train.compile: true` end to end: the same losses as eager training, evaluation, checkpoints that load uncompiled,
 and a resume that compiles again and continues where the run stopped."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path, capsys):
     # the first step compiles: its line gives no ETA, and the next ones count from its end (the compilation counted
     # in, step 2 read several seconds for four steps of a few milliseconds)
     assert lines[0].startswith('step 1/6') and lines[0].endswith('ETA …'), lines
-    assert lines[1].startswith('step 2/6') and lines[1].endswith('ETA 0s'), lines
+    eta = re.fullmatch(r'step 2/6 \|.*\| ETA (\d+)s', lines[1])   # 4 steps of milliseconds left (the compilation,
+    assert eta and int(eta[1]) <= 3, lines                            # counted in, made it ≥ 10 s)
     eager, compiled = losses(tmp_path/'eager'), losses(tmp_path/'compiled')
     assert sorted(eager) == sorted(compiled) == list(range(1, 7))
     for s in eager: assert compiled[s] == pytest.approx(eager[s], rel=1e-4), (s, eager, compiled)

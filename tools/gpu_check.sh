@@ -36,4 +36,7 @@ step kernels.md 120 python3 benchmarks/kernels.py --no-compile
 step throughput.md 120 python3 benchmarks/train_throughput.py --device cuda --threads 0 --style both --steps 150 --repeats 2 --eval-batches 5
 step wubu_speed.md 90 python3 benchmarks/wubu_vs_gpt.py --speed --profile --device cuda --batch-size 64 --block-size 256
 step kernels_compile.md 150 python3 benchmarks/kernels.py --ops mobius_add,expmap0,logmap0,dist --dtypes float32 --linear 4096x256x256 --cdist 0
+# added 2026-12-04 (no GPU that session, not yet run on one): compiled training, as the main job now trains
+step throughput_compiled.md 150 python3 benchmarks/train_throughput.py --device cuda --threads 0 --compile --mlp-act relu2 --steps 150 --repeats 2 --eval-batches 5
+step wubu_speed_compiled.md 150 python3 benchmarks/wubu_vs_gpt.py --speed --compile --device cuda --batch-size 64 --block-size 256
 cat "$OUT/summary.txt"
