@@ -113,7 +113,8 @@ class ReLU2MLP(GELUMLP):
         super().__init__(dim, hidden, mlp_ratio, bias, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.relu(self.fc(x)).square()))
+        h = self.fc(x)
+        return self.drop(self.proj(_ReLU2Fn.apply(h) if _use_relu2_fn(h) else F.relu(h).square()))  # see below
 
 def make_mlp(kind: str, dim: int, mlp_ratio: float = 4.0, bias: bool | None = None, dropout: float = 0.0,
              multiple_of: int = 64, approximate: str = 'tanh') -> nn.Module:
@@ -125,3 +126,23 @@ def make_mlp(kind: str, dim: int, mlp_ratio: float = 4.0, bias: bool | None = No
                                      approximate=approximate)
     if kind == 'relu2': return ReLU2MLP(dim, mlp_ratio=mlp_ratio, bias=True if bias is None else bias, dropout=dropout)
     raise ConfigError(f"Unknown MLP `{kind}`." + did_you_mean(kind, ['swiglu', 'gelu', 'relu2']))
+
+# %% ../../nbs/13_mlp.ipynb #f207990b
+class _ReLU2Fn(torch.autograd.Function):
+    "$\\max(0, u)^2$ with the gradient $2\\max(0, u)\\,g$ from the saved $\\max(0, u)$ (see above)."
+    @staticmethod
+    def forward(ctx, u: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(u)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        r, = ctx.saved_tensors
+        return (g * r).mul_(2)
+
+def _use_relu2_fn(u: torch.Tensor) -> bool:
+    "Eager autograd only: tracers (compile, export) and no-grad paths keep the formula."
+    return (torch.is_grad_enabled() and u.requires_grad
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
