@@ -479,6 +479,11 @@ def main(argv=None) -> dict:
     if a.threads: torch.set_num_threads(a.threads)
     from bytropix.core import resolve_device
     device = resolve_device(a.device)
+    if a.compile:   # every side would fail on its first step (the Trainer's would train eager): one line instead
+        from bytropix.training.trainer import compile_for_training
+        probe = nn.Linear(1, 1)
+        if compile_for_training(probe, device, print) is probe:
+            raise SystemExit("train_throughput.py --compile: torch.compile does not work here (above); rerun without --compile.")
     tmp = tempfile.mkdtemp(prefix='bytropix-throughput-')
     t_start = time.perf_counter()
     try:

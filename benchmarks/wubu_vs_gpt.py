@@ -270,6 +270,8 @@ def speed(a) -> list[dict]:
         opt = build_optimizer(m, TrainConfig(lr=1e-4, weight_decay=0.1), device)
         params = [p for p in m.parameters() if p.requires_grad]
         f = compile_for_training(m, device, print) if compile_ else m   # what train.compile does
+        if compile_ and f is m: raise SystemExit("wubu_vs_gpt.py --compile: torch.compile does not work here (above); "
+                                                 "the compiled rows would be eager ones. Rerun without --compile.")
         def step():
             loss = f(x, y).loss
             opt.zero_grad(set_to_none=True); loss.backward(); clip_gradients(params, 1.0); opt.step()

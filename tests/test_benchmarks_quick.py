@@ -97,6 +97,8 @@ def test_wubu_vs_gpt_quick(tmp_path):
     out = run_quick('wubu_vs_gpt.py', '--speed', '--profile', '--out-dir', str(tmp_path))
     assert '| model | parameters | CPU ms / step | tokens/CPU-s | ÷ GPT | gain over the row above (compiled: over eager) |' in out
     assert '| model | operator calls (aten, nested included) | CUDA kernels | host synchronisations |' in out
+    out = run_quick('wubu_vs_gpt.py', '--speed', '--compile', '--speed-rounds', '1', '--out-dir', str(tmp_path))
+    assert '| WuBu now, train.compile (block by block) |' in out and 'like for like, both compiled: WuBu ÷ GPT' in out
     assert '| WuBu, before (literal levels, matrix_exp) |' in out and ': now |' in out
 
 

@@ -301,15 +301,20 @@ def run_retrieval(model: nn.Module, data: Any, run: Any, step: int | None = None
     tokens = np.asarray(packed.tokens)[:getattr(run.retrieval, 'max_tokens', None)]
     return retrieval_from_tokens(model, tokens, data.vocab_size, data.block_size, run, step, rundir)
 
-def kept_tokens(rundir: Any) -> tuple[np.ndarray, int] | None:
+def kept_tokens(rundir: Any, vocab_size: int | None = None) -> tuple[np.ndarray, int] | None:
     """The tokens a run directory's index was built from and their vocabulary size, when `retrieval-tokens.npy` is
-    whole (the digest `retrieval.json` records); else None."""
+    whole (the length and digest `retrieval.json` records, ids below its vocabulary size, which is `vocab_size` when
+    given: the model's); else None."""
     saved = _saved_fit(rundir)
-    if not (isinstance(saved, dict) and isinstance(saved.get('tokens_sha256'), str) and isinstance(saved.get('vocab_size'), int)):
+    if not (isinstance(saved, dict) and isinstance(saved.get('tokens_sha256'), str) and type(saved.get('vocab_size')) is int
+            and type(saved.get('train_tokens')) is int and vocab_size in (None, saved['vocab_size'])):
         return None
-    try: tokens = np.load(rundir.retrieval_tokens_file, allow_pickle=False)
+    # mapped, so that the header's shape is checked before anything is read (a damaged header can claim terabytes)
+    try: tokens = np.load(rundir.retrieval_tokens_file, mmap_mode='r', allow_pickle=False)
     except (OSError, ValueError, EOFError): return None   # absent, truncated or not an array
-    if tokens.ndim != 1 or tokens.dtype != np.dtype('<u2') or tokens_digest(tokens) != saved['tokens_sha256']: return None
+    if tokens.shape != (saved['train_tokens'],) or tokens.dtype != np.dtype('<u2'): return None
+    tokens = np.array(tokens)
+    if tokens_digest(tokens) != saved['tokens_sha256'] or int(tokens.max(initial=0)) >= saved['vocab_size']: return None
     return tokens, saved['vocab_size']
 
 def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkpoint: Any = 'best') -> RetrievalLM:
@@ -320,7 +325,8 @@ def load_retrieval(model: nn.Module, tokenizer: Any, run: Any, path: Any, checkp
     from bytropix.training.run import RunDir
     rd = RunDir(path)
     step = read_state(rd.resolve_checkpoint(checkpoint)).get('step')
-    if (kept := kept_tokens(rd)) is not None: return retrieval_from_tokens(model, *kept, run.train.block_size, run, step, rd)
+    if (kept := kept_tokens(rd, getattr(getattr(model, 'config', None), 'vocab_size', None))) is not None:
+        return retrieval_from_tokens(model, *kept, run.train.block_size, run, step, rd)
     try: data = prepare_task(run, tokenizer)
     except (ConfigError, DataError) as e:   # the run's data moved or is gone, and the run directory has no copy
         raise DataError(f"n-gram retrieval indexes the run's training data, which cannot be loaded: {e} Restore it, "
