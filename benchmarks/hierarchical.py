@@ -19,6 +19,7 @@ the library's groups (`build_optimizer`), 30 warm-up steps then a cosine to lr/1
 
     python benchmarks/hierarchical.py                      # hierarchy + default corpus, 90 s per model per table
     python benchmarks/hierarchical.py --ablation           # WuBu options on the hierarchy, 30 s per variant
+    python benchmarks/hierarchical.py --compile            # the same, every model compiled as `train.compile: true` trains it
     python benchmarks/hierarchical.py --quick              # seconds: checks the script runs and prints its tables
 """
 import argparse
@@ -162,9 +163,10 @@ class CorpusData:
 
 # ---------------------------------------------------------------- equal-wall-time training, interleaved
 def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, val_batches: int, seed: int = 0,
-                     warmup: int = 30) -> list[dict]:
+                     warmup: int = 30, compile_: bool = False) -> list[dict]:
     """Train every contender for `seconds` of its own step time, taking turns (the least-trained goes next); return
-    name, parameters, steps, tokens/s and validation bpb of each."""
+    name, parameters, steps, tokens/s and validation bpb of each. `compile_`: each trains as `train.compile` would
+    (`compile_for_training`); its first step, the compilation, is not charged to its time (printed apart)."""
     import torch
     import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401  (register the architectures)
     from bytropix.config import TrainConfig
@@ -172,13 +174,16 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
     from bytropix.models.base import build_model
     from bytropix.training.evaluation import evaluate
     from bytropix.training.optim import build_optimizer, clip_gradients
+    from bytropix.training.trainer import compile_for_training
     runs = []
     for c in contenders:
         seed_everything(seed)
         model = build_model(c['arch'], c['model'])
         tc = TrainConfig(lr=lr, weight_decay=0.1, clip_grad=1.0)
         opt = build_optimizer(model, tc, torch.device('cpu'))
-        runs.append(dict(c, model=model, opt=opt, groups=[(g, g['lr']) for g in opt.param_groups], it=iter(data.train_iter()),
+        f = compile_for_training(model, torch.device('cpu'), print) if compile_ else model
+        if compile_ and f is model: raise SystemExit("hierarchical.py --compile: torch.compile does not work here (above); rerun without --compile.")
+        runs.append(dict(c, model=model, train_fn=f, compile_s=None, opt=opt, groups=[(g, g['lr']) for g in opt.param_groups], it=iter(data.train_iter()),
                          params=[p for p in model.parameters() if p.requires_grad], time=0.0, steps=0, tokens=0,
                          n_params=model.num_parameters()))
     while True:
@@ -190,19 +195,21 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
         for g, base in r['groups']: g['lr'] = base * f
         x, y = next(r['it'])
         t0 = time.thread_time()
-        loss = r['model'](x, y).loss
+        w0 = time.perf_counter()
+        loss = r['train_fn'](x, y).loss
         r['opt'].zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(r['params'], 1.0)
         r['opt'].step()
-        r['time'] += time.thread_time() - t0
+        if compile_ and r['compile_s'] is None: r['compile_s'] = time.perf_counter() - w0   # one-off: not charged
+        else: r['time'] += time.thread_time() - t0
         r['steps'] += 1; r['tokens'] += x.numel()
     out = []
     for r in runs:
         ev = evaluate(r['model'], list(data.val_batches(val_batches)), data.bytes_per_token)
-        out.append(dict(name=r['name'], params=r['n_params'], steps=r['steps'], tokens_per_s=r['tokens'] / r['time'],
-                        bpb=ev['bpb']))
-        del r['model'], r['opt']
+        out.append(dict(name=r['name'], params=r['n_params'], steps=r['steps'], tokens_per_s=(r['tokens'] - (x.numel() if compile_ else 0)) / r['time'],
+                        bpb=ev['bpb'], compile_s=r['compile_s']))
+        del r['model'], r['opt'], r['train_fn']
     return out
 
 
@@ -215,6 +222,8 @@ def table(title: str, rows: list[dict], floor: float | None = None, ref: str = '
         print(f"| {r['name']} | {r['params']:,} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['bpb']:.3f} | "
               f"{r['bpb'] / base['bpb']:.3f} |" + (f" {r['bpb'] - floor:+.3f} |" if floor else ''), flush=True)
     if floor: print(f"| floor (Bayes-optimal predictor, whole history) | | | | {floor:.3f} | | |")
+    if rows[0].get('compile_s') is not None:
+        print('compiled (train.compile); the first step, compiling, not charged: ' + ', '.join(f"{r['name']} {r['compile_s']:.0f} s" for r in rows))
 
 
 def main(argv=None) -> dict:
@@ -232,8 +241,11 @@ def main(argv=None) -> dict:
     ap.add_argument('--n-layer', type=int, default=4)
     ap.add_argument('--n-embd', type=int, default=128)
     ap.add_argument('--level-dims', type=int, nargs='+', default=[96, 64, 32])
+    ap.add_argument('--level-mlp-ratio', type=float, default=None, help="WuBu's level MLP hidden / level dim (default: the config's)")
+    ap.add_argument('--boundary-points', type=int, nargs='+', default=None, help='WuBu landmarks per level (default: the config\'s)')
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--compile', action='store_true', help='train every model compiled, as train.compile does (compilation not charged)')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
     if a.quick:   # explicit flags still win over the quick sizes
@@ -245,7 +257,9 @@ def main(argv=None) -> dict:
     T, nh = a.block_size, 4 if a.n_embd % 4 == 0 else 2
     common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
     gpt = dict(name='GPT', arch='gpt', model=common)
-    wubu = lambda name, **kw: dict(name=name, arch='wubu', model={**common, 'level_dims': a.level_dims, **kw})
+    wk = {'level_dims': a.level_dims, **({'level_mlp_ratio': a.level_mlp_ratio} if a.level_mlp_ratio else {}),
+          **({'boundary_points': a.boundary_points} if a.boundary_points else {})}
+    wubu = lambda name, **kw: dict(name=name, arch='wubu', model={**common, **wk, **kw})
     t0 = time.time()
     hier = HierData(a.train_bytes, a.val_bytes, T, a.batch_size, a.seed)
     floor = hier.floor(a.val_batches)
@@ -261,18 +275,18 @@ def main(argv=None) -> dict:
                     wubu('fixed curvature', learnable_curvature=False), wubu('no rotations', rotation='identity'),
                     wubu('no boundary points', boundary_points=[0]), wubu('hyperbolic mixing (Möbius MLP)', intra='mobius'),
                     wubu('hyperbolic attention + rotary', attention='hyperbolic'), wubu('hyperbolic RMSNorm', level_norm='hyperbolic')]
-        rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed)
+        rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
         table(f"WuBu ablation on the hierarchy, {a.ablation_seconds:g} CPU-seconds of training each (equal time):", rows, floor)
         res['ablation'] = rows
         return res
-    rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed)
+    rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
     table(f"Hierarchical grammar, {a.seconds:g} CPU-seconds of training each (equal time):", rows, floor)
     g, w = rows
     print(f"WuBu / GPT bpb on the hierarchy: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.000: "
           f"{'met' if w['bpb'] <= g['bpb'] else 'NOT met'})")
     res['hierarchy'] = rows
     if not a.skip_corpus:
-        rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed)
+        rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
         table(f"Default corpus, {a.seconds:g} CPU-seconds of training each (equal time):", rows)
         g, w = rows
         print(f"WuBu / GPT bpb on the default corpus: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.030: "

@@ -6,10 +6,10 @@ Contenders, all in this process, interleaved, fastest of `--repeats` (CPU time o
 - `taylor`       `bytropix.layers.rotations.expm_taylor`: scaling and squaring of the degree-8 Taylor polynomial, the
                  scaling count read on the Python side (what eager training on the CPU uses);
 - `in-graph`     the same with `max_squarings=TRACED_SQUARINGS` (what `torch.compile` traces: the count computed in the
-                 graph, every squaring performed), run eagerly;
+                 graph, the polynomial evaluated the Paterson–Stockmeyer way), run eagerly;
 - `compiled`     (with `--compile`) `so_matrix` under `torch.compile(fullgraph=True)`: the in-graph form as Inductor
-                 compiles it, which is what a compiled WuBu model runs; the matrix_exp / compiled column compares it
-                 with what it replaces.
+                 compiles it, the squarings under `torch.cond` (only the needed ones run), which is what a compiled
+                 WuBu model runs; the matrix_exp / compiled column compares it with what it replaces.
 
 The parameters are drawn at WuBu's initial scale (`--std`, default 0.02, as `WuBuNestingConfig.init_std`) and at a
 larger one (`--std-large`, a rotation that has moved), so the number of squarings differs; the table prints it.

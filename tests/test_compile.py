@@ -79,3 +79,27 @@ def test_wubu_compiles_block_by_block_with_the_eager_numbers(tmp_path):
     assert sorted(eager) == sorted(comp) == [1, 2, 3, 4]
     for s in eager: assert comp[s] == pytest.approx(eager[s], rel=1e-4), (s, eager, comp)
     assert comp_bpb == pytest.approx(eager_bpb, rel=1e-4)
+
+
+def test_wubu_compiled_with_checkpointed_levels_takes_the_eager_gradients():
+    "Gradient checkpointing per level under train.compile: the rotations' conditional squarings stay outside the checkpoints."
+    import torch
+
+    import bytropix.models.wubu  # noqa: F401
+    from bytropix.models.base import build_model
+    from bytropix.training.trainer import training_view
+    torch.manual_seed(0)
+    m = build_model('wubu', dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, block_size=16, level_dims=[16, 8]))
+    with torch.no_grad():
+        for p in m.parameters(): p.add_(torch.randn_like(p) * 0.05)   # rotations off the identity: squarings to do
+    m.gradient_checkpointing = True
+    ids, tg = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    ps = [p for p in m.parameters() if p.requires_grad]
+    def loss_and_grads(f):
+        loss = f(ids, tg).loss
+        return loss.detach(), torch.autograd.grad(loss, ps, allow_unused=True)
+    (l0, g0), (l1, g1) = loss_and_grads(m), loss_and_grads(training_view(m, 'blocks'))
+    assert float(l1) == pytest.approx(float(l0), rel=1e-5)
+    for a, b in zip(g0, g1):
+        assert (a is None) == (b is None)
+        if a is not None: torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -63,6 +63,15 @@ def _use_gated_fn(x: torch.Tensor, proj: nn.Module) -> bool:
             and not torch.is_autocast_enabled(x.device.type)
             and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()))
 
+# %% ../../nbs/13_mlp.ipynb #f91c6d67
+_GELU_2K = 2 * math.sqrt(2 / math.pi)
+
+def _gelu(u: torch.Tensor, approximate: str) -> torch.Tensor:
+    "GELU; the tanh approximation as $u\\,\\sigma(2z)$ when `torch.compile` traces it (see above)."
+    if approximate == 'tanh' and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return u * torch.sigmoid(_GELU_2K * (u + 0.044715 * u * u * u))
+    return F.gelu(u, approximate=approximate)
+
 # %% ../../nbs/13_mlp.ipynb #8659cba2
 def round_up(n: float, multiple: int) -> int:
     "The smallest multiple of `multiple` that is ≥ `n`."
@@ -105,7 +114,7 @@ class GELUMLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+        return self.drop(self.proj(_gelu(self.fc(x), self.approximate)))   # see "GELU when compiled"
 
 class ReLU2MLP(GELUMLP):
     "Primer's squared-ReLU MLP `proj(relu(fc(x))²)`, hidden size `hidden` (default `mlp_ratio`·dim): GELU's two matrices."

@@ -317,8 +317,10 @@ class WuBuBlock(nn.Module):
 
 # %% ../../nbs/17_wubu_block.ipynb #1b284b6c
 @patch
-def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None) -> tuple[Tensor, Tensor | None]:
-    "Level `i` on its input tangent vectors `u`: its output $[t_i;\\mu_i]$ and the next level's $u_{i+1}$ (None at the last)."
+def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None,
+           link: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Level `i` on its input tangent vectors `u`: its output $[t_i;\\mu_i]$ and the next level's $u_{i+1}$ (None at the
+    last); `link`: the level's `_transfer_map` if the caller has it."""
     geo, W = self.geo[i], self.weights(i)
     c, s, sigma = geo.c, geo.s, geo.sigma
     x, v = expmap0_with_log(s * u, c)                       # into the level: the point and its log_0, no round trip
@@ -336,7 +338,7 @@ def _level(self: WuBuBlock, i: int, u: Tensor, trace: list | None = None) -> tup
                           descriptor=None if geo.descriptor is None else geo.descriptor.detach()))
     out = torch.cat([t, memb.to(t.dtype)], dim=-1)         # what the aggregation sees of this level
     if i + 1 == self.n_levels: return out, None
-    M, beta = self._transfer_map(i)                         # step 4 and the next level's step 1: one affine map
+    M, beta = link if link is not None else self._transfer_map(i)   # step 4 and the next level's step 1: one affine map
     return out, F.linear(out, M.to(out.dtype), beta.to(out.dtype))
 
 
@@ -373,7 +375,9 @@ def forward(self: WuBuBlock, x: Tensor, trace: list | None = None) -> Tensor:
     u, outs = self.in_proj(x), []
     ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and trace is None
     for i in range(self.n_levels):
-        if ckpt: t, nxt = checkpoint(self._level, i, u, use_reentrant=False)
+        if ckpt:   # the transfer map depends on parameters only: computed once, outside (see above)
+            link = self._transfer_map(i) if i + 1 < self.n_levels else None
+            t, nxt = checkpoint(self._level, i, u, None, link, use_reentrant=False)
         else: t, nxt = self._level(i, u, trace)
         outs.append(t)
         if nxt is not None: u = nxt
