@@ -415,12 +415,6 @@ def _dist0(x: Tensor, c: Curvature = 1.0, keepdim: bool = False) -> Tensor:
     d = (2 / s) * _artanh_pos(t.clamp_max(1 - atanh_eps(cd)))
     return (d if keepdim else d.squeeze(-1)).to(dt)
 
-def _euclid_cdist(x: Tensor, y: Tensor) -> Tensor:
-    "$\\|x_i - y_j\\|$ from differences (no $\\|x\\|^2+\\|y\\|^2-2x\\cdot y$ cancellation); fused when compiled against few points."
-    if torch.compiler.is_compiling() and y.shape[-2] <= 16:   # the 1e-30 floor: the zero subgradient at x_i = y_j
-        return (x.unsqueeze(-2) - y.unsqueeze(-3)).square().sum(-1).clamp_min(1e-30).sqrt()
-    return torch.cdist(x, y, compute_mode='donot_use_mm_for_euclid_dist')
-
 @_reference
 def _cdist(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
     dt = torch.promote_types(x.dtype, y.dtype); cd = _cdt(dt)
@@ -429,7 +423,7 @@ def _cdist(x: Tensor, y: Tensor, c: Curvature = 1.0) -> Tensor:
         raise ConfigError(f"cdist expects (..., N, D) and (..., M, D) point sets, got {tuple(x.shape)} and "
                           f"{tuple(y.shape)}.")
     s = _sqrt(c)
-    nd = _euclid_cdist(x, y)
+    nd = torch.cdist(x, y, compute_mode='donot_use_mm_for_euclid_dist')
     A = (1 - c * sqnorm(x)).clamp_min(margin_floor(dt))                      # (..., N, 1)
     B = (1 - c * sqnorm(y)).clamp_min(margin_floor(dt)).transpose(-1, -2)    # (..., 1, M)
     t = s * nd / (A * B + c * nd * nd).sqrt()

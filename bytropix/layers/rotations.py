@@ -62,11 +62,12 @@ def _taylor_paterson_stockmeyer(X: torch.Tensor, m: int) -> torch.Tensor:
 def _square(R: torch.Tensor) -> torch.Tensor: return R @ R
 def _keep(R: torch.Tensor) -> torch.Tensor: return R.clone()   # torch.cond's branches may not return an input itself
 
-def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tensor:
+def expm_taylor(A: torch.Tensor, max_squarings: int | None = None, conditional: bool = True) -> torch.Tensor:
     """$\\exp(A)$ of square matrices (..., n, n) by scaling and squaring a Taylor polynomial: $\\|A/2^s\\|_1\\le\\frac12$,
     degree 8 (float32) or 16 (float64). Plain matmuls, so autograd's backward costs about two forwards.
     `max_squarings`: choose $s \\le$ that many inside the graph (no Python-side norm: `torch.compile` traces it),
-    evaluate the polynomial the Paterson–Stockmeyer way and square under `torch.cond` (only the $s$ needed run)."""
+    evaluate the polynomial the Paterson–Stockmeyer way and square under `torch.cond` (only the $s$ needed run;
+    `conditional=False`: all of them, the first $s$ kept by `torch.where`)."""
     m = 16 if A.dtype == torch.float64 else 8
     if max_squarings is None:
         s = taylor_squarings(A)
@@ -77,7 +78,10 @@ def expm_taylor(A: torch.Tensor, max_squarings: int | None = None) -> torch.Tens
     s = torch.log2(nrm / 0.5).ceil().clamp(0, max_squarings)
     R = _taylor_paterson_stockmeyer(A * torch.exp2(-s), m)
     compiling = torch.compiler.is_compiling()     # eager, torch.cond would trace its branches on every call
-    for k in range(max_squarings): R = torch.cond(s > k, _square, _keep, (R,)) if compiling else (R @ R if s > k else R)
+    for k in range(max_squarings):
+        if not compiling: R = R @ R if s > k else R
+        elif conditional: R = torch.cond(s > k, _square, _keep, (R,))
+        else: R = torch.where(s > k, R @ R, R)
     return R
 
 def _taylor_pays(A: torch.Tensor) -> bool:
@@ -90,8 +94,10 @@ def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
     `expm_taylor` when training (in-graph scaling under `torch.compile`), `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
     A = skew_from_params(params.to(cd), n)
+    # under autocast, torch.cond's traced backward would run the squarings' gradients in the autocast dtype
+    conditional = not torch.is_autocast_enabled(A.device.type)
     with torch.autocast(A.device.type, enabled=False):   # bf16 products would cost the isometry ~1e-2 of orthogonality
-        R = (expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None) if _taylor_pays(A)
+        R = (expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None, conditional) if _taylor_pays(A)
              else torch.linalg.matrix_exp(A))
     return R.to(params.dtype)
 
