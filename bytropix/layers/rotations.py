@@ -94,8 +94,9 @@ def so_matrix(params: torch.Tensor, n: int) -> torch.Tensor:
     `expm_taylor` when training (in-graph scaling under `torch.compile`), `torch.linalg.matrix_exp` otherwise."""
     cd = compute_dtype(params.dtype)
     A = skew_from_params(params.to(cd), n)
-    # under autocast, torch.cond's traced backward would run the squarings' gradients in the autocast dtype
-    conditional = not torch.is_autocast_enabled(A.device.type)
+    # torch.cond on the CPU only: on a GPU its predicate is a host read (no CUDA graphs); under autocast its traced
+    # backward would run the squarings' gradients in the autocast dtype
+    conditional = A.device.type == 'cpu' and not torch.is_autocast_enabled(A.device.type)
     with torch.autocast(A.device.type, enabled=False):   # bf16 products would cost the isometry ~1e-2 of orthogonality
         R = (expm_taylor(A, TRACED_SQUARINGS if torch.compiler.is_compiling() else None, conditional) if _taylor_pays(A)
              else torch.linalg.matrix_exp(A))
