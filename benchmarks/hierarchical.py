@@ -163,10 +163,12 @@ class CorpusData:
 
 # ---------------------------------------------------------------- equal-wall-time training, interleaved
 def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, val_batches: int, seed: int = 0,
-                     warmup: int = 30, compile_: bool = False) -> list[dict]:
+                     warmup: int = 30, compile_: bool = False, eval_every: float = 0.0) -> list[dict]:
     """Train every contender for `seconds` of its own step time, taking turns (the least-trained goes next); return
     name, parameters, steps, tokens/s and validation bpb of each. `compile_`: each trains as `train.compile` would
-    (`compile_for_training`); its first step, the compilation, is not charged to its time (printed apart)."""
+    (`compile_for_training`); its first step, the compilation, is not charged to its time (printed apart).
+    `eval_every`: also evaluate each contender every that many of its training seconds (not charged) and return its
+    best validation bpb and when — what stopping at the best checkpoint would keep."""
     import torch
     import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401  (register the architectures)
     from bytropix.config import TrainConfig
@@ -185,7 +187,8 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
         if compile_ and f is model: raise SystemExit("hierarchical.py --compile: torch.compile does not work here (above); rerun without --compile.")
         runs.append(dict(c, model=model, train_fn=f, compile_s=None, opt=opt, groups=[(g, g['lr']) for g in opt.param_groups], it=iter(data.train_iter()),
                          params=[p for p in model.parameters() if p.requires_grad], time=0.0, steps=0, tokens=0,
-                         n_params=model.num_parameters()))
+                         n_params=model.num_parameters(), best=(math.inf, 0.0), next_eval=eval_every or math.inf))
+    val = list(data.val_batches(val_batches))
     while True:
         live = [r for r in runs if r['time'] < seconds]
         if not live: break
@@ -204,11 +207,15 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
         if compile_ and r['compile_s'] is None: r['compile_s'] = time.perf_counter() - w0   # one-off: not charged
         else: r['time'] += time.thread_time() - t0
         r['steps'] += 1; r['tokens'] += x.numel()
+        if r['time'] >= r['next_eval'] and r['time'] < seconds:
+            r['next_eval'] += eval_every
+            r['best'] = min(r['best'], (evaluate(r['model'], val, data.bytes_per_token)['bpb'], r['time']))
     out = []
     for r in runs:
-        ev = evaluate(r['model'], list(data.val_batches(val_batches)), data.bytes_per_token)
+        ev = evaluate(r['model'], val, data.bytes_per_token)
+        best = min(r['best'], (ev['bpb'], r['time']))
         out.append(dict(name=r['name'], params=r['n_params'], steps=r['steps'], tokens_per_s=(r['tokens'] - (x.numel() if compile_ else 0)) / r['time'],
-                        bpb=ev['bpb'], compile_s=r['compile_s']))
+                        bpb=ev['bpb'], compile_s=r['compile_s'], **({'best_bpb': best[0], 'best_s': best[1]} if eval_every else {})))
         del r['model'], r['opt'], r['train_fn']
     return out
 
@@ -222,6 +229,10 @@ def table(title: str, rows: list[dict], floor: float | None = None, ref: str = '
         print(f"| {r['name']} | {r['params']:,} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['bpb']:.3f} | "
               f"{r['bpb'] / base['bpb']:.3f} |" + (f" {r['bpb'] - floor:+.3f} |" if floor else ''), flush=True)
     if floor: print(f"| floor (Bayes-optimal predictor, whole history) | | | | {floor:.3f} | | |")
+    if 'best_bpb' in rows[0]:
+        print('best validation bpb during training (evaluated every --eval-every training seconds, and at the end): '
+              + ', '.join(f"{r['name']} {r['best_bpb']:.3f} after {r['best_s']:.0f} s" for r in rows)
+              + f" — {rows[1]['name']} / {rows[0]['name']} {rows[1]['best_bpb'] / rows[0]['best_bpb']:.3f}")
     if rows[0].get('compile_s') is not None:
         print('compiled (train.compile); the first step, compiling, not charged: ' + ', '.join(f"{r['name']} {r['compile_s']:.0f} s" for r in rows))
 
@@ -245,6 +256,7 @@ def main(argv=None) -> dict:
     ap.add_argument('--boundary-points', type=int, nargs='+', default=None, help='WuBu landmarks per level (default: the config\'s)')
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--eval-every', type=float, default=0.0, help='also evaluate every this many training seconds and print each model\'s best bpb')
     ap.add_argument('--compile', action='store_true', help='train every model compiled, as train.compile does (compilation not charged)')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
@@ -275,18 +287,18 @@ def main(argv=None) -> dict:
                     wubu('fixed curvature', learnable_curvature=False), wubu('no rotations', rotation='identity'),
                     wubu('no boundary points', boundary_points=[0]), wubu('hyperbolic mixing (Möbius MLP)', intra='mobius'),
                     wubu('hyperbolic attention + rotary', attention='hyperbolic'), wubu('hyperbolic RMSNorm', level_norm='hyperbolic')]
-        rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
+        rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
         table(f"WuBu ablation on the hierarchy, {a.ablation_seconds:g} CPU-seconds of training each (equal time):", rows, floor)
         res['ablation'] = rows
         return res
-    rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
+    rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
     table(f"Hierarchical grammar, {a.seconds:g} CPU-seconds of training each (equal time):", rows, floor)
     g, w = rows
     print(f"WuBu / GPT bpb on the hierarchy: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.000: "
           f"{'met' if w['bpb'] <= g['bpb'] else 'NOT met'})")
     res['hierarchy'] = rows
     if not a.skip_corpus:
-        rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile)
+        rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
         table(f"Default corpus, {a.seconds:g} CPU-seconds of training each (equal time):", rows)
         g, w = rows
         print(f"WuBu / GPT bpb on the default corpus: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.030: "

@@ -241,6 +241,10 @@ def test_hierarchical_quick():
     out = run_quick('hierarchical.py', '--ablation', '--ablation-seconds', '0.2')
     for name in ('1 level', '4 levels', 'fixed curvature', 'no rotations', 'no boundary points', 'hyperbolic RMSNorm'):
         assert f'\n| {name} |' in out, out
+    out = run_quick('hierarchical.py', '--compile', '--skip-corpus', '--level-dims', '16', '--level-mlp-ratio', '3',
+                    '--boundary-points', '8', '--eval-every', '0.5')
+    assert 'compiled (train.compile); the first step, compiling, not charged: GPT ' in out and '| WuBu | 15,395 |' in out, out   # the options reached the model
+    assert 'best validation bpb during training (evaluated every --eval-every training seconds, and at the end): GPT ' in out
 
 
 def test_rotations_quick():
