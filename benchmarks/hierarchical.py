@@ -260,6 +260,9 @@ def main(argv=None) -> dict:
     ap.add_argument('--compile', action='store_true', help='train every model compiled, as train.compile does (compilation not charged)')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (seconds): checks that the script runs and prints its tables')
     a = ap.parse_args(argv)
+    if a.eval_every < 0: ap.error(f"--eval-every must be 0 (off) or a positive number of seconds, got {a.eval_every}")
+    if a.level_mlp_ratio is not None and a.level_mlp_ratio <= 0: ap.error(f"--level-mlp-ratio must be positive, got {a.level_mlp_ratio}")
+    if a.boundary_points is not None and min(a.boundary_points) < 0: ap.error(f"--boundary-points must be 0 or more, got {a.boundary_points}")
     if a.quick:   # explicit flags still win over the quick sizes
         ap.set_defaults(seconds=1.5, ablation_seconds=0.5, train_bytes=6000, val_bytes=1500, batch_size=2, block_size=32,
                         val_batches=2, n_layer=1, n_embd=32, level_dims=[16, 8])
@@ -269,8 +272,8 @@ def main(argv=None) -> dict:
     T, nh = a.block_size, 4 if a.n_embd % 4 == 0 else 2
     common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
     gpt = dict(name='GPT', arch='gpt', model=common)
-    wk = {'level_dims': a.level_dims, **({'level_mlp_ratio': a.level_mlp_ratio} if a.level_mlp_ratio else {}),
-          **({'boundary_points': a.boundary_points} if a.boundary_points else {})}
+    wk = {'level_dims': a.level_dims, **({'level_mlp_ratio': a.level_mlp_ratio} if a.level_mlp_ratio is not None else {}),
+          **({'boundary_points': a.boundary_points} if a.boundary_points is not None else {})}
     wubu = lambda name, **kw: dict(name=name, arch='wubu', model={**common, **wk, **kw})
     t0 = time.time()
     hier = HierData(a.train_bytes, a.val_bytes, T, a.batch_size, a.seed)
@@ -308,4 +311,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    from bytropix.core import ConfigError
+    try: main()
+    except ConfigError as e: sys.exit(f"hierarchical.py: {e}")   # a model option that does not fit: one line

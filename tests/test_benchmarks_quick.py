@@ -245,6 +245,11 @@ def test_hierarchical_quick():
                     '--boundary-points', '8', '--eval-every', '0.5')
     assert 'compiled (train.compile); the first step, compiling, not charged: GPT ' in out and '| WuBu | 15,395 |' in out, out   # the options reached the model
     assert 'best validation bpb during training (evaluated every --eval-every training seconds, and at the end): GPT ' in out
+    for bad, code, says in ((['--eval-every', '-1'], 2, '--eval-every must be 0 (off) or a positive'),
+                            (['--level-dims', '16', '--boundary-points', '1', '2'], 1, 'hierarchical.py: `model.boundary_points`')):
+        r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'hierarchical.py'), '--quick', '--skip-corpus', *bad],
+                           capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+        assert r.returncode == code and says in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
 
 def test_rotations_quick():
