@@ -30,6 +30,8 @@ import random
 import sys
 import time
 
+import yaml
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
 import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
@@ -220,6 +222,26 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
     return out
 
 
+def _yaml_value(text: str):
+    "A command-line value as YAML reads it, and a number where YAML 1.1 leaves one as text (`1e-4`)."
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try: return float(v)
+        except ValueError: pass
+    return v
+
+
+def gpt_like(common: dict, wubu_model: dict) -> dict:
+    "The GPT contender with its SwiGLU hidden size (a multiple of 16) chosen to match WuBu's parameter count."
+    import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401  (register the architectures)
+    from bytropix.models.base import build_model
+    target = build_model('wubu', wubu_model).num_parameters()
+    def model(h):   # ⅔·ratio·d = h − ½ rounds up to h
+        return {**common, 'mlp_ratio': 1.5 * (h - 0.5) / common['n_embd'], 'multiple_of': 16}
+    h = min(range(16, 4 * common['n_embd'] + 1, 16), key=lambda h: abs(build_model('gpt', model(h)).num_parameters() - target))
+    return dict(name=f'GPT, SwiGLU hidden {h} (WuBu\'s size)', arch='gpt', model=model(h))
+
+
 def table(title: str, rows: list[dict], floor: float | None = None, ref: str = 'GPT') -> None:
     base = next((r for r in rows if r['name'] == ref), rows[0])
     print(f"\n{title}")
@@ -232,7 +254,7 @@ def table(title: str, rows: list[dict], floor: float | None = None, ref: str = '
     if 'best_bpb' in rows[0]:
         print('best validation bpb during training (evaluated every --eval-every training seconds, and at the end): '
               + ', '.join(f"{r['name']} {r['best_bpb']:.3f} after {r['best_s']:.0f} s" for r in rows)
-              + f" — {rows[1]['name']} / {rows[0]['name']} {rows[1]['best_bpb'] / rows[0]['best_bpb']:.3f}")
+              + ''.join(f" — {r['name']} / {base['name']} {r['best_bpb'] / base['best_bpb']:.3f}" for r in rows if r is not base))
     if rows[0].get('compile_s') is not None:
         print('compiled (train.compile); the first step, compiling, not charged: ' + ', '.join(f"{r['name']} {r['compile_s']:.0f} s" for r in rows))
 
@@ -243,6 +265,9 @@ def main(argv=None) -> dict:
     ap.add_argument('--ablation', action='store_true', help='run the WuBu ablation on the hierarchy instead')
     ap.add_argument('--ablation-seconds', type=float, default=30.0)
     ap.add_argument('--skip-corpus', action='store_true', help='only the hierarchy table')
+    ap.add_argument('--skip-hierarchy', action='store_true', help='only the default corpus table')
+    ap.add_argument('--gpt-like-wubu', action='store_true',
+                    help="add a third contender: the GPT with its MLP narrowed to WuBu's parameter count")
     ap.add_argument('--train-bytes', type=int, default=400_000)
     ap.add_argument('--val-bytes', type=int, default=40_000)
     ap.add_argument('--batch-size', type=int, default=8)
@@ -254,6 +279,8 @@ def main(argv=None) -> dict:
     ap.add_argument('--level-dims', type=int, nargs='+', default=[96, 64, 32])
     ap.add_argument('--level-mlp-ratio', type=float, default=None, help="WuBu's level MLP hidden / level dim (default: the config's)")
     ap.add_argument('--boundary-points', type=int, nargs='+', default=None, help='WuBu landmarks per level (default: the config\'s)')
+    ap.add_argument('--wubu-option', action='append', default=[], metavar='KEY=VALUE',
+                    help="any other WuBu model field, e.g. --wubu-option learnable_curvature=false (YAML values; repeatable)")
     ap.add_argument('--threads', type=int, default=int(os.environ.get('BENCH_THREADS', 1)))
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--eval-every', type=float, default=0.0, help='also evaluate every this many training seconds and print each model\'s best bpb')
@@ -263,6 +290,13 @@ def main(argv=None) -> dict:
     if a.eval_every < 0: ap.error(f"--eval-every must be 0 (off) or a positive number of seconds, got {a.eval_every}")
     if a.level_mlp_ratio is not None and a.level_mlp_ratio <= 0: ap.error(f"--level-mlp-ratio must be positive, got {a.level_mlp_ratio}")
     if a.boundary_points is not None and min(a.boundary_points) < 0: ap.error(f"--boundary-points must be 0 or more, got {a.boundary_points}")
+    if a.skip_hierarchy and (a.skip_corpus or a.ablation):
+        ap.error("--skip-hierarchy leaves nothing to run with " + ('--ablation (it runs on the hierarchy)' if a.ablation else '--skip-corpus'))
+    extra = {}
+    for opt in a.wubu_option:
+        key, eq, value = opt.partition('=')
+        if not eq or not key.strip(): ap.error(f"--wubu-option takes KEY=VALUE (a WuBu model field), got {opt!r}")
+        extra[key.strip()] = _yaml_value(value)
     if a.quick:   # explicit flags still win over the quick sizes
         ap.set_defaults(seconds=1.5, ablation_seconds=0.5, train_bytes=6000, val_bytes=1500, batch_size=2, block_size=32,
                         val_batches=2, n_layer=1, n_embd=32, level_dims=[16, 8])
@@ -273,8 +307,9 @@ def main(argv=None) -> dict:
     common = dict(n_layer=a.n_layer, n_head=nh, n_embd=a.n_embd, vocab_size=256, block_size=T)
     gpt = dict(name='GPT', arch='gpt', model=common)
     wk = {'level_dims': a.level_dims, **({'level_mlp_ratio': a.level_mlp_ratio} if a.level_mlp_ratio is not None else {}),
-          **({'boundary_points': a.boundary_points} if a.boundary_points is not None else {})}
+          **({'boundary_points': a.boundary_points} if a.boundary_points is not None else {}), **extra}
     wubu = lambda name, **kw: dict(name=name, arch='wubu', model={**common, **wk, **kw})
+    pair = [gpt, wubu('WuBu')] + ([gpt_like(common, wubu('WuBu')['model'])] if a.gpt_like_wubu else [])
     t0 = time.time()
     hier = HierData(a.train_bytes, a.val_bytes, T, a.batch_size, a.seed)
     floor = hier.floor(a.val_batches)
@@ -290,20 +325,22 @@ def main(argv=None) -> dict:
                     wubu('fixed curvature', learnable_curvature=False), wubu('no rotations', rotation='identity'),
                     wubu('no boundary points', boundary_points=[0]), wubu('hyperbolic mixing (Möbius MLP)', intra='mobius'),
                     wubu('hyperbolic attention + rotary', attention='hyperbolic'), wubu('hyperbolic RMSNorm', level_norm='hyperbolic')]
+        variants += pair[2:]   # --gpt-like-wubu: the GPT of the default WuBu's size
         rows = train_equal_time(variants, hier, a.ablation_seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
         table(f"WuBu ablation on the hierarchy, {a.ablation_seconds:g} CPU-seconds of training each (equal time):", rows, floor)
         res['ablation'] = rows
         return res
-    rows = train_equal_time([gpt, wubu('WuBu')], hier, a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
-    table(f"Hierarchical grammar, {a.seconds:g} CPU-seconds of training each (equal time):", rows, floor)
-    g, w = rows
-    print(f"WuBu / GPT bpb on the hierarchy: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.000: "
-          f"{'met' if w['bpb'] <= g['bpb'] else 'NOT met'})")
-    res['hierarchy'] = rows
+    if not a.skip_hierarchy:
+        rows = train_equal_time(pair, hier, a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
+        table(f"Hierarchical grammar, {a.seconds:g} CPU-seconds of training each (equal time):", rows, floor)
+        g, w = rows[:2]
+        print(f"WuBu / GPT bpb on the hierarchy: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.000: "
+              f"{'met' if w['bpb'] <= g['bpb'] else 'NOT met'})")
+        res['hierarchy'] = rows
     if not a.skip_corpus:
-        rows = train_equal_time([gpt, wubu('WuBu')], CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
+        rows = train_equal_time(pair, CorpusData(T, a.batch_size, a.seed), a.seconds, a.lr, a.val_batches, a.seed, compile_=a.compile, eval_every=a.eval_every)
         table(f"Default corpus, {a.seconds:g} CPU-seconds of training each (equal time):", rows)
-        g, w = rows
+        g, w = rows[:2]
         print(f"WuBu / GPT bpb on the default corpus: {w['bpb'] / g['bpb']:.3f} (target ≤ 1.030: "
               f"{'met' if w['bpb'] <= 1.03 * g['bpb'] else 'NOT met'})")
         res['corpus'] = rows
