@@ -208,16 +208,20 @@ class LevelGeometry(nn.Module):
 
 # %% ../../nbs/17_wubu_block.ipynb #c416ce41
 class TangentFlow(nn.Module):
-    "$g(x) = \\exp^c_0(F(\\log^c_0 x))$ with a GELU MLP $F$ (the 'tangent_flow' intra-level map)."
-    def __init__(self, dim: int, hidden: int, out_std: float = 0.02):
+    """$g(x) = \\exp^c_0(F(\\log^c_0 x))$ with a GELU MLP $F$ (the 'tangent_flow' intra-level map). $F$ is drawn
+    relative to `in_norm`, the typical norm of its input tangent vectors (None: $\\sqrt{dim}$, unit-RMS coordinates):
+    the first layer with std 1/`in_norm` (pre-activations of unit variance), the second with std
+    `out_std`·`in_norm`/$\\sqrt{hidden}$ (a small step in the input's units; see *Init*)."""
+    def __init__(self, dim: int, hidden: int, out_std: float = 0.02, in_norm: float | None = None):
         super().__init__()
         self.mlp = GELUMLP(dim, hidden)
-        self.out_std = out_std
+        self.out_std, self.in_norm = out_std, in_norm if in_norm is not None else dim ** 0.5
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.mlp.fc.weight, 0.0, self.mlp.fc.in_features ** -0.5); nn.init.zeros_(self.mlp.fc.bias)
-        nn.init.normal_(self.mlp.proj.weight, 0.0, self.out_std); nn.init.zeros_(self.mlp.proj.bias)
+        nn.init.normal_(self.mlp.fc.weight, 0.0, 1 / self.in_norm); nn.init.zeros_(self.mlp.fc.bias)
+        hidden = self.mlp.proj.in_features
+        nn.init.normal_(self.mlp.proj.weight, 0.0, self.out_std * self.in_norm / hidden ** 0.5); nn.init.zeros_(self.mlp.proj.bias)
 
     def forward(self, x: Tensor, c: Tensor, v: Tensor | None = None) -> Tensor:
         "`v`: $\\log^c_0 x$ when the caller has it (no round trip through the ball)."
@@ -225,11 +229,12 @@ class TangentFlow(nn.Module):
 
 class IntraLevel(nn.Module):
     "The Möbius residual step $y = x\\oplus_c g(x)$ with $g$ a tangent flow or a hyperbolic MLP."
-    def __init__(self, dim: int, kind: str = 'tangent_flow', mlp_ratio: float = 2.0, out_std: float = 0.02):
+    def __init__(self, dim: int, kind: str = 'tangent_flow', mlp_ratio: float = 2.0, out_std: float = 0.02,
+                 in_norm: float | None = None):
         super().__init__()
         hidden = max(1, round(mlp_ratio * dim))
         self.kind = kind
-        if kind == 'tangent_flow': self.g = TangentFlow(dim, hidden, out_std)
+        if kind == 'tangent_flow': self.g = TangentFlow(dim, hidden, out_std, in_norm)
         elif kind in ('mobius', 'poincare'): self.g = HyperbolicMLP(dim, hidden, kind=kind, c=None, out_std=out_std)
         else: raise ConfigError(f"Unknown intra-level map `{kind}`; use 'tangent_flow', 'mobius' or 'poincare'.")
 
@@ -246,13 +251,15 @@ class IntraLevel(nn.Module):
         return mobius_add_expmap0(v, self.g.mlp(v), c)
 
 class LevelWeights(nn.Module):
-    "Learned maps of a level: context map (if `ctx_dim`), intra-level step, rotation and transfer (if `next_dim`)."
-    def __init__(self, dim: int, ctx_dim: int, next_dim: int, config: WuBuNestingConfig):
+    """Learned maps of a level: context map (if `ctx_dim`), intra-level step, rotation and transfer (if `next_dim`).
+    `scale`: the level's initial scale $s$; its tangent vectors then have norm about $s\\sqrt{dim}$ (see *Init*)."""
+    def __init__(self, dim: int, ctx_dim: int, next_dim: int, config: WuBuNestingConfig, scale: float | None = None):
         super().__init__()
         cfg = config
         self.dim, self.init_std = dim, cfg.init_std
         self.ctx = nn.Linear(ctx_dim, dim) if ctx_dim else None
-        self.intra = IntraLevel(dim, cfg.intra, cfg.level_mlp_ratio, out_std=cfg.init_std)
+        in_norm = scale * dim ** 0.5 if scale is not None else None
+        self.intra = IntraLevel(dim, cfg.intra, cfg.level_mlp_ratio, out_std=cfg.init_std, in_norm=in_norm)
         self.rotation: Rotation | None = make_rotation(cfg.rotation, dim, init_std=cfg.init_std) if next_dim else None
         self.transfer = nn.Linear(dim, next_dim) if next_dim else None
         self.norm = HyperbolicRMSNorm(dim) if cfg.level_norm == 'hyperbolic' else None
@@ -277,12 +284,12 @@ class WuBuBlock(nn.Module):
         self.geo = nn.ModuleList(LevelGeometry(l, cfg, descriptor=i + 1 < L) for i, l in enumerate(levels))
         def ctx_dim(i): return 0 if i == 0 else self.nb[i - 1] * (self.dims[i] + 1) + self.dims[i] + 1
         if self.share_weights:
-            self.shared = LevelWeights(self.dims[0], ctx_dim(1) if L > 1 else 0, self.dims[0] if L > 1 else 0, cfg)
+            self.shared = LevelWeights(self.dims[0], ctx_dim(1) if L > 1 else 0, self.dims[0] if L > 1 else 0, cfg, levels[0].s)
             self.level_weights = None
         else:
             self.shared = None
-            self.level_weights = nn.ModuleList(LevelWeights(self.dims[i], ctx_dim(i), self.dims[i + 1] if i + 1 < L else 0, cfg)
-                                               for i in range(L))
+            self.level_weights = nn.ModuleList(LevelWeights(self.dims[i], ctx_dim(i), self.dims[i + 1] if i + 1 < L else 0, cfg,
+                                                            levels[i].s) for i in range(L))
         self.in_proj = nn.Linear(d_in, self.dims[0], bias=False)
         agg = [d + k for d, k in zip(self.dims, self.nb)]     # each level's tangent output and memberships
         if self.aggregation == 'concat': self.out_proj = nn.Linear(sum(agg), d_out, bias=False)
