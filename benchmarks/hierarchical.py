@@ -30,8 +30,6 @@ import random
 import sys
 import time
 
-import yaml
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # for runpy.run_path too
 import _checkout  # noqa: E402,F401  (the checkout first on sys.path, this folder last: see there)
@@ -222,15 +220,6 @@ def train_equal_time(contenders: list[dict], data, seconds: float, lr: float, va
     return out
 
 
-def _yaml_value(text: str):
-    "A command-line value as YAML reads it, and a number where YAML 1.1 leaves one as text (`1e-4`)."
-    v = yaml.safe_load(text)
-    if isinstance(v, str):
-        try: return float(v)
-        except ValueError: pass
-    return v
-
-
 def gpt_like(common: dict, wubu_model: dict) -> dict:
     "The GPT contender with its SwiGLU hidden size (a multiple of 16) chosen to match WuBu's parameter count."
     import bytropix.models.gpt, bytropix.models.wubu  # noqa: F401  (register the architectures)
@@ -292,11 +281,12 @@ def main(argv=None) -> dict:
     if a.boundary_points is not None and min(a.boundary_points) < 0: ap.error(f"--boundary-points must be 0 or more, got {a.boundary_points}")
     if a.skip_hierarchy and (a.skip_corpus or a.ablation):
         ap.error("--skip-hierarchy leaves nothing to run with " + ('--ablation (it runs on the hierarchy)' if a.ablation else '--skip-corpus'))
+    from bytropix.core import parse_value
     extra = {}
     for opt in a.wubu_option:
         key, eq, value = opt.partition('=')
         if not eq or not key.strip(): ap.error(f"--wubu-option takes KEY=VALUE (a WuBu model field), got {opt!r}")
-        extra[key.strip()] = _yaml_value(value)
+        extra[key.strip()] = parse_value(value)   # as the CLI reads --model.KEY VALUE
     if a.quick:   # explicit flags still win over the quick sizes
         ap.set_defaults(seconds=1.5, ablation_seconds=0.5, train_bytes=6000, val_bytes=1500, batch_size=2, block_size=32,
                         val_batches=2, n_layer=1, n_embd=32, level_dims=[16, 8])

@@ -246,9 +246,10 @@ def test_hierarchical_quick():
                     '--boundary-points', '8', '--eval-every', '0.5')
     assert 'compiled (train.compile); the first step, compiling, not charged: GPT ' in out and '| WuBu | 15,395 |' in out, out   # the options reached the model
     assert 'best validation bpb during training (evaluated every --eval-every training seconds, and at the end): GPT ' in out
-    out = run_quick('hierarchical.py', '--skip-hierarchy', '--gpt-like-wubu', '--eval-every', '0.5',
-                    '--wubu-option', 'learnable_curvature=false', '--wubu-option', 'curvature_min=1e-4')
+    out = run_quick('hierarchical.py', '--skip-hierarchy', '--gpt-like-wubu', '--eval-every', '0.5', '--wubu-option',
+                    'rotation=identity', '--wubu-option', 'learnable_curvature=false', '--wubu-option', 'curvature_min=1e-4')
     assert 'Hierarchical grammar' not in out and 'WuBu / GPT bpb on the default corpus' in out, out
+    assert '\n| WuBu | 15,894 |' in out, out   # the options reached the model: no rotation parameters (16,014 with them)
     # the third contender: the GPT narrowed to WuBu's parameter count (16,014 in the quick sizes), compared in both lines
     assert "\n| GPT, SwiGLU hidden 32 (WuBu's size) | 15,456 |" in out and "(WuBu's size) / GPT " in out, out
     for bad, code, says in ((['--eval-every', '-1'], 2, '--eval-every must be 0 (off) or a positive'),
@@ -256,6 +257,7 @@ def test_hierarchical_quick():
                             (['--skip-hierarchy', '--ablation'], 2, '--skip-hierarchy leaves nothing to run with --ablation'),
                             (['--wubu-option', 'curvature_min'], 2, '--wubu-option takes KEY=VALUE'),
                             (['--wubu-option', 'curvature=2'], 1, 'hierarchical.py: Unknown config key `model.curvature`'),
+                            (['--wubu-option', 'curvature_init=[1,'], 1, 'hierarchical.py: `model.curvature_init` must be a list'),
                             (['--level-dims', '16', '--boundary-points', '1', '2'], 1, 'hierarchical.py: `model.boundary_points`')):
         r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'hierarchical.py'), '--quick', '--skip-corpus', *bad],
                            capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
