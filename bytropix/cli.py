@@ -25,8 +25,8 @@ from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointErr
 
 # %% auto #0
 __all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',
-           'train_argv', 'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval', 'cmd_generate',
-           'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
+           'train_config', 'train_argv', 'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval',
+           'cmd_generate', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
 
 # %% ../nbs/55_cli.ipynb #4dc049b5
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -176,6 +176,19 @@ def is_puzzle_model(model) -> bool:
     "True for models that solve fixed-size puzzles instead of generating text."
     return hasattr(model, 'solve')
 
+def train_config(args) -> RunConfig:
+    """The `RunConfig` `bytropix train` trains: the config file (none: the defaults) with the overrides. Resuming without
+    a config file starts from the run's saved `config.yaml` instead of the defaults, so `bytropix train --out_dir RUN
+    --resume` continues RUN as it was (`--train.steps N` extends it)."""
+    from bytropix.config import RunConfig, load_config
+    from bytropix.core import apply_overrides
+    from bytropix.training.run import RunDir
+    overrides = parse_overrides(args.overrides)
+    if args.config is None and args.resume is not None:
+        saved = RunDir(apply_overrides({}, overrides).get('out_dir', RunConfig.out_dir)).config_file
+        if saved.is_file(): return load_config(saved, overrides)
+    return load_config(args.config, overrides)
+
 def train_argv(args) -> list[str]:
     "The arguments of `bytropix train` that reproduce the parsed `args` (without `--nproc`)."
     argv = ['train', *([args.config] if args.config else []), *args.overrides]
@@ -186,12 +199,11 @@ def train_argv(args) -> list[str]:
 
 def cmd_train(args, out: TextIO) -> int:
     "Train a run config, evaluate, export, then print a sample (text) or a solved puzzle (reasoning tasks)."
-    from bytropix.config import load_config
     from bytropix.training.trainer import Trainer, TrainingInterrupted
     from bytropix.training.distributed import PeerFailed, launch, launched_world
     if args.nproc is not None and args.nproc > 1 and launched_world()[1] == 1:   # start torchrun's workers, each runs this command
         return launch(train_argv(args), args.nproc)
-    run = load_config(args.config, parse_overrides(args.overrides))
+    run = train_config(args)
     resume: bool | str = False if args.resume is None else (True if args.resume == 'latest' else args.resume)
     trainer = Trainer(run, resume=resume, overwrite=args.overwrite, log=lambda s: _emit(out, s),
                       progress=None if args.progress else False)

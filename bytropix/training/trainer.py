@@ -404,9 +404,10 @@ def _check_resume_config(self: Trainer, resolved: RunConfig) -> list[str]:
         raise ConfigError(f"{saved_path}, the saved config of this run, is damaged ({e}) Restore it, or start over with "
                           "overwrite (`--overwrite`).") from None
     bad = [d for k in _MUST_MATCH for d in config_diff({k: _get(saved, k)}, {k: _get(now, k)})]
-    if bad:
+    if bad:   # the first few: a different architecture differs in dozens of fields
+        shown = '; '.join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else '')
         raise ConfigError(f"Cannot resume {self.out}: the config differs from the saved one in fields the checkpoints "
-                          f"depend on: {'; '.join(bad)}. Resume with the saved config ({saved_path}) or start a new out_dir.")
+                          f"depend on: {shown}. Resume with the saved config ({saved_path}) or start a new out_dir.")
     return [d for d in config_diff(saved.get('train', {}), now.get('train', {}), 'train.')
             if not any(d.startswith(k + ':') for k in _MUST_MATCH)]
 
