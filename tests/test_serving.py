@@ -62,7 +62,8 @@ def test_completions_n_logprobs_seed(client, model):
                                   seed=3, logprobs=2, extra_body={'top_k': 20, 'repetition_penalty': 1.1})
     assert [c.index for c in r.choices] == [0, 1, 2, 3] and r.object == 'text_completion'
     assert all(c.finish_reason == 'length' and len(c.logprobs.token_logprobs) == 5 for c in r.choices)
-    assert all(len(t) <= 2 and all(v <= 0 for v in t.values()) for c in r.choices for t in c.logprobs.top_logprobs)
+    lp = [c.logprobs for c in r.choices]   # the two likeliest and the chosen token (OpenAI: up to logprobs + 1 entries)
+    assert all(len(t) <= 3 and all(v <= 0 for v in t.values()) and tt in t for l in lp for t, tt in zip(l.top_logprobs, l.tokens))
     assert r.usage.prompt_tokens == 5 + 15 and r.usage.completion_tokens == 20 and r.usage.total_tokens == 40
     again = client.completions.create(model=model, prompt=['Hello', 'A longer prompt'], max_tokens=5, n=2, temperature=1.0,
                                       seed=3, logprobs=2, extra_body={'top_k': 20, 'repetition_penalty': 1.1})
@@ -100,6 +101,39 @@ def test_echo(client):
     assert r.choices[0].text == 'Echo me' + plain.choices[0].text
     streamed = client.completions.create(model='gpt', prompt='Echo me', max_tokens=3, temperature=0, echo=True, stream=True)
     assert ''.join(c.choices[0].text for c in streamed if c.choices) == r.choices[0].text
+
+
+def test_echo_logprobs_score_the_prompt():
+    "echo + logprobs + max_tokens 0 (what evaluation harnesses send): the prompt's log-probabilities, nothing generated."
+    torch.manual_seed(0)
+    m = build_model('gpt', vocab_size=256, block_size=64, n_layer=2, n_embd=32, n_head=4).eval()
+    prompt = 'Score me: café'   # 'é' is two byte tokens: each alone is part of a character
+    ids = list(prompt.encode())
+    with torch.no_grad(): ref = m(torch.tensor([ids])).logits[0].log_softmax(-1)
+    with BackgroundServer(create_app([ServedModel.build('m', m, byte_tokenizer())], ServerSettings())) as s:
+        client = openai.OpenAI(base_url=s.url + '/v1', api_key='none', max_retries=0, timeout=60)
+        c = client.completions.create(model='m', prompt=prompt, max_tokens=0, echo=True, logprobs=2).choices[0]
+        assert c.text == prompt and c.finish_reason == 'length'
+        l = c.logprobs
+        assert l.tokens == list('Score me: caf') + ['bytes:\\xc3', 'bytes:\\xa9']
+        assert l.token_logprobs[0] is None and l.top_logprobs[0] is None
+        assert max(abs(l.token_logprobs[t] - float(ref[t - 1, ids[t]])) for t in range(1, len(ids))) < 1e-4
+        assert all(len(t) <= 3 and tok in t for t, tok in zip(l.top_logprobs[1:], l.tokens[1:]))
+        assert l.text_offset == list(range(13)) + [13, 13]   # 'é' starts where its first byte is
+        streamed = list(client.completions.create(model='m', prompt=prompt, max_tokens=2, echo=True, logprobs=2,
+                                                  temperature=0, stream=True))
+        plain = client.completions.create(model='m', prompt=prompt, max_tokens=2, echo=True, logprobs=2, temperature=0).choices[0]
+        assert ''.join(ch.choices[0].text for ch in streamed if ch.choices) == plain.text
+        joined = [x for ch in streamed if ch.choices and ch.choices[0].logprobs for x in ch.choices[0].logprobs.text_offset]
+        assert joined == plain.logprobs.text_offset and len(joined) == len(ids) + 2
+        gen = client.completions.create(model='m', prompt=prompt, max_tokens=2, logprobs=1, temperature=0).choices[0]
+        assert gen.logprobs.text_offset[0] == len(prompt) and gen.logprobs.token_logprobs == plain.logprobs.token_logprobs[-2:]
+        r = httpx.post(s.url + '/v1/completions', json={'model': 'm', 'prompt': 'x', 'max_tokens': 0}, timeout=60)
+        assert r.status_code == 400 and 'set `echo` to score the prompt' in r.json()['error']['message']
+        chat = client.chat.completions.create(model='m', messages=[{'role': 'user', 'content': 'hi'}], max_tokens=8,
+                                              temperature=0, logprobs=True, top_logprobs=2)
+        for t in chat.choices[0].logprobs.content:   # 'bytes' are the token's own bytes, not U+FFFD's
+            assert t.bytes == list(bytes.fromhex(t.token[6:].replace('\\x', ''))) if t.token.startswith('bytes:') else t.bytes == list(t.token.encode())
 
 
 def test_request_timeout():

@@ -166,6 +166,33 @@ def byte_tokenizer() -> Tokenizer:
     hf.decoder = decoders.ByteLevel()
     return Tokenizer(hf, kind='byte')
 
+# %% ../../nbs/31_tokenizers.ipynb #d7e3eeca
+def _token_bytes_table(tok: Tokenizer) -> list[bytes]:
+    "Every id's bytes: byte-level symbols mapped back, `<0xNN>` byte-fallback tokens read, other tokens' text in UTF-8."
+    if tok.kind == 'byte': return [bytes((b,)) for b in range(256)]
+    spec = json.loads(tok.hf.to_str())
+    added = {t['id'] for t in spec.get('added_tokens') or []}
+    d = spec.get('decoder') or {}
+    byte_level = 'ByteLevel' in {d.get('type')} | {x.get('type') for x in d.get('decoders') or []}
+    inv = {s: b for b, s in enumerate(byte_symbols())}
+    out = []
+    for i in range(tok.vocab_size):
+        s = tok.id_to_token(i)
+        core = s[2:] if s and tok.kind == 'wordpiece' and s.startswith('##') else s
+        if s is not None and i not in added and byte_level and core and all(ch in inv for ch in core):
+            out.append(bytes(inv[ch] for ch in core))
+        elif s is not None and len(s) == 6 and s.startswith('<0x') and s.endswith('>'):   # SentencePiece byte fallback
+            out.append(bytes((int(s[3:5], 16),)))
+        else: out.append(tok.decode([i]).encode())
+    return out
+
+@patch
+def token_bytes(self: Tokenizer, i: int) -> bytes:
+    "The bytes token `i` stands for (U+FFFD's for an id outside the vocabulary); the table is built on first use."
+    table = self.__dict__.get('_bytes_table')
+    if table is None: table = self.__dict__['_bytes_table'] = _token_bytes_table(self)
+    return table[i] if 0 <= i < len(table) else '\ufffd'.encode()
+
 # %% ../../nbs/31_tokenizers.ipynb #32934c72
 @patch
 def to_str(self: Tokenizer) -> str:

@@ -26,8 +26,8 @@ from ..models.bdh import BDHState
 from ..training.retrieval import RetrievalState
 
 # %% auto #0
-__all__ = ['merge_states', 'select_rows', 'ragged_ok', 'SamplingParams', 'TokenEvent', 'FinishEvent', 'Request', 'choose_token',
-           'QueueFullError', 'Engine']
+__all__ = ['merge_states', 'select_rows', 'ragged_ok', 'SamplingParams', 'TokenEvent', 'PromptEvent', 'FinishEvent', 'Request',
+           'choose_token', 'prompt_events', 'QueueFullError', 'Engine']
 
 # %% ../../nbs/52_serving_engine.ipynb #bc1d35a1
 @singledispatch
@@ -113,6 +113,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     logprobs: int | None = None   # None: off; k ≥ 0: the chosen token's log-probability and the k likeliest
+    prompt_logprobs: int | None = None   # the same for each prompt token (a `PromptEvent` after prefill)
     stop_ids: tuple[int, ...] = ()  # a generated token in this set ends the sequence (e.g. the tokenizer's EOS)
 
 @dataclass
@@ -121,6 +122,11 @@ class TokenEvent:
     token: int
     logprob: float | None = None
     top: list[tuple[int, float]] | None = None
+
+@dataclass
+class PromptEvent:
+    "The prompt's tokens with their log-probabilities (`prompt_logprobs`); the first token's is None: nothing predicts it."
+    tokens: list[TokenEvent]
 
 @dataclass
 class FinishEvent:
@@ -168,6 +174,21 @@ def choose_token(seq: Request, logits: torch.Tensor) -> TokenEvent:
             v, i = lp.topk(min(p.logprobs, lp.shape[-1]))
             ev.top = list(zip(i.tolist(), v.tolist()))
     return ev
+
+# %% ../../nbs/52_serving_engine.ipynb #11dacea7
+def prompt_events(prompt: list[int], logits: torch.Tensor, k: int) -> PromptEvent:
+    """Each prompt token's log-probability and `k` likeliest alternatives from the prefill's `logits` (T', V), the
+    last T' ≤ T positions (a recomputing model sees at most its block: earlier tokens get None, like the first)."""
+    T, n = len(prompt), logits.shape[0]
+    lp = logits[max(0, n - T):n - 1].float().log_softmax(-1)            # rows predicting prompt[T - n + 1 :]
+    first = T - lp.shape[0]
+    target = torch.tensor(prompt[first:], device=lp.device)
+    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
+    top = lp.topk(min(k, lp.shape[-1])) if k > 0 else None
+    events = [TokenEvent(t) for t in prompt[:first]]
+    for j, t in enumerate(prompt[first:]):
+        events.append(TokenEvent(t, chosen[j], list(zip(top.indices[j].tolist(), top.values[j].tolist())) if top is not None else None))
+    return PromptEvent(events)
 
 # %% ../../nbs/52_serving_engine.ipynb #e5bd3cae
 class QueueFullError(ConfigError):
@@ -259,7 +280,9 @@ def _prefill(self: Engine, seq: Request) -> None:
     else:
         logits, seq.mode = self.model(ids[:, -self.block:]).logits, 'recompute'
     self.running.append(seq)
-    self._emit(seq, logits[0, -1])
+    if seq.params.prompt_logprobs is not None: seq.on_event(seq, prompt_events(seq.prompt, logits[0], seq.params.prompt_logprobs))
+    if seq.params.max_tokens == 0: self._finish(seq, 'length')   # scoring only: nothing to generate
+    else: self._emit(seq, logits[0, -1])
 
 @patch
 def _keep_rows(self: Engine, keep: Callable[[Request], bool]) -> list[Request]:

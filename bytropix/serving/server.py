@@ -24,7 +24,7 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core import COMMANDS, BytropixError, CheckpointError, ConfigError
-from .engine import Engine, FinishEvent, QueueFullError, SamplingParams, TokenEvent
+from .engine import Engine, FinishEvent, PromptEvent, QueueFullError, SamplingParams, TokenEvent
 
 # %% auto #0
 __all__ = ['ChatTemplate', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest', 'APIError', 'TextAssembler',
@@ -72,7 +72,7 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra='ignore')
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=0)   # 0: with `echo`, score the prompt and generate nothing
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -272,7 +272,7 @@ class _Job:
         else: self.metrics.itl.labels(name).observe(now - self.last[i])
         self.last[i] = now; self.metrics.generation_tokens.labels(name).inc()
 
-    async def events(self, timeout: float) -> AsyncIterator[tuple[int, str, TokenEvent | None, str | None]]:
+    async def events(self, timeout: float) -> AsyncIterator[tuple[int, str, TokenEvent | PromptEvent | None, str | None]]:
         deadline = self.t0 + timeout
         while not all(self.done):
             try: i, ev = await asyncio.wait_for(self.q.get(), max(deadline - time.monotonic(), 1e-3))
@@ -282,6 +282,7 @@ class _Job:
                                "tokens or raise the server's --request-timeout.", 'timeout', code='timeout') from None
             if self.done[i]: continue
             a = self.texts[i]
+            if isinstance(ev, PromptEvent): yield i, '', ev, None; continue
             if isinstance(ev, TokenEvent):
                 self._timing(i)
                 if ev.token in self.seqs[i].params.stop_ids: continue   # the end-of-text token is not text
@@ -296,16 +297,21 @@ class _Job:
                 yield i, a.finish(), None, 'stop' if ev.reason == 'stop' else "length"
 
 # %% ../../nbs/53_serving.ipynb #2e4acf91
-def _params(req: _Sampling, sm: ServedModel, settings: ServerSettings, logprobs: int | None, index: int) -> SamplingParams:
-    "The engine parameters of choice `index` of a request (its seed shifted by the index, so n choices differ)."
-    mt = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
+def _params(req: _Sampling, sm: ServedModel, settings: ServerSettings, logprobs: int | None, index: int,
+            echo: bool = False) -> SamplingParams:
+    """The engine parameters of choice `index` of a request (its seed shifted by the index, so n choices differ);
+    `echo` with logprobs asks for the prompt's log-probabilities too."""
+    mt = next((v for v in (req.max_completion_tokens, req.max_tokens) if v is not None), settings.default_max_tokens)
+    if mt == 0 and not echo:
+        raise APIError(400, "max_tokens is 0, which generates nothing: ask for at least 1 token, or set `echo` to score "
+                       "the prompt.", param='max_tokens')
     if mt > settings.max_tokens:
         raise APIError(400, f"max_tokens is {mt}, above this server's limit of {settings.max_tokens}.", param='max_tokens')
     eos = getattr(sm.tokenizer, 'eos_id', None)
     return SamplingParams(max_tokens=mt, temperature=req.temperature, top_p=req.top_p if req.top_p < 1 else None,
                           top_k=req.top_k, repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                           frequency_penalty=req.frequency_penalty, seed=None if req.seed is None else req.seed + index,
-                          logprobs=logprobs, stop_ids=() if eos is None else (eos,))
+                          logprobs=logprobs, prompt_logprobs=logprobs if echo else None, stop_ids=() if eos is None else (eos,))
 
 def _check_prompt(ids: list[int], sm: ServedModel) -> list[int]:
     if not ids: raise APIError(400, "The prompt is empty: send at least one character or token.", param='prompt')
@@ -321,10 +327,23 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     if len(stops) > 4: raise APIError(400, "At most 4 stop sequences are allowed.", param='stop')
     return stops
 
-def _token_str(tok: Any, i: int) -> str: return tok.decode([i])
+def _token_str(tok: Any, i: int) -> str:
+    "A token as logprobs show it: its text, or OpenAI's `bytes:\\xNN…` where it holds part of a character."
+    b = tok.token_bytes(i)
+    try: return b.decode('utf-8')
+    except UnicodeDecodeError: return 'bytes:' + ''.join(f'\\x{x:02x}' for x in b)
+
+class _Offsets:
+    "Character offsets of successive tokens in the text they decode to (a split character counts where it completes)."
+    def __init__(self, tok: Any, start: int = 0):
+        import codecs
+        self.tok, self.pos, self.dec = tok, start, codecs.getincrementaldecoder('utf-8')('replace')
+    def next(self, i: int) -> int:
+        at = self.pos; self.pos += len(self.dec.decode(self.tok.token_bytes(i)))
+        return at
 
 def _chat_logprobs(tok: Any, ev: TokenEvent) -> dict:
-    one = lambda i, lp: {'token': _token_str(tok, i), 'logprob': lp, 'bytes': list(_token_str(tok, i).encode('utf-8'))}
+    one = lambda i, lp: {'token': _token_str(tok, i), 'logprob': lp, 'bytes': list(tok.token_bytes(i))}
     return {**one(ev.token, ev.logprob), 'top_logprobs': [one(i, lp) for i, lp in ev.top or []]}
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -344,31 +363,36 @@ async def _respond(app, req: _Sampling, kind: str, prompts: list[list[int]], log
     "Run a completion or chat request: a JSON response, or an SSE stream (`req.stream`)."
     from fastapi.responses import JSONResponse, StreamingResponse
     settings, n = app.state.settings, req.n
-    params = [_params(req, sm, settings, logprobs, j) for _ in prompts for j in range(n)]
+    echo_on = kind == 'text' and getattr(req, 'echo', False)
+    params = [_params(req, sm, settings, logprobs, j, echo_on) for _ in prompts for j in range(n)]
     stops = _stops(req.stop) + (sm.template.stop if kind == 'chat' else [])
     job = _Job(sm, [p for p in prompts for _ in range(n)], params, stops, app.state.metrics)
     rid = ('chatcmpl-' if kind == 'chat' else 'cmpl-') + uuid.uuid4().hex[:24]
     head = {'id': rid, 'object': 'chat.completion' if kind == 'chat' else 'text_completion', 'created': int(time.time()),
             'model': sm.name}
     n_prompt = sum(len(p) for p in prompts)
-    echo = [sm.tokenizer.decode(p) for p in prompts for _ in range(n)] if getattr(req, 'echo', False) else None
-    if req.stream: return StreamingResponse(_stream(job, head, kind, logprobs, req, n_prompt, settings, echo),
+    prompt_texts = [sm.tokenizer.decode(p) for p in prompts for _ in range(n)]
+    echo = prompt_texts if echo_on else None
+    # text_offset counts from the prompt's start, echoed or not (OpenAI's legacy completions)
+    offsets = [_Offsets(sm.tokenizer, 0 if echo_on else len(t)) for t in prompt_texts]
+    if req.stream: return StreamingResponse(_stream(job, head, kind, logprobs, req, n_prompt, settings, echo, offsets),
                                             media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
     texts, lps, reasons = list(echo or [''] * len(params)), [[] for _ in params], [None] * len(params)
     watch = asyncio.create_task(_cancel_on_disconnect(request, job)) if request is not None else None
     try:
         async for i, text, ev, reason in job.events(settings.request_timeout):
             texts[i] += text
-            if ev is not None and logprobs is not None: lps[i].append(ev)
+            if isinstance(ev, PromptEvent): lps[i][:0] = ev.tokens   # the echoed prompt's tokens come first
+            elif ev is not None and logprobs is not None: lps[i].append(ev)
             if reason: reasons[i] = reason
     finally:
         job.cancel()
         if watch is not None: watch.cancel()
-    choices = [_choice(kind, i, texts[i], lps[i], reasons[i], sm, logprobs) for i in range(len(params))]
+    choices = [_choice(kind, i, texts[i], lps[i], reasons[i], sm, logprobs, offsets=offsets[i]) for i in range(len(params))]
     return JSONResponse({**head, 'choices': choices, 'usage': _usage(n_prompt, job.completion_tokens)})
 
 def _choice(kind: str, i: int, text: str, lps: list[TokenEvent], reason: str | None, sm: ServedModel,
-            logprobs: int | None, delta: bool = False) -> dict:
+            logprobs: int | None, delta: bool = False, offsets: _Offsets | None = None) -> dict:
     tok = sm.tokenizer
     if kind == 'chat':
         lp = {'content': [_chat_logprobs(tok, e) for e in lps]} if logprobs is not None and (lps or not delta) else None
@@ -376,15 +400,17 @@ def _choice(kind: str, i: int, text: str, lps: list[TokenEvent], reason: str | N
         return {'index': i, **body, 'logprobs': lp, 'finish_reason': reason}
     lp = None
     if logprobs is not None and (lps or not delta):
-        toks = [_token_str(tok, e.token) for e in lps]
-        lp = {'tokens': toks, 'token_logprobs': [e.logprob for e in lps],
-              'top_logprobs': [{_token_str(tok, t): v for t, v in e.top or []} for e in lps],
-              'text_offset': [sum(len(t) for t in toks[:k]) for k in range(len(toks))]}
+        # the top alternatives and the chosen token (up to logprobs + 1 entries); none for the first prompt token
+        top = lambda e: None if e.logprob is None else {**{_token_str(tok, t): v for t, v in e.top or []},
+                                                        _token_str(tok, e.token): e.logprob}
+        lp = {'tokens': [_token_str(tok, e.token) for e in lps], 'token_logprobs': [e.logprob for e in lps],
+              'top_logprobs': [top(e) for e in lps], 'text_offset': [offsets.next(e.token) for e in lps]}
     return {'index': i, 'text': text, 'logprobs': lp, 'finish_reason': reason}
 
 # %% ../../nbs/53_serving.ipynb #1c9ce0bb
 async def _stream(job: _Job, head: dict, kind: str, logprobs: int | None, req: _Sampling, n_prompt: int,
-                  settings: ServerSettings, echo: list[str] | None = None) -> AsyncIterator[str]:
+                  settings: ServerSettings, echo: list[str] | None = None,
+                  offsets: list[_Offsets] | None = None) -> AsyncIterator[str]:
     "The SSE body: a chunk per text delta, one with each finish reason, the usage if asked, then [DONE]."
     head = {**head, 'object': 'chat.completion.chunk' if kind == 'chat' else 'text_completion'}
     try:
@@ -392,13 +418,15 @@ async def _stream(job: _Job, head: dict, kind: str, logprobs: int | None, req: _
             for i in range(len(job.seqs)):
                 yield _sse({**head, 'choices': [{'index': i, 'delta': {'role': 'assistant', 'content': ''},
                                                  'logprobs': None, 'finish_reason': None}]})
-        for i, text in enumerate(echo or []):   # completions with echo: the prompt first
-            yield _sse({**head, 'choices': [_choice(kind, i, text, [], None, job.sm, None, delta=True)]})
+        if logprobs is None:   # completions with echo: the prompt first (with logprobs: once they come, below)
+            for i, text in enumerate(echo or []):
+                yield _sse({**head, 'choices': [_choice(kind, i, text, [], None, job.sm, None, delta=True)]})
         try:
             async for i, text, ev, reason in job.events(settings.request_timeout):
-                lps = [ev] if ev is not None and logprobs is not None else []
+                if isinstance(ev, PromptEvent): text, lps = echo[i], ev.tokens
+                else: lps = [ev] if ev is not None and logprobs is not None else []
                 if text or lps:
-                    c = _choice(kind, i, text, lps, None, job.sm, logprobs, delta=True)
+                    c = _choice(kind, i, text, lps, None, job.sm, logprobs, delta=True, offsets=offsets[i] if offsets else None)
                     yield _sse({**head, 'choices': [c]})
                 if reason:
                     c = _choice(kind, i, '', [], reason, job.sm, logprobs, delta=True)
