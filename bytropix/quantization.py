@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import importlib
 import logging
 import math
 import os
@@ -34,13 +35,14 @@ __all__ = ['METHODS', 'RAW_WEIGHTS', 'FORMAT_VERSION', 'INFERENCE_DTYPES', 'QAT_
            'prepare_qat', 'convert_qat', 'quantize_path', 'cmd_quantize']
 
 # %% ../nbs/60_quantization.ipynb #ba4779a6
-def import_torchao():
-    "The `torchao.quantization` module (its CUDA-extension load notes silenced); a clear error when torchao is missing."
+def import_torchao(module: str = 'torchao.quantization'):
+    """`module` of torchao (default `torchao.quantization`), imported with torchao's load notes and torch's deprecation
+    notes about it silenced (a user would see them on every quantized load); a clear error when torchao is missing."""
     loggers = [logging.getLogger(n) for n in ('torchao', 'torch.utils._pytree')]
     levels = [lg.level for lg in loggers]
     for lg in loggers: lg.setLevel(logging.ERROR)
     try:
-        import torchao.quantization as tq
+        tq = importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"This quantization method needs torchao ({e}); install it with `pip install torchao`.") from None
     finally:
@@ -233,8 +235,7 @@ def _flatten_for_export(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict
     ao = {k: sd.pop(k) for k, e in q['weights'].items() if e['kind'] == 'torchao'}
     tensors, header = {}, {}
     if ao:
-        import_torchao()
-        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+        flatten_tensor_state_dict = import_torchao('torchao.prototype.safetensors.safetensors_support').flatten_tensor_state_dict
         flat, meta = flatten_tensor_state_dict(ao)
         for key, w in ao.items():            # int4 codes: one per byte in torchao's tensor, two per byte on disk
             if getattr(w, 'target_dtype', None) == torch.int4:
@@ -299,8 +300,7 @@ def _read_export(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def _torchao_weights(tensors: dict, header: dict, keys: list[str]) -> dict[str, torch.Tensor]:
     "Rebuild torchao's tensors for `keys` from their stored parts (int4 codes unpacked), removing the parts from `tensors`."
     from bytropix.layers.quantized import unpack_nibbles
-    import_torchao()
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    unflatten_tensor_state_dict = import_torchao('torchao.prototype.safetensors.safetensors_support').unflatten_tensor_state_dict
     meta = {k[len('torchao:'):]: v for k, v in header.items() if k.startswith('torchao:')}
     missing = [k for k in keys if k not in meta]
     if missing: raise CheckpointError(f"The export lacks the description of quantized weight(s) {', '.join(missing[:3])}.")
@@ -399,8 +399,8 @@ def prepare_qat(model: nn.Module, scheme: str) -> nn.Module:
                           f"({', '.join(raw[:4])}) that torchao's QAT cannot wrap. Train it in float and quantize after training.")
     keys = {t.module for t in targets}
     if not keys: raise ConfigError(f"This {arch} model has no linear layers that {scheme} QAT can fake-quantize.")
-    tq = import_torchao()
-    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+    tq, qat = import_torchao(), import_torchao('torchao.quantization.qat')
+    IntxFakeQuantizeConfig, QATConfig = qat.IntxFakeQuantizeConfig, qat.QATConfig
     wc = (IntxFakeQuantizeConfig(torch.int8, 'per_channel', is_symmetric=True) if scheme == 'int8'
           else IntxFakeQuantizeConfig(torch.int4, group_size=32, is_symmetric=True))
     tq.quantize_(model, QATConfig(weight_config=wc, step='prepare'), filter_fn=lambda m, fqn: fqn in keys)
@@ -412,8 +412,7 @@ def convert_qat(model: nn.Module) -> QuantizationReport:
     scheme = getattr(model, 'qat_scheme', None)
     if scheme is None: raise ConfigError("convert_qat needs a model prepared with prepare_qat.")
     tq = import_torchao()
-    from torchao.quantization.qat import QATConfig
-    tq.quantize_(model, QATConfig(step='convert'))
+    tq.quantize_(model, import_torchao('torchao.quantization.qat').QATConfig(step='convert'))
     del model.qat_scheme
     report = quantize_model(model, scheme)
     model.quantization['qat'] = True

@@ -99,6 +99,15 @@ def test_cli_quantize_an_export(export, tmp_path):
     assert m.quantization['method'] == 'int4' and (tmp_path/'q'/'README.md').read_text().count('int4') >= 1
 
 
+def test_loading_a_quantized_export_prints_no_torchao_notes(export, tmp_path):
+    "torchao's import-time notes (a CUDA extension it cannot load, torch's deprecation of its enum registrations) stay silent."
+    import subprocess, sys
+    assert _cli('quantize', export, '--method', 'int8', '--out', tmp_path/'q')[0] == 0
+    r = subprocess.run([sys.executable, '-m', 'bytropix', 'generate', str(tmp_path/'q'), '--prompt', 'ab', '--max-new-tokens', '3'],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0 and r.stderr.strip() == '', r.stderr[-2000:]
+
+
 def test_cli_quantize_unknown_method_is_a_usage_error(export, tmp_path):
     rc, _, err = _cli('quantize', export, '--method', 'int3', '--out', tmp_path/'x')
     assert rc == 2 and "argument --method: invalid choice: 'int3'" in err and not (tmp_path/'x').exists()
