@@ -38,12 +38,14 @@ def cache_root() -> Path:
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    "Silence the `datasets` progress bars inside the block (restoring the previous setting)."
+    """Silence the `datasets` progress bars and its log inside the block (restoring both): its errors are reported
+    as bytropix's one-line ones (its JSON reader, for one, logs every file it fails on before raising)."""
     import datasets
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
+    was_disabled, level = datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars(); datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try: yield
     finally:
+        datasets.logging.set_verbosity(level)
         if not was_disabled: datasets.enable_progress_bars()
 
 # %% ../../nbs/30_corpus.ipynb #702a89be

@@ -223,6 +223,25 @@ def _first_non_utf8(files: list[str]) -> tuple[str, int] | None:
         except OSError: continue
     return None
 
+def _first_bad_json(files: list[str]) -> str | None:
+    """Where the first JSON file that cannot be read is broken — `FILE line N: ...` — (None when all parse, or
+    unknown): a file that is one JSON document is checked whole, otherwise line by line as JSON Lines."""
+    import importlib
+    for f in files:
+        ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
+        if ext is not None and ext not in _OPENERS: continue   # zstd, lz4: no codec in the standard library
+        opener = importlib.import_module(_OPENERS[ext]).open if ext else open
+        try:
+            with opener(f, 'rt', encoding='utf-8', errors='replace') as fh: text = fh.read()
+        except OSError: continue
+        try: json.loads(text); continue                        # one JSON document
+        except json.JSONDecodeError: pass
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip(): continue
+            try: json.loads(line)
+            except json.JSONDecodeError as e: return f"{f} line {n}: {e.msg} (column {e.colno})"
+    return None
+
 def _file_fingerprint(fmt: str, files: list[str], cfg: DataConfig) -> str:
     stats = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     return _fp('files', fmt, cfg.sample_by, cfg.text_column, stats)
@@ -255,6 +274,9 @@ def _load_files(cfg: DataConfig) -> tuple[Any, str, str]:
             if fmt != 'parquet' and (bad := _first_non_utf8(files)) is not None:
                 raise DataError(f"{bad[0]} is not UTF-8 text (an invalid byte at offset {bad[1]:,}). Convert it to UTF-8 "
                                 "(e.g. `iconv -f latin1 -t utf-8`) or leave it out of data.source.") from None
+            if fmt == 'json' and (where := _first_bad_json(files)) is not None:
+                raise DataError(f"{where}: not valid JSON. Fix that line (JSON Lines: one object per line) or leave the "
+                                "file out of data.source.") from None
             raise DataError(f"Could not read {what} as {fmt}: {_err_summary(e)}. Check the files (or set data.format).") from e
     if fmt == 'text' and cfg.text_column != 'text': ds = ds.rename_column('text', cfg.text_column)
     return ds, (None if cfg.streaming else _file_fingerprint(fmt, files, cfg)), what
