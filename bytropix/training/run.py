@@ -277,7 +277,8 @@ def _check_export_memory(p: Path, device: torch.device) -> None:
 
 def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 'best', device: str = 'auto'):
     """`(model, tokenizer, run)` from a run directory (`run`: its `RunConfig`) or an export directory (`run` is None);
-    the byte tokenizer when there is none."""
+    the byte tokenizer when there is none — refused for a text model with more than 256 token ids, whose ids are not
+    bytes (an imported model without its tokenizer would read and write garbage)."""
     from bytropix.data.tokenizers import Tokenizer, byte_tokenizer
     p = Path(path)
     if (p/RunDir.CONFIG).is_file():
@@ -292,6 +293,11 @@ def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 
             raise CheckpointError(f"{p/CONFIG_FILE} is not UTF-8 text (an invalid byte at offset {e.start:,}): the export "
                                   "is damaged. Export the model again.") from None
         tok = Tokenizer.load(p) if (p/TOKENIZER_FILE).is_file() else None
+        V = int(getattr(model.config, 'vocab_size', 256))
+        if tok is None and V > 256 and not hasattr(model, 'solve'):
+            raise CheckpointError(f"{p} has no {TOKENIZER_FILE} and its model has {V:,} token ids, so they are not bytes: "
+                                  f"copy the tokenizer it was trained with into {p} (or import it again with "
+                                  "`bytropix import SOURCE --out DIR --tokenizer TOKENIZER`).")
     elif not p.exists():
         raise CheckpointError(f"{p} does not exist. Pass a training run directory (the out_dir of `bytropix train`) "
                               "or a model exported with save_pretrained.")
