@@ -427,7 +427,7 @@ def _load_source(path: str, checkpoint: str, allow_quantized: bool = False) -> t
         try: q = json.loads((p/CONFIG_FILE).read_text()).get('quantization')
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError): q = None
         if q: raise ConfigError(f"{p} is already quantized ({q.get('method', '?')}); use the original run or float export instead.")
-    return load_trained(p, checkpoint, 'cpu')   # from_pretrained loads quantized exports too
+    return load_trained(p, checkpoint, 'cpu', text=False)   # from_pretrained loads quantized exports too
 
 def _val_metrics(model: nn.Module, run: Any, tokenizer: Any, batches: int) -> dict:
     from bytropix.config import prepare_task

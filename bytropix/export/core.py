@@ -140,11 +140,11 @@ def load_export_source(source: str | os.PathLike, checkpoint: str = 'best') -> t
     from bytropix.models.base import TOKENIZER_FILE
     from bytropix.training.run import load_trained
     from bytropix.peft import export_form
-    model, tok, _ = load_trained(source, checkpoint, device='cpu')
+    model, tok, _ = load_trained(source, checkpoint, device='cpu', text=False)
     model = export_form(model)   # a LoRA run exports its merged model
     if model is None: raise ConfigError(f"{source} is a prompt-tuning run: its virtual tokens are not weights, so no format "
                                         "can carry them; serve or generate from the run directory instead.")
-    if not (Path(source)/TOKENIZER_FILE).is_file() and getattr(model.config, 'vocab_size', None) != tok.vocab_size:
+    if tok is not None and not (Path(source)/TOKENIZER_FILE).is_file() and getattr(model.config, 'vocab_size', None) != tok.vocab_size:
         tok = None  # the byte-level fallback does not describe this model's ids
     return model, tok
 

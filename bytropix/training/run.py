@@ -275,10 +275,12 @@ def _check_export_memory(p: Path, device: torch.device) -> None:
     except Exception: return   # unreadable or invalid: `from_pretrained` says so
     check_model_memory(meta['arch'], cfg, device, what=str(p/CONFIG_FILE))
 
-def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 'best', device: str = 'auto'):
+def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 'best', device: str = 'auto',
+                 text: bool = True):
     """`(model, tokenizer, run)` from a run directory (`run`: its `RunConfig`) or an export directory (`run` is None);
-    the byte tokenizer when there is none — refused for a text model with more than 256 token ids, whose ids are not
-    bytes (an imported model without its tokenizer would read and write garbage)."""
+    the byte tokenizer when there is none. A text model with more than 256 token ids has no bytes for ids: without its
+    tokenizer it is refused (an imported model would read and write garbage), or, with `text=False` (callers that
+    convert weights and never read text), its tokenizer is None."""
     from bytropix.data.tokenizers import Tokenizer, byte_tokenizer
     p = Path(path)
     if (p/RunDir.CONFIG).is_file():
@@ -295,6 +297,7 @@ def load_trained(path: str | os.PathLike, checkpoint: str | int | os.PathLike = 
         tok = Tokenizer.load(p) if (p/TOKENIZER_FILE).is_file() else None
         V = int(getattr(model.config, 'vocab_size', 256))
         if tok is None and V > 256 and not hasattr(model, 'solve'):
+            if not text: return model.eval(), None, None
             raise CheckpointError(f"{p} has no {TOKENIZER_FILE} and its model has {V:,} token ids, so they are not bytes: "
                                   f"copy the tokenizer it was trained with into {p} (or import it again with "
                                   "`bytropix import SOURCE --out DIR --tokenizer TOKENIZER`).")
