@@ -24,9 +24,10 @@ import torch
 from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value
 
 # %% auto #0
-__all__ = ['parse_overrides', 'split_train_args', 'unescape', 'build_parser', 'main', 'resume_command', 'is_puzzle_model',
-           'train_config', 'train_argv', 'cmd_train', 'add_inference_flags', 'prepare_inference_model', 'cmd_eval',
-           'cmd_generate', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train', 'cmd_models']
+__all__ = ['parse_overrides', 'split_train_args', 'as_set_options', 'unescape', 'build_parser', 'main', 'resume_command',
+           'is_puzzle_model', 'train_config', 'train_argv', 'cmd_train', 'add_inference_flags',
+           'prepare_inference_model', 'cmd_eval', 'cmd_generate', 'cmd_solve', 'cmd_average', 'cmd_tokenizer_train',
+           'cmd_models']
 
 # %% ../nbs/55_cli.ipynb #4dc049b5
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -79,6 +80,24 @@ def split_train_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
                                 "`--section.field value`.")
         i += 1
     return own, over
+
+# %% ../nbs/55_cli.ipynb #d35e3fae
+def as_set_options(args: Sequence[str]) -> list[str]:
+    """`--section.field value` and `--section.field=value` (the overrides `bytropix train` takes) rewritten as
+    `--set section.field=value`, for commands whose overrides are `--set` options (`lr-find`); the rest unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        key, eq, val = a[2:].partition('=') if a.startswith('--') else ('', '', '')
+        if '.' in key:
+            if not eq:
+                b = args[i + 1] if i + 1 < len(args) else None
+                if b is not None and not (b.startswith('--') and len(b) > 2): val, i = b, i + 1
+                else: val = 'true'
+            out += ['--set', f'{key}={val}']
+        else: out.append(a)
+        i += 1
+    return out
 
 # %% ../nbs/55_cli.ipynb #72b3c3fd
 _SIMPLE_ESCAPES = {'n': '\n', 't': '\t', 'r': '\r', '\\': '\\', "'": "'", '"': '"', '0': '\0', 'a': '\a', 'b': '\b',
@@ -144,6 +163,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         parser = build_parser()
         rest: list[str] = []
         if cmd == 'train': own, rest = split_train_args(argv[1:]); argv = ['train', *own]
+        if cmd == 'lr-find': argv = ['lr-find', *as_set_options(argv[1:])]   # train's override syntax works here too
         args = parser.parse_args(argv)
         if args.command is None: parser.print_help(out); return 2
         args.overrides = rest

@@ -335,7 +335,7 @@ def _add_lr_find(sub) -> None:
     p.add_argument('--end', type=_number(float, 0, low_open=True), default=1.0, help="last learning rate (default 1)")
     p.add_argument('--steps', type=_number(int, 2), default=100, help="sweep steps (default 100)")
     p.add_argument('--plot', default=None, help="PNG of the curve (default: lr-find-NAME.png in the working directory)")
-    p.add_argument('--set', action='append', metavar='KEY=VALUE', help="config override, e.g. --set train.batch_size=8 (repeatable)")
+    p.add_argument('--set', action='append', metavar='KEY=VALUE', help="config override, e.g. --set train.batch_size=8 (repeatable; --train.batch_size 8 works too)")
     p.set_defaults(func=cmd_lr_find)
 
 # %% ../../nbs/48_recipes.ipynb #49f03d3a
