@@ -81,7 +81,7 @@ def split_train_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
         i += 1
     return own, over
 
-# %% ../nbs/55_cli.ipynb #d35e3fae
+# %% ../nbs/55_cli.ipynb #b23f03c5
 def as_set_options(args: Sequence[str]) -> list[str]:
     """`--section.field value` and `--section.field=value` (the overrides `bytropix train` takes) rewritten as
     `--set section.field=value`, for commands whose overrides are `--set` options (`lr-find`); the rest unchanged."""

@@ -706,8 +706,13 @@ def describe(self: Trainer) -> str:
         ntr = getattr(self.data, 'train_tokens', None)
         desc = f"{ntr:,} training tokens" if isinstance(ntr, int) else ''
     data = f" ({desc})" if desc else ''
-    return (f"training {getattr(m, 'arch', type(m).__name__)} ({n / 1e6:.2f}M parameters) on task `{self.run.task}`{data}; "
+    text = (f"training {getattr(m, 'arch', type(m).__name__)} ({n / 1e6:.2f}M parameters) on task `{self.run.task}`{data}; "
             f"{tc.steps} steps × {tc.tokens_per_step:,} tokens on {self.device} ({tc.precision}) → {self.out}")
+    if tc.warmup_steps > tc.steps:   # the schedule never leaves its warm-up: say so rather than train at a fraction of lr
+        text += (f"\nnote: train.warmup_steps ({tc.warmup_steps}) exceeds train.steps ({tc.steps}): the learning rate "
+                 f"rises for the whole run and peaks at {tc.steps / tc.warmup_steps:.0%} of train.lr; lower warmup_steps "
+                 f"(e.g. to {max(1, tc.steps // 10)}) to reach it")
+    return text
 
 @patch
 def _finish(self: Trainer, elapsed: float) -> dict:
