@@ -298,6 +298,15 @@ def test_cli_serve_errors(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith('bytropix serve: error:') and 'does not exist' in err and 'Traceback' not in err
     assert main(['serve', 'a=x', 'a=y']) == 2 and 'Two models' in capsys.readouterr().err
+    import socket
+    build_model('gpt', vocab_size=256, block_size=32, n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path/'m', tokenizer=byte_tokenizer())
+    with socket.socket() as taken:   # a port another program listens on: one line, before the server announces itself
+        taken.bind(('127.0.0.1', 0)); taken.listen(); port = taken.getsockname()[1]
+        assert main(['serve', str(tmp_path/'m'), '--port', str(port)]) == 2
+    cap = capsys.readouterr()
+    assert f'Port {port} on 127.0.0.1 is in use' in cap.err and cap.err.count('\n') == 1 and 'serving' not in cap.out
+    assert main(['serve', str(tmp_path/'m'), '--host', 'nosuchhost.invalid']) == 2
+    assert '--host nosuchhost.invalid: not a known address' in capsys.readouterr().err
 
 
 def test_chat_template_stored_with_tokenizer_and_shared_with_cli(tmp_path):

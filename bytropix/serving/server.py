@@ -29,7 +29,7 @@ from .engine import Engine, FinishEvent, PromptEvent, QueueFullError, SamplingPa
 # %% auto #0
 __all__ = ['ChatTemplate', 'StreamOptions', 'CompletionRequest', 'ChatMessage', 'ChatRequest', 'APIError', 'TextAssembler',
            'ServedModel', 'load_served', 'parse_model_args', 'ServerSettings', 'TokenBucket', 'Metrics', 'create_app',
-           'BackgroundServer', 'cmd_serve']
+           'BackgroundServer', 'listen_socket', 'cmd_serve']
 
 # %% ../../nbs/53_serving.ipynb #f8bbf643
 @dataclass(frozen=True)
@@ -638,6 +638,24 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 # %% ../../nbs/53_serving.ipynb #63ad10af
+def listen_socket(host: str, port: int):
+    """A TCP socket bound to `host:port` for uvicorn to serve on; a `ConfigError` in one line when the port is taken
+    or the host is not this machine's (uvicorn itself would log a traceback-like error after announcing the server)."""
+    import errno, socket
+    try: family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e: raise ConfigError(f"--host {host}: not a known address ({e.strerror}).") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a port left in TIME_WAIT by a stopped server is free
+    try: sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"Port {port} on {host} is in use (another server?): choose another --port, or stop the "
+                              "program that holds it.") from None
+        raise ConfigError(f"Cannot listen on {host}:{port}: {e.strerror or e}. Use an address of this machine "
+                          "(--host 127.0.0.1, or 0.0.0.0 for all) and a port you may open.") from None
+    return sock
+
 def cmd_serve(args, out) -> int:
     "`bytropix serve`: load the models and serve them until interrupted."
     import uvicorn
@@ -648,6 +666,7 @@ def cmd_serve(args, out) -> int:
                               request_timeout=args.request_timeout, cors=tuple(args.cors))
     served = [load_served(n, p, args.dtype, args.device, args.checkpoint, args.max_batch, args.max_queue, not args.no_retrieval)
               for n, p in paths.items()]
+    sock = listen_socket(args.host, args.port)   # before announcing anything: a taken port is one line
     for m in served:
         ret = ', with n-gram retrieval' if isinstance(m.model, RetrievalLM) else ''
         out.write(f"serving `{m.name}` ({m.model.arch}, {m.model.num_parameters() / 1e6:.2f}M parameters, context "
@@ -655,7 +674,7 @@ def cmd_serve(args, out) -> int:
     if args.host not in ('127.0.0.1', 'localhost', '::1') and not settings.api_keys:
         out.write(f"warning: serving on {args.host} without API keys: anyone who can reach it can use it\n")
     out.write(f"OpenAI API at http://{args.host}:{args.port}/v1, playground at http://{args.host}:{args.port}/\n"); out.flush()
-    uvicorn.run(create_app(served, settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn.Config(create_app(served, settings), log_level=args.log_level)).run(sockets=[sock])
     return 0
 
 @COMMANDS.register('serve')
