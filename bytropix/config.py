@@ -32,6 +32,9 @@ __all__ = ['TrainConfig', 'get_task', 'prepare_task', 'RetrievalConfig', 'RunCon
 @dataclass
 class TrainConfig(ConfigBase):
     "Optimisation, precision, logging and checkpointing settings of a run (`train:` in a run config)."
+    known_as = {'learning_rate': 'lr', 'max_steps': 'steps', 'num_steps': 'steps', 'warmup': 'warmup_steps',
+                'gradient_accumulation_steps': 'grad_accum', 'per_device_train_batch_size': 'batch_size',
+                'max_grad_norm': 'clip_grad', 'lr_scheduler_type': 'schedule', 'context_length': 'block_size'}
     steps: int = 1500                  # optimizer steps
     batch_size: int = 16               # sequences per micro-batch
     block_size: int = 128              # training context length in tokens (see the rule below)

@@ -409,7 +409,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 # %% ../nbs/00_core.ipynb #b2cd54ca
 @dataclasses.dataclass
 class ConfigBase:
-    "Base of every typed config: strict `from_dict`, `to_dict`, `replace` and a `validate` hook."
+    """Base of every typed config: strict `from_dict`, `to_dict`, `replace` and a `validate` hook. `known_as` maps
+    other libraries' names of fields (Hugging Face's `learning_rate`, PEFT's `lora_alpha`) to bytropix's, so that an
+    unknown key a user brings from there is answered with the right name."""
+    known_as: typing.ClassVar[dict[str, str]] = {}
 
     @classmethod
     def field_names(cls) -> list[str]: return [f.name for f in dataclasses.fields(cls)]
@@ -426,6 +429,7 @@ class ConfigBase:
         for k, v in d.items():
             p = f"{_path}.{k}" if _path else k
             if k not in names:
+                if k in cls.known_as: raise ConfigError(f"Unknown config key `{p}` for {cls.__name__}: bytropix calls it `{cls.known_as[k]}`.")
                 raise ConfigError(f"Unknown config key `{p}` for {cls.__name__}." + did_you_mean(k, names))
             out[k] = _coerce(v, hints[k], p)
         missing = [n for n, f in names.items() if n not in out and f.default is _MISSING and f.default_factory is _MISSING]

@@ -37,6 +37,8 @@ TRUNK_FORMATS = ('fp32', 'bf16', 'int8', 'nf4', 'nvfp4')
 @dataclass
 class PeftConfig(ConfigBase):
     "Parameter-efficient fine-tuning (`train.peft:` in a run config): LoRA adapters over a frozen, optionally low-bit trunk."
+    known_as = {'rank': 'r', 'lora_r': 'r', 'lora_alpha': 'alpha', 'lora_dropout': 'dropout', 'target_modules': 'target',
+                'num_virtual_tokens': 'virtual_tokens'}   # Hugging Face PEFT's names
     method: Literal['lora', 'qlora', 'prompt'] = 'lora'  # qlora: LoRA over an NF4 trunk; prompt: learned virtual tokens only
     r: int = 8                                 # adapter rank
     alpha: float = 16.0                        # the update B·A is scaled by alpha / r

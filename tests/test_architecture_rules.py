@@ -162,3 +162,19 @@ def test_cli_generate_on_a_flipped_export_is_one_error_line_and_exit_2(export):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('bytropix generate: error:') and 'model.safetensors is corrupt' in lines[0]
     assert 'Traceback' not in r.stderr and r.stdout == ''
+
+
+def test_every_config_names_known_elsewhere_point_at_its_own_fields():
+    "`known_as` (other libraries' names of config fields) only maps names that are not fields to names that are."
+    import bytropix.peft  # noqa: F401  (PeftConfig)
+    from bytropix.config import RunConfig  # noqa: F401
+    from bytropix.core import ConfigBase
+    import bytropix.models.gpt  # noqa: F401  (GPTConfig)
+    seen, todo = [], list(ConfigBase.__subclasses__())
+    while todo:
+        c = todo.pop(); seen.append(c); todo += c.__subclasses__()
+    with_names = [c for c in seen if c.known_as]
+    assert {'TrainConfig', 'PeftConfig', 'GPTConfig'} <= {c.__name__ for c in with_names}
+    for c in with_names:
+        fields = set(c.field_names())
+        assert not set(c.known_as) & fields and set(c.known_as.values()) <= fields, c.__name__

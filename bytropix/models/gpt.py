@@ -30,6 +30,9 @@ __all__ = ['GPTConfig', 'GPT', 'EncoderConfig', 'Encoder']
 @dataclass
 class GPTConfig(ModelConfig):
     "A decoder-only transformer. `style`: 'llama' (RMSNorm, SwiGLU, RoPE, no biases) or 'gpt2' (LayerNorm, GELU, learned positions, biases)."
+    known_as = {'num_hidden_layers': 'n_layer', 'n_layers': 'n_layer', 'num_layers': 'n_layer', 'hidden_size': 'n_embd',
+                'd_model': 'n_embd', 'num_attention_heads': 'n_head', 'n_heads': 'n_head', 'num_key_value_heads': 'n_kv_head',
+                'max_position_embeddings': 'block_size', 'rms_norm_eps': 'norm_eps'}   # transformers' and nanoGPT-like names
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: Optional[int] = None        # None: = n_head (multi-head); fewer: grouped-query attention
