@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
+from .config import RunConfig
 from .core import COMMANDS, BytropixError, ConfigError, DataError, CheckpointError, parse_value
 
 # %% auto #0
@@ -200,7 +201,7 @@ def train_config(args) -> RunConfig:
     """The `RunConfig` `bytropix train` trains: the config file (none: the defaults) with the overrides. Resuming without
     a config file starts from the run's saved `config.yaml` instead of the defaults, so `bytropix train --out_dir RUN
     --resume` continues RUN as it was (`--train.steps N` extends it)."""
-    from bytropix.config import RunConfig, load_config
+    from bytropix.config import load_config
     from bytropix.core import apply_overrides
     from bytropix.training.run import RunDir
     overrides = parse_overrides(args.overrides)
