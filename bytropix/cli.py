@@ -206,7 +206,7 @@ def train_config(args) -> RunConfig:
     from bytropix.training.run import RunDir
     overrides = parse_overrides(args.overrides)
     if args.config is None and args.resume is not None:
-        saved = RunDir(apply_overrides({}, overrides).get('out_dir', RunConfig.out_dir)).config_file
+        saved = RunDir(str(apply_overrides({}, overrides).get('out_dir', RunConfig.out_dir))).config_file   # `--out_dir 7`: a name
         if saved.is_file(): return load_config(saved, overrides)
     return load_config(args.config, overrides)
 

@@ -223,23 +223,29 @@ def _first_non_utf8(files: list[str]) -> tuple[str, int] | None:
         except OSError: continue
     return None
 
-def _first_bad_json(files: list[str]) -> str | None:
+def _first_bad_json(files: list[str], whole_max: int = 64 << 20) -> str | None:
     """Where the first JSON file that cannot be read is broken — `FILE line N: ...` — (None when all parse, or
-    unknown): a file that is one JSON document is checked whole, otherwise line by line as JSON Lines."""
+    unknown): a `.json` file up to `whole_max` bytes is first tried as one document, then every file is read line by
+    line as JSON Lines (streamed: a large file is never held whole)."""
     import importlib
     for f in files:
         ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
         if ext is not None and ext not in _OPENERS: continue   # zstd, lz4: no codec in the standard library
         opener = importlib.import_module(_OPENERS[ext]).open if ext else open
+        doc = None   # the error of the file read as one document
         try:
-            with opener(f, 'rt', encoding='utf-8', errors='replace') as fh: text = fh.read()
+            if _strip_compression(f).endswith('.json') and os.path.getsize(f) <= whole_max:
+                with opener(f, 'rt', encoding='utf-8', errors='replace') as fh:
+                    try: json.load(fh); continue                   # one JSON document
+                    except json.JSONDecodeError as e: doc = e
+            with opener(f, 'rt', encoding='utf-8', errors='replace') as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip(): continue
+                    try: json.loads(line.rstrip('\r\n'))
+                    except json.JSONDecodeError as e:
+                        if doc is not None and n == 1: e, n = doc, doc.lineno   # not JSON Lines: the document's error
+                        return f"{f} line {n}: {e.msg} (column {e.colno})"
         except OSError: continue
-        try: json.loads(text); continue                        # one JSON document
-        except json.JSONDecodeError: pass
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip(): continue
-            try: json.loads(line)
-            except json.JSONDecodeError as e: return f"{f} line {n}: {e.msg} (column {e.colno})"
     return None
 
 def _file_fingerprint(fmt: str, files: list[str], cfg: DataConfig) -> str:
