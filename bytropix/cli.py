@@ -530,6 +530,9 @@ def cmd_average(args, out: TextIO) -> int:
     from bytropix.training.checkpoint import save_average
     from bytropix.training.run import RunDir
     rd = RunDir(args.run)
+    if args.out is not None:   # a directory the user names must be new (RUN/averaged is the run's own, replaced)
+        from bytropix.export.core import check_out_dir
+        check_out_dir(args.out)
     ckpts = rd.checkpoints()[-args.last:]
     if len(ckpts) < 2:
         raise CheckpointError(f"{rd.path} has {len(ckpts)} checkpoint(s); averaging needs at least 2 "
@@ -560,23 +563,26 @@ _BUILTINS['average'] = _add_average
 # %% ../nbs/55_cli.ipynb #3495791a
 def cmd_tokenizer_train(args, out: TextIO) -> int:
     "Train a BPE/WordPiece/Unigram tokenizer on a text source and save it as `tokenizer.json`."
-    from bytropix.data.datasets import DataConfig, iter_texts, load_text_dataset
+    from bytropix.data.datasets import DataConfig, EmptySplitError, iter_texts, load_all_texts, load_text_dataset
     from bytropix.data.tokenizers import TokenizerConfig, train_tokenizer
     from bytropix.models.base import TOKENIZER_FILE
+    dest = Path(args.out)
+    if dest.is_dir() or args.out.endswith(('/', os.sep)): dest = dest/TOKENIZER_FILE
+    if dest.exists() and not args.overwrite:   # e.g. a run's own tokenizer.json: its checkpoints' ids depend on it
+        raise ConfigError(f"{dest} already exists; choose another --out, or pass --overwrite to replace it (nothing was written).")
     cfg = DataConfig.from_dict({'source': args.source, 'format': args.format, 'text_column': args.text_column}, _path='data')
     TokenizerConfig.from_dict({'kind': args.kind, 'vocab_size': args.vocab_size, 'min_frequency': args.min_frequency,
                                'max_train_bytes': args.max_bytes}, _path='tokenizer')  # validates kind and vocabulary size with the config's messages
-    splits = load_text_dataset(cfg)
+    try: splits = load_text_dataset(cfg)
+    except EmptySplitError: splits = {'train': load_all_texts(cfg), 'validation': []}   # too few documents to hold out
     tok = train_tokenizer(iter_texts(splits['train'], cfg.text_column), args.kind, args.vocab_size,
                           min_frequency=args.min_frequency, max_bytes=args.max_bytes)
-    dest = Path(args.out)
-    if dest.is_dir() or args.out.endswith(('/', os.sep)): dest = dest/TOKENIZER_FILE
     tok.save(dest)
     n_bytes = n_tok = 0
-    for i, t in enumerate(iter_texts(splits['validation'], cfg.text_column)):
+    for i, t in enumerate(iter_texts(splits['validation'], cfg.text_column) if splits['validation'] else []):
         if i >= 200: break
         n_bytes += len(t.encode()); n_tok += len(tok.encode(t))
-    rate = f", {n_tok / n_bytes:.3f} tokens per byte on validation text" if n_bytes else ''
+    rate = f", {n_tok / n_bytes:.3f} tokens per byte on validation text" if n_bytes else ' (too few documents to hold any out for a rate)'
     _emit(out, f"trained a {args.kind} tokenizer: {tok.vocab_size} ids{rate} → {dest}")
     return 0
 
@@ -600,7 +606,8 @@ def _add_tokenizer(sub) -> None:
     tt.add_argument('--max-bytes', type=_number(int, 1), default=None, help="train on at most this much text")
     tt.add_argument('--text-column', default='text')
     tt.add_argument('--format', default=None, help="text, json, csv, parquet or arrow (default: from the file names)")
-    tt.add_argument('--out', default='tokenizer.json')
+    tt.add_argument('--out', default='tokenizer.json', help="the tokenizer file, or a directory for its tokenizer.json")
+    tt.add_argument('--overwrite', action='store_true', help="replace an existing tokenizer file at --out")
     tt.set_defaults(func=cmd_tokenizer_train)
     tk.set_defaults(func=lambda args, out: (tk.print_help(out), 2)[1])
 

@@ -29,9 +29,10 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FORMATS', 'EXTENSIONS', 'COMPRESSIONS', 'STREAM_VAL_TOKENS', 'PACK_VERSION', 'DataConfig', 'absolute_source',
-           'resolve_source', 'iter_texts', 'load_text_dataset', 'document_separator', 'token_dtype', 'PackedTokens',
-           'cached_pack', 'tokenize_and_pack', 'BlockLoader', 'val_blocks', 'StreamingBlockLoader', 'pack_stream',
-           'PreparedData', 'split_fingerprints', 'prepare_data', 'LMTaskOptions', 'run_tokenizer', 'prepare_lm']
+           'resolve_source', 'EmptySplitError', 'iter_texts', 'load_text_dataset', 'load_all_texts',
+           'document_separator', 'token_dtype', 'PackedTokens', 'cached_pack', 'tokenize_and_pack', 'BlockLoader',
+           'val_blocks', 'StreamingBlockLoader', 'pack_stream', 'PreparedData', 'split_fingerprints', 'prepare_data',
+           'LMTaskOptions', 'run_tokenizer', 'prepare_lm']
 
 # %% ../../nbs/32_datasets.ipynb #24fabb60
 FORMATS = ('text', 'json', 'csv', 'parquet', 'arrow')
@@ -129,6 +130,9 @@ def resolve_source(source: str, format: str | None = None) -> tuple[str, list[st
     return next(iter(fmts)), files
 
 # %% ../../nbs/32_datasets.ipynb #097afe1a
+class EmptySplitError(DataError):
+    "Holding out the validation fraction left a split empty: the source has too few documents to split."
+
 def _unit(text: str | None) -> float:
     h = hashlib.blake2b((text or '').encode('utf-8', 'replace'), digest_size=8).digest()
     return int.from_bytes(h, 'big') / 2**64
@@ -187,7 +191,7 @@ def _hash_split(ds, cfg: DataConfig, base_fp: str | None, what: str) -> dict:
     base_fp = base_fp or ds._fingerprint
     for s, idx in (('train', np.flatnonzero(~mask)), ('validation', np.flatnonzero(mask))):
         if len(idx) == 0:
-            raise DataError(f"Holding out validation_fraction={frac} of the {len(ds)} document(s) of {what} left the {s} split "
+            raise EmptySplitError(f"Holding out validation_fraction={frac} of the {len(ds)} document(s) of {what} left the {s} split "
                             f"empty. Use more documents (for text files, sample_by: paragraph or line cuts them finer), "
                             f"or {'raise' if s == 'validation' else 'lower'} data.validation_fraction.")
         out[s] = ds.select(idx, keep_in_memory=True, new_fingerprint=_split_fp(base_fp, frac, s))
@@ -352,6 +356,14 @@ def load_text_dataset(data: DataConfig | dict | str | Any = None, config: DataCo
         from bytropix.data.sources import transform_splits   # filters and augmentation: their own chapter
         return transform_splits(cls(splits), cfg, what)
     return cls(splits)
+
+# %% ../../nbs/32_datasets.ipynb #4978ab54
+def load_all_texts(data: DataConfig | dict | str):
+    """Every text of a source as one `Dataset`, with no validation hold-out — for tools that read all of it and need no
+    split (`bytropix tokenizer train` on a single document). The default corpus and Hub sources: their training split."""
+    cfg, _ = _split_args(data, None)
+    if cfg.source == 'default' or cfg.source.startswith('hf:') or cfg.mixture: return load_text_dataset(cfg)['train']
+    return _load_files(cfg)[0]
 
 # %% ../../nbs/32_datasets.ipynb #6f12521e
 PACK_VERSION = 1
