@@ -357,7 +357,7 @@ def load_text_dataset(data: DataConfig | dict | str | Any = None, config: DataCo
         return transform_splits(cls(splits), cfg, what)
     return cls(splits)
 
-# %% ../../nbs/32_datasets.ipynb #4978ab54
+# %% ../../nbs/32_datasets.ipynb #ce374551
 def load_all_texts(data: DataConfig | dict | str):
     """Every text of a source as one `Dataset`, with no validation hold-out — for tools that read all of it and need no
     split (`bytropix tokenizer train` on a single document). The default corpus and Hub sources: their training split."""

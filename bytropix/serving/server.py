@@ -327,9 +327,13 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     if len(stops) > 4: raise APIError(400, "At most 4 stop sequences are allowed.", param='stop')
     return stops
 
+def _token_bytes(tok: Any, i: int) -> bytes:
+    "Token `i`'s own bytes (`Tokenizer.token_bytes`; a tokenizer without it: its decoded text's)."
+    return tok.token_bytes(i) if hasattr(tok, 'token_bytes') else tok.decode([i]).encode()
+
 def _token_str(tok: Any, i: int) -> str:
     "A token as logprobs show it: its text, or OpenAI's `bytes:\\xNN…` where it holds part of a character."
-    b = tok.token_bytes(i)
+    b = _token_bytes(tok, i)
     try: return b.decode('utf-8')
     except UnicodeDecodeError: return 'bytes:' + ''.join(f'\\x{x:02x}' for x in b)
 
@@ -339,11 +343,11 @@ class _Offsets:
         import codecs
         self.tok, self.pos, self.dec = tok, start, codecs.getincrementaldecoder('utf-8')('replace')
     def next(self, i: int) -> int:
-        at = self.pos; self.pos += len(self.dec.decode(self.tok.token_bytes(i)))
+        at = self.pos; self.pos += len(self.dec.decode(_token_bytes(self.tok, i)))
         return at
 
 def _chat_logprobs(tok: Any, ev: TokenEvent) -> dict:
-    one = lambda i, lp: {'token': _token_str(tok, i), 'logprob': lp, 'bytes': list(tok.token_bytes(i))}
+    one = lambda i, lp: {'token': _token_str(tok, i), 'logprob': lp, 'bytes': list(_token_bytes(tok, i))}
     return {**one(ev.token, ev.logprob), 'top_logprobs': [one(i, lp) for i, lp in ev.top or []]}
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
