@@ -16,8 +16,8 @@ import torch
 from ..core import ConfigError
 
 # %% auto #0
-__all__ = ['model_shape', 'approx_parameters', 'estimate_step_memory', 'available_memory', 'check_step_memory',
-           'check_model_memory', 'training_step_flops', 'reset_peak_memory', 'peak_memory']
+__all__ = ['model_shape', 'approx_parameters', 'estimate_step_memory', 'available_memory', 'traced_step_memory',
+           'check_step_memory', 'check_model_memory', 'training_step_flops', 'reset_peak_memory', 'peak_memory']
 
 # %% ../../nbs/41a_memory.ipynb #2bb4d8e4
 _WIDTH, _DEPTH = ('n_embd', 'd_model', 'hidden_size', 'dim', 'width'), ('n_layer', 'n_layers', 'num_layers', 'depth')
@@ -76,16 +76,46 @@ def available_memory(device: torch.device | str = 'cpu') -> int | None:
         with contextlib.suppress(ImportError): import psutil; found.append(psutil.virtual_memory().available)
     return min(found) if found else None
 
+# %% ../../nbs/41a_memory.ipynb #bc9cfa5b
+def traced_step_memory(arch: str, config: Any, batch_size: int, block_size: int) -> int | None:
+    """Peak bytes of one fp32 forward + backward of `arch` on `batch_size × block_size` tokens — weights, gradients,
+    activations, temporaries — traced under `FakeTensorMode` with `MemTracker` (nothing allocated); None where the
+    model's graph cannot be traced so (it reads values on the host) or the tools are missing."""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.distributed._tools.mem_tracker import MemTracker
+        from bytropix.models.base import build_model
+        with torch.random.fork_rng(devices=[]), FakeTensorMode():   # the run's random state is left as it was
+            model = build_model(arch, config).train()
+            vocab = int(getattr(config, 'vocab_size', 256))
+            x, y = (torch.randint(0, vocab, (batch_size, block_size)) for _ in range(2))
+            tracker = MemTracker()
+            tracker.track_external(model)
+            with tracker: model(x, y).loss.backward()
+        return int(sum(v['Total'] for v in tracker.get_tracker_snapshot('peak').values()))
+    except Exception: return None   # data-dependent graphs, missing torch.distributed, ...
+
 # %% ../../nbs/41a_memory.ipynb #30b38fc5
 def _mib(n: int) -> str: return f"{n / 2**20:,.0f} MiB"
 
 def check_step_memory(arch: str, config: Any, batch_size: int, block_size: int, precision: str = 'fp32',
-                      device: torch.device | str = 'cpu', n_params: int | None = None, grad_checkpointing: bool = False) -> None:
-    "Raise `ConfigError` when a training step of this model and batch cannot fit in `device`'s available memory."
+                      device: torch.device | str = 'cpu', n_params: int | None = None, grad_checkpointing: bool = False,
+                      trace: bool = True) -> None:
+    """Raise `ConfigError` when a training step of this model and batch cannot fit in `device`'s available memory
+    (`trace=False`: the floor alone, e.g. when the step was traced already)."""
     n = n_params if n_params is not None else approx_parameters(arch, config)
     free = available_memory(device)
     if n is None or free is None: return
     e = estimate_step_memory(config, n, batch_size, block_size, precision, grad_checkpointing)
+    if trace and e['total'] <= free and 256 * e['total'] > free and precision == 'fp32' and not grad_checkpointing:
+        traced = traced_step_memory(arch, config, batch_size, block_size)
+        if traced is not None and traced + 8 * n > free:   # + AdamW's two moments
+            raise ConfigError(
+                f"A training step of train.batch_size={batch_size} × train.block_size={block_size} needs about "
+                f"{_mib(traced + 8 * n)} of memory (its forward and backward traced without running them, plus AdamW's "
+                f"state), but only {_mib(free)} is available on {torch.device(device)}. Lower train.batch_size "
+                "(train.grad_accum keeps the effective batch), train.block_size or the model's size, or enable "
+                "train.grad_checkpointing.")
     if e['total'] <= free: return
     raise ConfigError(
         f"A training step needs at least {_mib(e['total'])} of memory — weights, gradients and AdamW state of "

@@ -269,7 +269,8 @@ def _build_model(self: Trainer) -> RunConfig:
     vocab = getattr(self.data, 'vocab_size', None) or (self.tokenizer.vocab_size if self.tokenizer is not None else None)
     mem = dict(batch_size=tc.batch_size, block_size=tc.block_size, precision=tc.precision, device=self.device,
                grad_checkpointing=tc.grad_checkpointing)
-    if self.model is None:
+    built = self.model is None
+    if built:
         resolved = run.resolved(vocab)
         if vocab is not None and resolved.model_config.vocab_size < vocab:
             raise ConfigError(f"`model.vocab_size` = {resolved.model_config.vocab_size} is smaller than the vocabulary "
@@ -283,7 +284,7 @@ def _build_model(self: Trainer) -> RunConfig:
         if vocab is not None and cfg is not None and cfg.vocab_size < vocab:
             raise ConfigError(f"The model's vocab_size {cfg.vocab_size} is smaller than the vocabulary ({vocab} tokens).")
     n = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
-    check_step_memory(resolved.arch, getattr(self.model, 'config', None), n_params=n, **mem)
+    check_step_memory(resolved.arch, getattr(self.model, 'config', None), n_params=n, trace=not built, **mem)   # traced above
     return resolved
 
 # %% ../../nbs/44_trainer.ipynb #da89e458
