@@ -76,7 +76,7 @@ def available_memory(device: torch.device | str = 'cpu') -> int | None:
         with contextlib.suppress(ImportError): import psutil; found.append(psutil.virtual_memory().available)
     return min(found) if found else None
 
-# %% ../../nbs/41a_memory.ipynb #bc9cfa5b
+# %% ../../nbs/41a_memory.ipynb #e5a00be5
 def traced_step_memory(arch: str, config: Any, batch_size: int, block_size: int) -> int | None:
     """Peak bytes of one fp32 forward + backward of `arch` on `batch_size × block_size` tokens — weights, gradients,
     activations, temporaries — traced under `FakeTensorMode` with `MemTracker` (nothing allocated); None where the
