@@ -179,14 +179,19 @@ def _hash_split(ds, cfg: DataConfig, base_fp: str | None, what: str) -> dict:
     if isinstance(ds, datasets.IterableDataset):
         return {s: ds.filter(_keep_batch, input_columns=[col], batched=True, fn_kwargs={'fraction': frac, 'validation': s == 'validation'})
                 for s in ('train', 'validation')}
-    texts_seen = [0]
+    has_text = np.zeros(len(ds), dtype=bool)
     def units():
-        for t in iter_texts(ds, col):
-            if t: texts_seen[0] += 1
-            yield _unit(t) < frac
-    mask = np.fromiter(units(), dtype=bool, count=len(ds))
-    if not texts_seen[0]:
+        for i, t in enumerate(iter_texts(ds, col)):
+            has_text[i] = bool(t)
+            yield _unit(t)
+    u = np.fromiter(units(), dtype=float, count=len(ds))
+    if not has_text.any():
         raise DataError(f"{what} is empty: its {len(ds)} row(s) hold no text in column `{col}`. Check the data source.")
+    mask, texts = u < frac, np.flatnonzero(has_text)
+    if len(texts) >= 2 and (not mask[texts].any() or mask[texts].all()):
+        # a small source the hash left one-sided: its extreme document by the same hash crosses over (deterministic)
+        flip = texts[np.argmin(u[texts])] if not mask[texts].any() else texts[np.argmax(u[texts])]
+        mask[has_text & (u == u[flip])] = not mask[flip]   # with its copies: no validation text is trained on
     out = {}
     base_fp = base_fp or ds._fingerprint
     for s, idx in (('train', np.flatnonzero(~mask)), ('validation', np.flatnonzero(mask))):
