@@ -214,13 +214,18 @@ def _err_summary(e: BaseException) -> str:
 
 _OPENERS = {'.gz': 'gzip', '.bz2': 'bz2', '.xz': 'lzma'}
 
+def _opener(f: str):
+    "The `open` for file `f` (plain, or the standard library's codec for its compression); None for zstd and lz4."
+    import importlib
+    ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
+    if ext is None: return open
+    return importlib.import_module(_OPENERS[ext]).open if ext in _OPENERS else None
+
 def _first_non_utf8(files: list[str]) -> tuple[str, int] | None:
     "The first file that is not valid UTF-8 and the offset of its first bad byte (None when all are, or unknown)."
-    import codecs, importlib
+    import codecs
     for f in files:
-        ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
-        if ext is not None and ext not in _OPENERS: continue   # zstd, lz4: no codec in the standard library
-        opener = importlib.import_module(_OPENERS[ext]).open if ext else open
+        if (opener := _opener(f)) is None: continue   # zstd, lz4: no codec in the standard library
         dec, pos = codecs.getincrementaldecoder('utf-8')(), 0   # pos: bytes decoded before the buffered ones
         try:
             with opener(f, 'rb') as fh:
@@ -236,11 +241,8 @@ def _first_bad_json(files: list[str], whole_max: int = 64 << 20) -> str | None:
     """Where the first JSON file that cannot be read is broken — `FILE line N: ...` — (None when all parse, or
     unknown): a `.json` file up to `whole_max` bytes is first tried as one document, then every file is read line by
     line as JSON Lines (streamed: a large file is never held whole)."""
-    import importlib
     for f in files:
-        ext = next((c for c in COMPRESSIONS if f.lower().endswith(c)), None)
-        if ext is not None and ext not in _OPENERS: continue   # zstd, lz4: no codec in the standard library
-        opener = importlib.import_module(_OPENERS[ext]).open if ext else open
+        if (opener := _opener(f)) is None: continue
         doc = None   # the error of the file read as one document
         try:
             if _strip_compression(f).endswith('.json') and os.path.getsize(f) <= whole_max:
